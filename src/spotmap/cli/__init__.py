@@ -1,0 +1,57 @@
+"""The ``spotmap`` command: a click group whose subcommands are the pipeline steps.
+
+Each subcommand lives in its own file here and only parses options, then calls library
+functions that take and return AnnData / DataFrames. Logging goes to stderr, results to
+files. A :class:`~spotmap.errors.SpotmapError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from spotmap import __version__
+from spotmap.errors import SpotmapError
+from spotmap.utils import setup_logging
+
+
+class SpotmapGroup(click.Group):
+    """A group that turns input errors into one clean line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SpotmapError as exc:
+            click.echo(f"spotmap: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("spotmap: interrupted (rerun the same command to resume from the last checkpoint)", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=SpotmapGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="spotmap")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging on stderr.")
+def cli(verbose: bool) -> None:
+    """spotmap: map cell types onto spatial transcriptomics with the cell2location model.
+
+    Steps: qc → signatures → map (one per restart seed) → aggregate → report;
+    `run` does them all on one machine, `demo` on simulated data.
+    """
+    setup_logging(verbose)
+
+
+def _register() -> None:
+    from spotmap.cli import aggregate, demo, map, qc, report, run, signatures, simulate, versions  # noqa: A004
+
+    for mod in (simulate, qc, signatures, map, aggregate, report, run, demo, versions):
+        cli.add_command(mod.command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point (``spotmap`` and ``bin/spotmap``)."""
+    cli(prog_name="spotmap")

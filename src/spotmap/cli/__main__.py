@@ -1,0 +1,3 @@
+from spotmap.cli import main
+
+main()

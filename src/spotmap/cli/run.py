@@ -1,0 +1,13 @@
+"""``spotmap run``: placeholder until its step lands (see the issue tracker)."""
+
+from __future__ import annotations
+
+import click
+
+from spotmap.errors import SpotmapError
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def command() -> None:
+    """Not implemented yet."""
+    raise SpotmapError("'spotmap run' is not implemented yet")

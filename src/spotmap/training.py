@@ -1,0 +1,196 @@
+"""The SVI loop shared by the reference and the mapping models.
+
+One loop gives every model the same guarantees:
+
+* **Seeds** — ``seed`` fixes pyro/torch RNGs and the minibatch order (a ``torch.Generator``
+  seeded with ``seed + epoch``), so a CPU run is bit-for-bit repeatable.
+* **Convergence rule** — after ``min_epochs``, training stops when the relative change of the
+  smoothed ELBO falls below ``tol``: with ``w = window`` epochs,
+  ``|mean(elbo[-w:]) - mean(elbo[-2w:-w])| / |mean(elbo[-w:])| < tol``. Both numbers are
+  recorded in the history (``elbo_smoothed``, ``rel_change``).
+* **Checkpoints** — every ``checkpoint_every`` epochs the parameters, optimiser state, RNG
+  state and history are written atomically to ``checkpoint_path`` (tensors only, loaded with
+  ``torch.load(weights_only=True)``). Rerunning the same command resumes from it and ends
+  bit-identical to an uninterrupted CPU run.
+* **Non-finite loss** — a clean :class:`~spotmap.errors.SpotmapError` naming the epoch and the
+  likely cause, instead of NaNs propagating into the results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import ClippedAdam
+
+from spotmap.errors import SpotmapError
+from spotmap.utils import atomic_path, log
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`train_svi` (units in brackets)."""
+
+    max_epochs: int = 1000            #: upper bound on passes over the data
+    lr: float = 0.01                  #: ClippedAdam learning rate
+    clip_norm: float = 10.0           #: ClippedAdam gradient clipping (L2 norm per parameter)
+    batch_size: int | None = None     #: observations per step; None = full batch
+    seed: int = 0
+    min_epochs: int = 100             #: the convergence rule is not checked before this epoch
+    window: int = 50                  #: epochs in each smoothing window of the convergence rule
+    tol: float = 1e-4                 #: relative change of the smoothed ELBO that counts as converged
+    checkpoint_every: int | None = None  #: epochs between checkpoints; None = no checkpoints
+    checkpoint_path: Path | None = None
+    progress: bool = True             #: progress bar on stderr (only when stderr is a terminal)
+    log_every: int = 100              #: epochs between log lines when there is no progress bar
+    nan_hint: str = "check the input counts and lower the learning rate"
+    fingerprint: dict = field(default_factory=dict)  #: inputs and settings a checkpoint must match
+
+
+def fingerprint_of(**items) -> str:
+    """A short hash of JSON-able items (settings, data shapes and sums) for checkpoint matching."""
+    blob = json.dumps(items, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, epoch: int, optim: ClippedAdam, history: list[dict], fp: str,
+                     converged: bool) -> None:
+    state = {
+        "epoch": epoch,
+        "params": {k: v.detach().cpu().clone() for k, v in pyro.get_param_store().named_parameters()},
+        "optim": optim.get_state(),
+        "rng": torch.get_rng_state(),
+        "history": {k: [h[k] for h in history] for k in (history[0].keys() if history else [])},
+        "fingerprint": fp,
+        "converged": converged,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint safely: only tensors and plain containers are accepted."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise SpotmapError(f"{path}: cannot be loaded as a spotmap checkpoint ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to start afresh") from None
+
+
+def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callable[[torch.Tensor | None], dict],
+              config: TrainConfig, loss: pyro.infer.ELBO | None = None) -> pd.DataFrame:
+    """Fit ``guide`` to ``model`` by SVI; return the training history (one row per epoch).
+
+    Parameters
+    ----------
+    model, guide
+        Pyro callables taking the keyword arguments produced by ``batch_kwargs``.
+    n_obs
+        Number of observations (cells or spots) that minibatches are drawn from.
+    batch_kwargs
+        ``batch_kwargs(idx)`` returns the model/guide keyword arguments for the observations
+        ``idx`` (a LongTensor), or for all observations when ``idx`` is None.
+    config
+        See :class:`TrainConfig`.
+    loss
+        Pyro ELBO, :class:`~pyro.infer.Trace_ELBO` by default.
+
+    Returns
+    -------
+    DataFrame with columns ``epoch, elbo, elbo_smoothed, rel_change, seconds`` where ``elbo``
+    is the negative ELBO per epoch (mean over its minibatch steps, each an estimate for the full data).
+    """
+    fp = fingerprint_of(**config.fingerprint) if config.fingerprint else ""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
+    svi = SVI(model, guide, optim, loss=loss or Trace_ELBO())
+    full = config.batch_size is None or config.batch_size >= n_obs
+    # Create the parameters (the guide's first call draws from the RNG in a fresh and a resumed run alike).
+    with torch.no_grad():
+        guide(**batch_kwargs(None if full else torch.arange(min(n_obs, config.batch_size or n_obs))))
+
+    history: list[dict] = []
+    start_epoch, converged = 0, False
+    ckpt = config.checkpoint_path
+    if ckpt is not None and Path(ckpt).exists():
+        state = load_checkpoint(Path(ckpt))
+        if state.get("fingerprint") != fp:
+            log.warning("%s belongs to other inputs or settings; starting afresh (it will be overwritten)", ckpt)
+        else:
+            params = dict(pyro.get_param_store().named_parameters())
+            with torch.no_grad():
+                for name, value in state["params"].items():
+                    if name not in params:
+                        raise SpotmapError(f"{ckpt}: parameter {name!r} does not belong to this model; delete it")
+                    params[name].copy_(value.to(params[name].device))
+            optim.set_state(state["optim"])
+            torch.set_rng_state(state["rng"])
+            hist = state["history"]
+            history = [dict(zip(hist.keys(), vals)) for vals in zip(*hist.values())] if hist else []
+            start_epoch, converged = int(state["epoch"]), bool(state["converged"])
+            log.info("resuming from %s at epoch %d", ckpt, start_epoch)
+
+    elbos = [h["elbo"] for h in history]
+    show_bar = config.progress and sys.stderr.isatty()
+    progress = None
+    if show_bar:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("-ELBO {task.fields[loss]}"), TimeRemainingColumn(), transient=True)
+        progress.start()
+        task = progress.add_task("train", total=config.max_epochs, completed=start_epoch, loss="…")
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    epoch = start_epoch
+    try:
+        while epoch < config.max_epochs and not converged:
+            if full:
+                step_losses = [svi.step(**batch_kwargs(None))]
+            else:
+                gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+                perm = torch.randperm(n_obs, generator=gen)
+                step_losses = [svi.step(**batch_kwargs(perm[i:i + config.batch_size]))
+                               for i in range(0, n_obs, config.batch_size)]
+            value = float(np.mean(step_losses))
+            epoch += 1
+            if not math.isfinite(value):
+                raise SpotmapError(f"training stopped at epoch {epoch}: the loss is not finite ({value}); "
+                                   f"likely cause: {config.nan_hint}")
+            elbos.append(value)
+            w = config.window
+            smoothed = float(np.mean(elbos[-w:]))
+            rel = float("nan")
+            if len(elbos) >= 2 * w:
+                prev = float(np.mean(elbos[-2 * w:-w]))
+                rel = abs(smoothed - prev) / max(abs(smoothed), 1e-12)
+                converged = epoch >= config.min_epochs and rel < config.tol
+            history.append({"epoch": epoch, "elbo": value, "elbo_smoothed": smoothed, "rel_change": rel,
+                            "seconds": time.perf_counter() - t0})
+            if progress is not None:
+                progress.update(task, completed=epoch, loss=f"{value:.4g}")
+            elif config.log_every and epoch % config.log_every == 0:
+                log.info("epoch %d/%d  -ELBO %.6g  rel.change %.2e", epoch, config.max_epochs, value, rel)
+            if ckpt is not None and config.checkpoint_every and (epoch % config.checkpoint_every == 0 or converged):
+                _save_checkpoint(Path(ckpt), epoch, optim, history, fp, converged)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if ckpt is not None and config.checkpoint_every and history:
+        _save_checkpoint(Path(ckpt), epoch, optim, history, fp, converged)
+    if converged:
+        log.info("converged at epoch %d (relative change of the smoothed ELBO < %g)", epoch, config.tol)
+    df = pd.DataFrame(history, columns=["epoch", "elbo", "elbo_smoothed", "rel_change", "seconds"])
+    df.attrs["converged"] = converged
+    return df

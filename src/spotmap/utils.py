@@ -1,0 +1,141 @@
+"""Small shared helpers: atomic output, logging, devices and seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+log = logging.getLogger("spotmap")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Send spotmap's log to stderr (results always go to files)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("spotmap")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success.
+
+    A crash or an exception never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared files
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` only when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_h5ad(adata, path: str | os.PathLike) -> Path:
+    """Write an AnnData atomically (compressed)."""
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp, compression="gzip")
+    return Path(path)
+
+
+def write_table(df, path: str | os.PathLike, sep: str | None = None, index: bool = True,
+                header_lines: list[str] | None = None) -> Path:
+    """Write a DataFrame as CSV/TSV atomically; ``header_lines`` are written first as ``# ...``."""
+    path = Path(path)
+    if sep is None:
+        sep = "\t" if path.suffix in {".tsv", ".txt"} else ","
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            for line in header_lines or []:
+                fh.write(f"# {line}\n" if not line.startswith("#") else f"{line}\n")
+            df.to_csv(fh, sep=sep, index=index)
+    return path
+
+
+def resolve_device(device: str = "auto"):
+    """Return a ``torch.device`` for ``auto|cpu|cuda``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    from spotmap.errors import SpotmapError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpotmapError("--device cuda was requested but torch sees no CUDA GPU; use --device cpu or auto")
+    if device not in {"cpu", "cuda"}:
+        raise SpotmapError(f"--device must be auto, cpu or cuda (got {device!r})")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed torch, pyro and numpy; return a numpy Generator for data-side randomness."""
+    import pyro
+    import torch
+
+    pyro.set_rng_seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def software_versions(cuda: bool | None = None) -> dict[str, str]:
+    """Versions of spotmap and its main dependencies, as written to ``versions.yml``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    import spotmap
+
+    def _v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    out = {
+        "spotmap": spotmap.__version__,
+        "torch": torch.__version__,
+        "pyro-ppl": _v("pyro-ppl"),
+        "anndata": _v("anndata"),
+        "scanpy": _v("scanpy"),
+        "python": ".".join(map(str, __import__("sys").version_info[:3])),
+    }
+    if (cuda if cuda is not None else torch.cuda.is_available()) and torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out
