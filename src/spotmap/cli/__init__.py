@@ -43,9 +43,9 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from spotmap.cli import aggregate, demo, map, qc, report, run, signatures, simulate, versions  # noqa: A004
+    from spotmap.cli import aggregate, demo, map, qc, qc_batch, report, run, signatures, simulate, versions  # noqa: A004
 
-    for mod in (simulate, qc, signatures, map, aggregate, report, run, demo, versions):
+    for mod in (simulate, qc, qc_batch, signatures, map, aggregate, report, run, demo, versions):
         cli.add_command(mod.command)
 
 

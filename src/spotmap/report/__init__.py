@@ -1,0 +1,1 @@
+"""The MultiQC report: custom-content writers (:mod:`.mqc`), shared plots (:mod:`.plots`)."""

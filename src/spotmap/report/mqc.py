@@ -1,0 +1,72 @@
+"""Writers for MultiQC custom content (``*_mqc.tsv|yaml|png``), used by every step.
+
+Conventions (MultiQC docs, "Custom content"): a TSV carries its config as ``# key: value``
+YAML header lines; a YAML file carries ``id``, ``section_name``, ``plot_type``, ``pconfig``
+and ``data``; files that share an ``id`` are merged into one section (so every restart's
+training curve becomes one series of the same linegraph). Section ids all start with
+``spotmap_`` and their order is set in ``assets/multiqc_config.yml``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from spotmap.utils import atomic_path
+
+
+def write_mqc_table(df: pd.DataFrame, path: str | Path, id: str, section_name: str, description: str = "",
+                    plot_type: str = "table", pconfig: dict | None = None, headers: dict | None = None) -> Path:
+    """Write ``df`` (index = row/sample names) as a MultiQC ``*_mqc.tsv`` table with a YAML header."""
+    path = Path(path)
+    header = {"id": id, "section_name": section_name, "description": description, "plot_type": plot_type,
+              "format": "tsv"}
+    if pconfig:
+        header["pconfig"] = pconfig
+    if headers:
+        header["headers"] = headers
+    lines = yaml.safe_dump(header, sort_keys=False, width=10_000).splitlines()
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            for ln in lines:
+                fh.write(f"# {ln}\n")
+            df.to_csv(fh, sep="\t", index=True, index_label=df.index.name or "Sample")
+    return path
+
+
+def write_mqc_yaml(path: str | Path, id: str, section_name: str, plot_type: str, data: dict,
+                   description: str = "", pconfig: dict | None = None, **extra) -> Path:
+    """Write a MultiQC ``*_mqc.yaml`` custom-content file (linegraph, heatmap, bargraph, ...)."""
+    content = {"id": id, "section_name": section_name, "description": description, "plot_type": plot_type}
+    if pconfig:
+        content["pconfig"] = pconfig
+    content.update(extra)
+    # JSON round trip: plain floats/ints/strings only (no numpy scalars in the YAML)
+    content["data"] = json.loads(json.dumps(data, default=float))
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(yaml.safe_dump(content, sort_keys=False, width=10_000))
+    return Path(path)
+
+
+def write_mqc_linegraph(path: str | Path, id: str, section_name: str, series: dict[str, dict[float, float]],
+                        description: str = "", xlab: str = "epoch", ylab: str = "", title: str | None = None,
+                        logy: bool = False) -> Path:
+    """One or more series ``{name: {x: y}}`` as a MultiQC linegraph."""
+    pconfig = {"id": f"{id}_plot", "title": title or section_name, "xlab": xlab, "ylab": ylab, "logswitch": True}
+    if logy:
+        pconfig["logswitch_active"] = True
+    data = {name: {float(x): float(y) for x, y in pts.items()} for name, pts in series.items()}
+    return write_mqc_yaml(path, id, section_name, "linegraph", data, description, pconfig)
+
+
+def save_mqc_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically (``*_mqc.png`` files are embedded by MultiQC)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
