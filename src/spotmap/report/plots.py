@@ -35,8 +35,7 @@ def spatial_scatter(adata: ad.AnnData, values: np.ndarray, ax: plt.Axes, title: 
         ax.imshow(img, alpha=0.6)
     vmax = float(np.quantile(values, vmax_quantile)) if len(values) else 1.0
     if spot_size is None:
-        span = max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1.0)
-        spot_size = max(0.5, min(40.0, 3.0e4 / max(len(values), 1) * (200.0 / span) ** 0 ))
+        spot_size = max(0.5, min(40.0, 2.0e4 / max(len(values), 1)))  # fewer spots, bigger dots
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=spot_size, cmap=cmap, vmin=0, vmax=max(vmax, 1e-12),
                     linewidths=0, rasterized=True)
     if img is not None and show_image:
