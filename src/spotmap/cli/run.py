@@ -1,13 +1,50 @@
-"""``spotmap run``: placeholder until its step lands (see the issue tracker)."""
+"""``spotmap run``: the whole pipeline on one machine (same steps and files as the Nextflow pipeline)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from spotmap.errors import SpotmapError
 
+@click.command("run")
+@click.option("--samplesheet", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV with columns sample and spaceranger_dir or h5ad (optional: batch, n_cells_per_location, "
+                   "coordinates, bin_size).")
+@click.option("--reference", type=click.Path(path_type=Path),
+              help="Labelled single-cell reference (.h5ad, or a count table) for the signatures step.")
+@click.option("--signatures", type=click.Path(dir_okay=False, path_type=Path),
+              help="Signatures computed elsewhere (genes × cell types CSV/TSV, or a cell2location reference "
+                   ".h5ad); skips the signatures step.")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Results folder.")
+@click.option("--labels-key", default="cell_type", show_default=True, help="Reference column with cell-type labels.")
+@click.option("--batch-key", default=None, help="Reference column with batches (e.g. batch).  [default: none]")
+@click.option("--restarts", default=3, show_default=True, help="Independent mapping restarts (seeds seed … seed+n-1).")
+@click.option("--seed", default=0, show_default=True, help="First restart's seed (also the signatures' seed).")
+@click.option("--mapping-mode", type=click.Choice(["joint", "per_sample"]), default="joint", show_default=True,
+              help="joint: all samples in one model (as cell2location); per_sample: one model per sample.")
+@click.option("--n-cells-per-location", default=8.0, show_default=True,
+              help="Expected cells per spot (N); count nuclei in a few spots of your images to set it.")
+@click.option("--detection-alpha", default=20.0, show_default=True,
+              help="Within-slide detection variability prior: 20 for high, 200 for low technical variability.")
+@click.option("--signatures-max-epochs", type=int, default=None, help="Override the signatures step's epochs.")
+@click.option("--map-max-epochs", type=int, default=None, help="Override the mapping step's epochs.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train.")
+def command(samplesheet: Path, reference: Path | None, signatures: Path | None, outdir: Path, labels_key: str,
+            batch_key: str | None, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float,
+            detection_alpha: float, signatures_max_epochs: int | None, map_max_epochs: int | None,
+            device: str) -> None:
+    """Run QC → signatures → map (one per restart) → aggregate → report into OUTDIR.
 
-@click.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Not implemented yet."""
-    raise SpotmapError("'spotmap run' is not implemented yet")
+    Writes OUTDIR/qc/, OUTDIR/signatures/, OUTDIR/mapping/restart_<seed>/, OUTDIR/mapping/consensus/,
+    OUTDIR/multiqc/multiqc_report.html and OUTDIR/pipeline_info/params.json.
+    """
+    from spotmap.pipeline import RunParams, run_pipeline
+
+    run_pipeline(RunParams(
+        samplesheet=str(samplesheet), reference=str(reference) if reference else None,
+        signatures=str(signatures) if signatures else None, outdir=str(outdir), labels_key=labels_key,
+        batch_key=batch_key, restarts=restarts, seed=seed, mapping_mode=mapping_mode,
+        n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha,
+        signatures_max_epochs=signatures_max_epochs, map_max_epochs=map_max_epochs, device=device))

@@ -1,0 +1,155 @@
+"""The whole pipeline on one machine: ``spotmap run`` and ``spotmap demo``.
+
+Each step is run through its own CLI command in this process, with the same options and
+file names the Nextflow processes use, so a local run and a pipeline run publish the same
+layout::
+
+    OUTDIR/qc/<sample>/                 spotmap qc (per sample), qc/qc_batch/ (batch-effect UMAP)
+    OUTDIR/signatures/                  spotmap signatures (skipped when --signatures is given)
+    OUTDIR/mapping/restart_<seed>/      spotmap map, one per restart seed (samples mapped jointly)
+    OUTDIR/mapping/consensus/           spotmap aggregate
+    OUTDIR/multiqc/multiqc_report.html  spotmap report
+    OUTDIR/pipeline_info/params.json    parameters and their defaults (for the report's workflow summary)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import click
+
+from spotmap.errors import SpotmapError
+from spotmap.utils import atomic_path, log, software_versions
+
+
+@dataclass
+class RunParams:
+    """Parameters of :func:`run_pipeline` (names as in nextflow.config, snake_case)."""
+
+    samplesheet: str = ""
+    reference: str | None = None
+    signatures: str | None = None
+    outdir: str = "results"
+    labels_key: str = "cell_type"
+    batch_key: str | None = None
+    restarts: int = 3
+    seed: int = 0
+    mapping_mode: str = "joint"
+    n_cells_per_location: float = 8.0
+    detection_alpha: float = 20.0
+    signatures_max_epochs: int | None = None
+    map_max_epochs: int | None = None
+    device: str = "auto"
+    extra_qc_args: list[str] = field(default_factory=list)
+    extra_signatures_args: list[str] = field(default_factory=list)
+    extra_map_args: list[str] = field(default_factory=list)
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.restarts)]
+
+
+def _invoke(command: click.Command, args: list[str], step: str) -> None:
+    """Run one step's click command in this process; errors keep their one-line message."""
+    log.info("[%s] spotmap %s %s", step, command.name, " ".join(args))
+    t0 = time.perf_counter()
+    try:
+        command.main(args=[str(a) for a in args], prog_name=f"spotmap {command.name}", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        raise SpotmapError(f"{step}: {exc.format_message()}") from None
+    log.info("[%s] done in %.1f s", step, time.perf_counter() - t0)
+
+
+def _sample_inputs(sheet) -> list[tuple[str, str, list[str]]]:
+    """(sample, input path, extra qc args) per samplesheet row."""
+    rows = []
+    for _, row in sheet.iterrows():
+        path = next((row[c] for c in ("spaceranger_dir", "h5ad") if c in row and isinstance(row[c], str) and row[c]),
+                    None)
+        extra = []
+        if "coordinates" in row and isinstance(row.get("coordinates"), str) and row["coordinates"]:
+            extra += ["--coordinates", row["coordinates"]]
+        rows.append((str(row["sample"]), str(path), extra))
+    return rows
+
+
+def write_params(params: RunParams, path: Path) -> None:
+    defaults = RunParams()
+    doc = {"params": asdict(params), "defaults": {f.name: getattr(defaults, f.name) for f in fields(RunParams)},
+           "versions": software_versions()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, default=str))
+
+
+def run_pipeline(params: RunParams) -> Path:
+    """Run QC → signatures → map (per restart seed) → aggregate → report; return the report's path."""
+    from spotmap.cli import aggregate as aggregate_cli
+    from spotmap.cli import map as map_cli
+    from spotmap.cli import qc as qc_cli
+    from spotmap.cli import qc_batch as qc_batch_cli
+    from spotmap.cli import report as report_cli
+    from spotmap.cli import signatures as signatures_cli
+    from spotmap.io.samplesheet import read_samplesheet
+
+    if params.reference is None and params.signatures is None:
+        raise SpotmapError("give --reference (to estimate signatures) or --signatures (computed elsewhere)")
+    if params.mapping_mode not in {"joint", "per_sample"}:
+        raise SpotmapError(f"--mapping-mode must be joint or per_sample (got {params.mapping_mode!r})")
+    if params.restarts < 1:
+        raise SpotmapError(f"--restarts must be at least 1 (got {params.restarts})")
+    out = Path(params.outdir)
+    sheet = read_samplesheet(params.samplesheet)
+    write_params(params, out / "pipeline_info" / "params.json")
+
+    # 1. QC per sample
+    qc_files = []
+    for sample, path, extra in _sample_inputs(sheet):
+        _invoke(qc_cli.command, ["--sample", sample, "--input", path, "--outdir", out / "qc" / sample,
+                                 *extra, *params.extra_qc_args], f"qc {sample}")
+        qc_files.append(out / "qc" / sample / f"{sample}.h5ad")
+    if len(qc_files) > 1:
+        _invoke(qc_batch_cli.command, [a for f in qc_files for a in ("--spatial", f)]
+                + ["--outdir", out / "qc" / "qc_batch"], "qc-batch")
+
+    # 2. Signatures
+    if params.signatures is not None:
+        signatures = Path(params.signatures)
+    else:
+        args = ["--reference", params.reference, "--labels-key", params.labels_key, "--outdir", out / "signatures",
+                "--seed", params.seed, "--device", params.device]
+        if params.batch_key:
+            args += ["--batch-key", params.batch_key]
+        if params.signatures_max_epochs:
+            args += ["--max-epochs", params.signatures_max_epochs]
+        _invoke(signatures_cli.command, args + params.extra_signatures_args, "signatures")
+        signatures = out / "signatures" / "signatures.csv"
+
+    # 3. Map, once per restart seed (and per sample in per_sample mode)
+    groups = ([("", qc_files)] if params.mapping_mode == "joint"
+              else [(f.stem, [f]) for f in qc_files])
+    consensus_dirs = []
+    for group, files in groups:
+        base = out / "mapping" / group if group else out / "mapping"
+        restart_dirs = []
+        for seed in params.seeds():
+            rdir = base / f"restart_{seed}"
+            args = [a for f in files for a in ("--spatial", f)] + [
+                "--signatures", signatures, "--outdir", rdir, "--seed", seed, "--device", params.device,
+                "--n-cells-per-location", params.n_cells_per_location, "--detection-alpha", params.detection_alpha,
+                "--name", f"{group + '_' if group else ''}restart_{seed}"]
+            if params.map_max_epochs:
+                args += ["--max-epochs", params.map_max_epochs]
+            _invoke(map_cli.command, args + params.extra_map_args, f"map {group or 'all'} seed {seed}")
+            restart_dirs.append(rdir)
+        # 4. Aggregate restarts
+        _invoke(aggregate_cli.command, [a for d in restart_dirs for a in ("--restart", d)]
+                + ["--outdir", base / "consensus"], f"aggregate {group or 'all'}")
+        consensus_dirs.append(base / "consensus")
+
+    # 5. Report
+    _invoke(report_cli.command, ["--results", out, "--outdir", out / "multiqc"], "report")
+    report = out / "multiqc" / "multiqc_report.html"
+    log.info("report: %s", report)
+    return report
