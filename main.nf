@@ -1,0 +1,88 @@
+#!/usr/bin/env nextflow
+/*
+ * spotmap: map cell types onto spatial transcriptomics with the cell2location model.
+ *
+ *   nextflow run . -profile test,docker --outdir results
+ *   nextflow run . -profile docker --input samplesheet.csv --reference reference.h5ad --outdir results
+ *
+ * Docs: docs/nextflow.md. Parameters: nextflow_schema.json (nextflow run . --help).
+ */
+
+nextflow.enable.dsl = 2
+
+include { validateParameters; paramsSummaryLog; samplesheetToList } from 'plugin/nf-schema'
+include { SIMULATE } from './modules/local/simulate/main'
+include { SPOTMAP  } from './workflows/spotmap'
+
+workflow {
+
+    if (params.validate_params) {
+        validateParameters()
+    }
+    log.info paramsSummaryLog(workflow)
+    checkInputParams()
+
+    // Restart seeds: params.seed, params.seed + 1, ... (one MAP task each)
+    def seeds = (0..<params.restarts).collect { i -> (params.seed as int) + i }
+
+    ch_versions = Channel.empty()
+    if (params.simulate) {
+        // Test profile: a tiny simulated case made by the pipeline itself (no downloads)
+        SIMULATE()
+        ch_versions  = ch_versions.mix(SIMULATE.out.versions)
+        ch_samples   = SIMULATE.out.samples
+            .flatten()
+            .map { outs -> [ [ id: outs.parent.name ], outs ] }
+        ch_reference = SIMULATE.out.reference
+    } else {
+        ch_samples = Channel
+            .fromList(samplesheetToList(params.input, "${projectDir}/assets/schema_input.json"))
+            .map { row -> sampleFromRow(row) }
+        ch_reference = params.reference ? Channel.fromPath(params.reference, checkIfExists: true) : Channel.empty()
+    }
+    ch_reference = ch_reference.map { ref ->
+        [ [ id: 'reference', labels_key: params.labels_key, batch_key: params.batch_key ], ref ]
+    }
+    ch_signatures = params.signatures ? Channel.fromPath(params.signatures, checkIfExists: true) : Channel.empty()
+
+    SPOTMAP(ch_samples, ch_reference, ch_signatures, seeds, ch_versions)
+}
+
+workflow.onComplete {
+    if (workflow.success) {
+        log.info "spotmap: done, results in ${params.outdir}"
+    } else {
+        log.error "spotmap: failed; see ${params.outdir}/pipeline_info and .nextflow.log, then rerun with -resume"
+    }
+}
+
+/*
+ * One clear line for inputs that nf-schema cannot check on its own.
+ */
+def checkInputParams() {
+    if (!params.simulate && !params.input) {
+        error("spotmap: --input <samplesheet.csv> is required (or use -profile test for simulated data)")
+    }
+    if (!params.simulate && !params.reference && !params.signatures) {
+        error("spotmap: give --reference <reference.h5ad> (signatures are estimated) or --signatures <signatures.csv>")
+    }
+    if (!(params.mapping_mode in [ 'joint', 'per_sample' ])) {
+        error("spotmap: --mapping_mode must be 'joint' or 'per_sample' (got '${params.mapping_mode}')")
+    }
+    if ((params.restarts as int) < 1) {
+        error("spotmap: --restarts must be at least 1 (got ${params.restarts})")
+    }
+}
+
+/*
+ * A samplesheet row from samplesheetToList, [ meta, spaceranger_dir, h5ad ] with exactly one of the two
+ * inputs set, as [ meta, input ].
+ */
+def sampleFromRow(row) {
+    def meta   = row[0]
+    def inputs = row[1..-1].findAll { f -> f }
+    if (inputs.size() != 1) {
+        error("spotmap: samplesheet row '${meta.id}': give exactly one of spaceranger_dir or h5ad")
+    }
+    return [ meta, inputs[0] ]
+}

@@ -1,0 +1,52 @@
+process MAP {
+    tag "${meta.id}:restart_${seed}"
+    label 'process_high'
+    label 'process_gpu'
+
+    input:
+    tuple val(meta), path(spatial, stageAs: 'spatial/*')
+    path signatures
+    each seed
+
+    output:
+    tuple val(meta), path("restart_${seed}", type: 'dir')                  , emit: restart
+    tuple val(meta), path("restart_${seed}/sp.h5ad")                       , emit: h5ad
+    tuple val(meta), path("restart_${seed}/W_cell_density.csv")            , emit: density
+    tuple val(meta), path("restart_${seed}/W_cell_density_q05.csv")        , emit: density_q05
+    tuple val(meta), path("restart_${seed}/W_mRNA_count.csv")              , emit: mrna
+    tuple val(meta), path("restart_${seed}/W_mRNA_count_q05.csv")          , emit: mrna_q05
+    tuple val(meta), path("restart_${seed}/training_history.tsv")          , emit: history
+    path "restart_${seed}/*_mqc.*"                                         , emit: mqc
+    path "versions.yml"                                                    , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args   = task.ext.args ?: ''
+    def device = task.ext.use_gpu ? 'cuda' : 'cpu'
+    """
+    inputs=()
+    for f in spatial/*; do inputs+=(--spatial "\$f"); done
+
+    spotmap map \\
+        "\${inputs[@]}" \\
+        --signatures ${signatures} \\
+        --seed ${seed} \\
+        --device ${device} \\
+        --outdir restart_${seed} \\
+        ${args}
+
+    spotmap versions --process "${task.process}" > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p restart_${seed}
+    cd restart_${seed}
+    touch sp.h5ad W_cell_density.csv W_cell_density_q05.csv W_mRNA_count.csv W_mRNA_count_q05.csv
+    touch training_history.tsv map_history_mqc.tsv
+    cd ..
+    spotmap versions --process "${task.process}" > versions.yml
+    """
+}

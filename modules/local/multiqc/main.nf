@@ -1,0 +1,33 @@
+process MULTIQC {
+    tag "report"
+    label 'process_single'
+
+    input:
+    path mqc_files, stageAs: '?/*'
+
+    output:
+    path "multiqc/multiqc_report.html"       , emit: report
+    path "multiqc/multiqc_data", optional: true, emit: data
+    path "versions.yml"                      , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    spotmap report \\
+        --results . \\
+        --outdir multiqc \\
+        ${args}
+
+    spotmap versions --process "${task.process}" > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p multiqc
+    touch multiqc/multiqc_report.html
+    spotmap versions --process "${task.process}" > versions.yml
+    """
+}

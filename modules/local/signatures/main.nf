@@ -1,0 +1,42 @@
+process SIGNATURES {
+    tag "${meta.id}"
+    label 'process_medium'
+    label 'process_gpu'
+
+    input:
+    tuple val(meta), path(reference)
+
+    output:
+    tuple val(meta), path("signatures/signatures.csv")      , emit: signatures
+    tuple val(meta), path("signatures/reference.h5ad")      , emit: h5ad
+    tuple val(meta), path("signatures/training_history.tsv"), emit: history
+    path "signatures/*_mqc.*"                               , emit: mqc
+    path "versions.yml"                                     , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args      = task.ext.args ?: ''
+    def batch_key = meta.batch_key ? "--batch-key ${meta.batch_key}" : ''
+    def device    = task.ext.use_gpu ? 'cuda' : 'cpu'
+    """
+    spotmap signatures \\
+        --reference ${reference} \\
+        --labels-key ${meta.labels_key} \\
+        ${batch_key} \\
+        --device ${device} \\
+        --outdir signatures \\
+        ${args}
+
+    spotmap versions --process "${task.process}" > versions.yml
+    """
+
+    stub:
+    """
+    mkdir -p signatures
+    touch signatures/signatures.csv signatures/reference.h5ad signatures/training_history.tsv
+    touch signatures/signatures_history_mqc.tsv
+    spotmap versions --process "${task.process}" > versions.yml
+    """
+}

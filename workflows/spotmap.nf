@@ -1,0 +1,139 @@
+/*
+ * SPOTMAP: QC per sample -> SIGNATURES once per reference -> MAP once per restart seed
+ * (all samples jointly, or each on its own with --mapping_mode per_sample) -> AGGREGATE -> MULTIQC.
+ * Every step is one `spotmap` CLI call (modules/local/<step>/main.nf).
+ */
+
+include { QC         } from '../modules/local/qc/main'
+include { QC_BATCH   } from '../modules/local/qc_batch/main'
+include { SIGNATURES } from '../modules/local/signatures/main'
+include { MAP        } from '../modules/local/map/main'
+include { AGGREGATE  } from '../modules/local/aggregate/main'
+include { MULTIQC    } from '../modules/local/multiqc/main'
+
+workflow SPOTMAP {
+
+    take:
+    ch_samples     // channel: [ val(meta), path(spaceranger_dir or h5ad) ], one item per sample
+    ch_reference   // channel: [ val(meta), path(reference.h5ad) ]; empty when --signatures is given
+    ch_signatures  // channel: path(signatures.csv); empty unless --signatures is given
+    seeds          // list of restart seeds, one MAP task per seed (and per sample in per_sample mode)
+    ch_versions    // channel: versions.yml files of steps run before this workflow
+
+    main:
+    ch_mqc = Channel.empty()
+
+    //
+    // QC, one task per sample, in parallel
+    //
+    QC(ch_samples)
+    ch_versions = ch_versions.mix(QC.out.versions)
+    ch_mqc      = ch_mqc.mix(QC.out.mqc.flatten())
+
+    ch_qc_files = QC.out.h5ad.map { _meta, h5ad -> h5ad }.collect(sort: true)
+    QC_BATCH(ch_qc_files.filter { files -> files.size() > 1 }.map { files -> [ [ id: 'all_samples' ], files ] })
+    ch_versions = ch_versions.mix(QC_BATCH.out.versions)
+    ch_mqc      = ch_mqc.mix(QC_BATCH.out.mqc.flatten())
+
+    //
+    // Reference signatures, once (skipped with --signatures)
+    //
+    if (params.signatures) {
+        ch_sig = ch_signatures.first()
+    } else {
+        SIGNATURES(ch_reference)
+        ch_versions = ch_versions.mix(SIGNATURES.out.versions)
+        ch_mqc      = ch_mqc.mix(SIGNATURES.out.mqc.flatten())
+        ch_sig      = SIGNATURES.out.signatures.map { _meta, csv -> csv }.first()
+    }
+
+    //
+    // Mapping, one task per restart seed: all samples in one model (joint, as cell2location does)
+    // or each sample on its own (per_sample)
+    //
+    if (params.mapping_mode == 'per_sample') {
+        ch_map_in = QC.out.h5ad.map { meta, h5ad -> [ meta, [ h5ad ] ] }
+    } else {
+        ch_map_in = ch_qc_files.map { files -> [ [ id: 'joint' ], files ] }
+    }
+    MAP(ch_map_in, ch_sig, seeds)
+    ch_versions = ch_versions.mix(MAP.out.versions)
+    ch_mqc      = ch_mqc.mix(MAP.out.mqc.flatten())
+
+    //
+    // Consensus over restarts and their stability
+    //
+    AGGREGATE(MAP.out.restart.groupTuple(size: seeds.size(), sort: true))
+    ch_versions = ch_versions.mix(AGGREGATE.out.versions)
+    ch_mqc      = ch_mqc.mix(AGGREGATE.out.mqc.flatten())
+
+    //
+    // Software versions (pipeline_info/) and the MultiQC report
+    //
+    ch_versions_yml = softwareVersionsToYAML(ch_versions)
+        .collectFile(storeDir: "${params.outdir}/pipeline_info", name: 'spotmap_software_mqc_versions.yml', sort: true, newLine: true)
+
+    ch_report = Channel.empty()
+    if (!params.skip_multiqc) {
+        ch_summary = Channel.value(paramsSummaryMultiqc())
+            .collectFile(name: 'workflow_summary_mqc.yaml')
+        MULTIQC(ch_mqc.mix(ch_versions_yml, ch_summary).collect())
+        ch_report = MULTIQC.out.report
+    }
+
+    emit:
+    consensus = AGGREGATE.out.consensus   // channel: [ val(meta), path(consensus/) ]
+    restarts  = MAP.out.restart           // channel: [ val(meta), path(restart_<seed>/) ]
+    report    = ch_report                 // channel: path(multiqc_report.html)
+    versions  = ch_versions_yml           // channel: path(spotmap_software_mqc_versions.yml)
+}
+
+/*
+ * Software versions: deduplicate the versions.yml of every task, strip the process path to its
+ * last name (as nf-core does) and add the pipeline and Nextflow versions.
+ */
+def processVersionsFromYAML(yaml_file) {
+    def yaml = new org.yaml.snakeyaml.Yaml()
+    def versions = yaml.load(yaml_file.text).collectEntries { k, v -> [ k.tokenize(':')[-1], v ] }
+    return yaml.dumpAsMap(versions).trim()
+}
+
+def workflowVersionToYAML() {
+    return """
+    Workflow:
+        ${workflow.manifest.name}: ${workflow.manifest.version}
+        Nextflow: ${workflow.nextflow.version}
+    """.stripIndent().trim()
+}
+
+def softwareVersionsToYAML(ch_versions) {
+    return ch_versions
+        .unique()
+        .map { yml -> processVersionsFromYAML(yml) }
+        .unique()
+        .mix(Channel.of(workflowVersionToYAML()))
+}
+
+/*
+ * The parameters of this run as a MultiQC custom-content section (workflow_summary_mqc.yaml).
+ */
+def paramsSummaryMultiqc() {
+    def rows = params
+        .findAll { k, v -> v != null && v != '' && !(k in [ 'container_cpu', 'container_gpu' ]) }
+        .sort { a, b -> a.key <=> b.key }
+        .collect { k, v -> "        <dt>${k}</dt><dd><samp>${v}</samp></dd>" }
+        .join('\n')
+    return """\
+id: 'spotmap-summary'
+description: ' - parameters of this run, recorded when the pipeline started.'
+section_name: 'spotmap workflow summary'
+section_href: '${workflow.manifest.homePage}'
+plot_type: 'html'
+data: |
+    <dl class="dl-horizontal">
+${rows}
+        <dt>Nextflow</dt><dd><samp>${workflow.nextflow.version}</samp></dd>
+        <dt>Profile</dt><dd><samp>${workflow.profile}</samp></dd>
+    </dl>
+""".stripIndent()
+}
