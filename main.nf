@@ -32,12 +32,14 @@ workflow {
         ch_versions  = ch_versions.mix(SIMULATE.out.versions)
         ch_samples   = SIMULATE.out.samples
             .flatten()
-            .map { outs -> [ [ id: outs.parent.name ], outs ] }
+            .map { outs -> [ [ id: outs.parent.name ], outs, [] ] }
         ch_reference = SIMULATE.out.reference
     } else {
+        def schema_input = "${projectDir}/assets/schema_input.json"
+        def columns      = samplesheetColumns(schema_input)
         ch_samples = Channel
-            .fromList(samplesheetToList(params.input, "${projectDir}/assets/schema_input.json"))
-            .map { row -> sampleFromRow(row) }
+            .fromList(samplesheetToList(params.input, schema_input))
+            .map { row -> sampleFromRow(row, columns) }
         ch_reference = params.reference ? Channel.fromPath(params.reference, checkIfExists: true) : Channel.empty()
     }
     ch_reference = ch_reference.map { ref ->
@@ -75,14 +77,25 @@ def checkInputParams() {
 }
 
 /*
- * A samplesheet row from samplesheetToList, [ meta, spaceranger_dir, h5ad ] with exactly one of the two
- * inputs set, as [ meta, input ].
+ * The non-meta columns of the samplesheet schema, in the order samplesheetToList returns them
+ * (after the meta map).
  */
-def sampleFromRow(row) {
+def samplesheetColumns(schema_path) {
+    def schema = new groovy.json.JsonSlurper().parse(file(schema_path).toFile())
+    return schema['items']['properties'].findAll { _name, spec -> !spec.containsKey('meta') }.collect { name, _spec -> name }
+}
+
+/*
+ * A samplesheet row from samplesheetToList ([ meta, <one value per non-meta column> ], empty cells as [])
+ * as the QC input [ meta, input, coordinates or [] ]. The input is the one of spaceranger_dir, h5ad or
+ * counts that is set (the schema makes sure there is exactly one).
+ */
+def sampleFromRow(row, columns) {
     def meta   = row[0]
-    def inputs = row[1..-1].findAll { f -> f }
+    def values = [ columns, row[1..-1] ].transpose().collectEntries { name, value -> [ name, value ] }
+    def inputs = [ 'spaceranger_dir', 'h5ad', 'counts' ].collect { name -> values[name] }.findAll { value -> value }
     if (inputs.size() != 1) {
-        error("spotmap: samplesheet row '${meta.id}': give exactly one of spaceranger_dir or h5ad")
+        error("spotmap: samplesheet row '${meta.id}': give exactly one of spaceranger_dir, h5ad or counts")
     }
-    return [ meta, inputs[0] ]
+    return [ meta, inputs[0], values['coordinates'] ?: [] ]
 }

@@ -25,6 +25,7 @@ process MAP {
     script:
     def args   = task.ext.args ?: ''
     def device = task.ext.use_gpu ? 'cuda' : 'cpu'
+    def name   = meta.id == 'joint' ? "restart_${seed}" : "${meta.id}_restart_${seed}"
     """
     inputs=()
     for f in spatial/*; do inputs+=(--spatial "\$f"); done
@@ -35,6 +36,7 @@ process MAP {
         --seed ${seed} \\
         --device ${device} \\
         --outdir restart_${seed} \\
+        --name ${name} \\
         ${args}
 
     spotmap versions --process "${task.process}" > versions.yml

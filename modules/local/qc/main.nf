@@ -3,24 +3,26 @@ process QC {
     label 'process_low'
 
     input:
-    tuple val(meta), path(input)
+    tuple val(meta), path(input), path(coordinates)
 
     output:
-    tuple val(meta), path("qc/${meta.id}.h5ad")  , emit: h5ad
-    tuple val(meta), path("qc/*_qc_metrics.tsv") , emit: metrics
-    path "qc/*_mqc.*"                            , emit: mqc
-    path "versions.yml"                          , emit: versions
+    tuple val(meta), path("qc/${meta.id}/${meta.id}.h5ad") , emit: h5ad
+    tuple val(meta), path("qc/${meta.id}/*_qc_metrics.tsv"), emit: metrics
+    path "qc/${meta.id}/*_mqc.*"                           , emit: mqc
+    path "versions.yml"                                    , emit: versions
 
     when:
     task.ext.when == null || task.ext.when
 
     script:
-    def args = task.ext.args ?: ''
+    def args        = task.ext.args ?: ''
+    def coords      = coordinates ? "--coordinates ${coordinates}" : ''
     """
     spotmap qc \\
         --sample ${meta.id} \\
         --input ${input} \\
-        --outdir qc \\
+        ${coords} \\
+        --outdir qc/${meta.id} \\
         ${args}
 
     spotmap versions --process "${task.process}" > versions.yml
@@ -28,8 +30,8 @@ process QC {
 
     stub:
     """
-    mkdir -p qc
-    touch qc/${meta.id}.h5ad qc/${meta.id}_qc_metrics.tsv qc/${meta.id}_qc_summary_mqc.tsv
+    mkdir -p qc/${meta.id}
+    touch qc/${meta.id}/${meta.id}.h5ad qc/${meta.id}/${meta.id}_qc_metrics.tsv qc/${meta.id}/${meta.id}_qc_summary_mqc.tsv
     spotmap versions --process "${task.process}" > versions.yml
     """
 }
