@@ -1,13 +1,74 @@
-"""``spotmap qc``: placeholder until its step lands (see the issue tracker)."""
+"""``spotmap qc``: read one spatial sample, compute spot QC, filter, write the QC outputs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from spotmap.errors import SpotmapError
+from spotmap.qc import DEFAULT_MAX_MT_FRACTION, DEFAULT_MIN_COUNTS, DEFAULT_MIN_GENES
 
 
-@click.command("qc", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Not implemented yet."""
-    raise SpotmapError("'spotmap qc' is not implemented yet")
+@click.command("qc")
+@click.option("--sample", required=True, help="Sample id (no spaces); names the outputs and prefixes spot ids.")
+@click.option("--input", "input_path", required=True, type=click.Path(path_type=Path),
+              help="Space Ranger outs/ folder (or its parent), .h5ad, 10x .h5, or a .csv/.tsv count table.")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (created; files replaced atomically).")
+@click.option("--coordinates", type=click.Path(path_type=Path), default=None,
+              help="Spot coordinates table (barcode + x,y) for count tables, .h5 or .h5ad without obsm['spatial'].")
+@click.option("--orientation", type=click.Choice(["auto", "genes_x_spots", "spots_x_genes"]), default="auto",
+              show_default=True, help="Count tables: which side holds the spots (auto: the side matching the "
+              "coordinates' barcodes).")
+@click.option("--counts-layer", type=click.Choice(["auto", "X", "counts", "raw"]), default="auto", show_default=True,
+              help=".h5ad: where the raw counts are (auto: layers['counts'], then X, then .raw).")
+@click.option("--min-counts", type=float, default=DEFAULT_MIN_COUNTS, show_default=True,
+              help="Remove spots with fewer UMI counts (nf-core/spatialvi qc_min_counts).")
+@click.option("--min-genes", type=int, default=DEFAULT_MIN_GENES, show_default=True,
+              help="Remove spots with fewer genes detected (nf-core/spatialvi qc_min_genes).")
+@click.option("--max-mt-fraction", type=float, default=DEFAULT_MAX_MT_FRACTION, show_default=True,
+              help="Remove spots whose mitochondrial share of counts is higher, 0-1 (spatialvi: 20 %).")
+@click.option("--mt-genes", type=click.Path(path_type=Path), default=None,
+              help="File with mitochondrial genes (symbols or ids, one per line) instead of the mt-/MT- prefix.")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="Optional single-cell reference (.h5ad or count table): report the shared genes, fail early.")
+@click.option("--cell-types", type=click.Path(path_type=Path), default=None,
+              help="Cell-type table for a count-table --reference (first column cell id).")
+@click.option("--labels-key", default="cell_type", show_default=True, help="Label column of the reference.")
+@click.option("--min-shared-genes", type=int, default=100, show_default=True,
+              help="With --reference: stop if fewer genes are shared (a warning under 5,000).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | None, orientation: str,
+            counts_layer: str, min_counts: float, min_genes: int, max_mt_fraction: float, mt_genes: Path | None,
+            reference: Path | None, cell_types: Path | None, labels_key: str, min_shared_genes: int,
+            no_plots: bool) -> None:
+    """QC one spatial sample and write OUTDIR/<SAMPLE>.h5ad (filtered spots, mitochondrial genes
+    removed, raw counts), <SAMPLE>_qc_metrics.tsv (every spot, pass_qc), <SAMPLE>_qc_summary_mqc.tsv
+    and the <SAMPLE>_qc_histograms_mqc.png / <SAMPLE>_qc_spatial_mqc.png plots (MultiQC custom content).
+    """
+    from spotmap.io import read_reference, read_spatial
+    from spotmap.qc import read_mt_genes, run_qc, shared_gene_report, write_qc_outputs
+
+    # Check thresholds and every input before reading or writing anything big.
+    _check_thresholds(min_counts, min_genes, max_mt_fraction)
+    mt = read_mt_genes(mt_genes) if mt_genes is not None else None
+    adata = read_spatial(input_path, sample=sample, counts_layer=counts_layer, coordinates=coordinates,
+                         orientation=orientation)
+    filtered, summary = run_qc(adata, sample, min_counts=min_counts, min_genes=min_genes,
+                               max_mt_fraction=max_mt_fraction, mt_genes=mt)
+    if reference is not None:
+        ref = read_reference(reference, labels_key=labels_key, cell_types=cell_types)
+        summary.update(shared_gene_report(filtered, ref, min_genes=min_shared_genes))
+    write_qc_outputs(adata, filtered, summary, outdir, sample, min_counts=min_counts, min_genes=min_genes,
+                     max_mt_fraction=max_mt_fraction, plots=not no_plots)
+
+
+def _check_thresholds(min_counts: float, min_genes: int, max_mt_fraction: float) -> None:
+    from spotmap.errors import SpotmapError
+
+    if min_counts < 0:
+        raise SpotmapError(f"--min-counts must be ≥ 0 (got {min_counts:g})")
+    if min_genes < 0:
+        raise SpotmapError(f"--min-genes must be ≥ 0 (got {min_genes})")
+    if not 0 < max_mt_fraction <= 1:
+        raise SpotmapError(f"--max-mt-fraction must be in (0, 1], a fraction not a percentage (got {max_mt_fraction:g})")

@@ -1,13 +1,36 @@
-"""``spotmap qc-batch``: placeholder until its step lands."""
+"""``spotmap qc-batch``: the across-sample batch-effect view (UMAP of spots coloured by sample)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from spotmap.errors import SpotmapError
 
+@click.command("qc-batch")
+@click.option("--spatial", "spatial", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="QC'd sample .h5ad from `spotmap qc` (repeat for each sample).")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for qc_batch_umap_mqc.png.")
+@click.option("--n-top-genes", default=2000, show_default=True, help="Highly variable genes (chosen per sample).")
+@click.option("--seed", default=0, show_default=True, help="Random seed of PCA/UMAP.")
+def command(spatial: tuple[Path, ...], outdir: Path, n_top_genes: int, seed: int) -> None:
+    """Write OUTDIR/qc_batch_umap_mqc.png: UMAP of log-normalised spots of all samples, coloured by sample.
 
-@click.command("qc-batch", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Not implemented yet."""
-    raise SpotmapError("'spotmap qc-batch' is not implemented yet")
+    Samples that form separate islands show a batch effect worth a per-sample batch in mapping.
+    """
+    from spotmap.io import read_h5ad_counts
+    from spotmap.qc import batch_umap
+    from spotmap.report.mqc import save_mqc_figure
+
+    adatas = {}
+    for p in spatial:
+        a = read_h5ad_counts(p, counts_layer="auto")
+        name = str(a.obs["sample"].iloc[0]) if "sample" in a.obs and a.n_obs else p.name.removesuffix(".h5ad")
+        if name in adatas:
+            from spotmap.errors import input_error
+
+            raise input_error(p, "duplicate sample id among --spatial inputs", field="sample", value=name)
+        adatas[name] = a
+    fig = batch_umap(adatas, n_top_genes=n_top_genes, seed=seed)
+    save_mqc_figure(fig, Path(outdir) / "qc_batch_umap_mqc.png")

@@ -53,3 +53,51 @@ def _report(n: int, by: str, n_sp: int, n_sig: int, min_genes: int, source: str)
     log.info("%d genes shared between spatial data (%d) and %s (%d), matched by %s", n, n_sp, source, n_sig, by)
     if n < WARN_SHARED_GENES:
         log.warning("only %d shared genes (< %d): mapping works but is less precise", n, WARN_SHARED_GENES)
+
+
+def shared_genes(spatial: ad.AnnData, reference: ad.AnnData, min_genes: int = MIN_SHARED_GENES,
+                 source: str = "reference") -> tuple[pd.DataFrame, str]:
+    """Pair the genes of the spatial data with those of the reference, by id, falling back to symbol.
+
+    Ids (``var['gene_ids']``) are used when both sides have them and they share at least
+    ``max(min_genes, 1)`` genes; otherwise symbols (``var_names``).
+
+    Returns
+    -------
+    ``(pairs, by)``: ``pairs`` has one row per shared gene with columns ``spatial`` and ``reference``
+    (the ``var_names`` on each side, spatial order); ``by`` is ``"id"`` or ``"symbol"``.
+
+    Raises
+    ------
+    SpotmapError
+        Fewer than ``min_genes`` shared genes (the message names both sides' first genes); a
+        warning is logged under 5,000.
+    """
+    if "gene_ids" in spatial.var and "gene_ids" in reference.var:
+        sp_ids = pd.Series(spatial.var_names, index=spatial.var["gene_ids"].astype(str))
+        ref_ids = pd.Series(reference.var_names, index=reference.var["gene_ids"].astype(str))
+        sp_ids = sp_ids[~sp_ids.index.duplicated()]
+        ref_ids = ref_ids[~ref_ids.index.duplicated()]
+        common = sp_ids.index[sp_ids.index.isin(ref_ids.index)]
+        if len(common) >= max(min_genes, 1):
+            pairs = pd.DataFrame({"spatial": sp_ids.loc[common].to_numpy(), "reference": ref_ids.loc[common].to_numpy()},
+                                 index=pd.Index(common, name="gene_id"))
+            _report_shared(len(pairs), "id", spatial, reference, min_genes, source)
+            return pairs, "id"
+    common = spatial.var_names[spatial.var_names.isin(reference.var_names)]
+    pairs = pd.DataFrame({"spatial": common, "reference": common}, index=pd.Index(common, name="gene"))
+    _report_shared(len(pairs), "symbol", spatial, reference, min_genes, source)
+    return pairs, "symbol"
+
+
+def _report_shared(n: int, by: str, spatial: ad.AnnData, reference: ad.AnnData, min_genes: int, source: str) -> None:
+    if n < min_genes:
+        raise SpotmapError(
+            f"{source}: only {n} genes shared with the spatial data (matched by id, then symbol; "
+            f"{spatial.n_vars} spatial genes, e.g. {spatial.var_names[0]!r}; {reference.n_vars} reference genes, "
+            f"e.g. {reference.var_names[0]!r}); at least {min_genes} are needed — check both use the same "
+            "species and gene naming")
+    log.info("%d genes shared between the spatial data (%d) and %s (%d), matched by %s", n, spatial.n_vars,
+             source, reference.n_vars, by)
+    if n < WARN_SHARED_GENES:
+        log.warning("only %d shared genes (< %d): mapping works but is less precise", n, WARN_SHARED_GENES)

@@ -52,6 +52,9 @@ def read_10x_mtx(folder: str | Path) -> ad.AnnData:
     var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(names))
     if f.shape[1] > 2:
         var["feature_types"] = f[2].to_numpy()
+    dup = pd.Index(b)[pd.Index(b).duplicated()]
+    if len(dup):  # duplicated barcodes would silently merge two spots' positions
+        raise input_error(bcs, f"{len(dup)} duplicate barcode(s)", field="barcodes", value=str(dup[0]))
     adata = ad.AnnData(X=X.astype(np.float32), obs=pd.DataFrame(index=pd.Index(b)), var=var)
     if "feature_types" in adata.var:
         adata = adata[:, adata.var["feature_types"] == "Gene Expression"].copy()

@@ -2,7 +2,8 @@
 
 Layout read and written (Space Ranger 1.x and ≥2.0)::
 
-    outs/filtered_feature_bc_matrix.h5            (or filtered_feature_bc_matrix/ mtx folder)
+    outs/filtered_feature_bc_matrix.h5            (or filtered_feature_bc_matrix/ mtx folder; the
+                                                  raw_feature_bc_matrix h5/folder when no filtered one)
     outs/spatial/tissue_positions.csv             (≥2.0, with header)
     outs/spatial/tissue_positions_list.csv        (1.x, no header)
     outs/spatial/scalefactors_json.json
@@ -104,11 +105,21 @@ def read_images(spatial_dir: Path) -> dict[str, np.ndarray]:
     return images
 
 
-def attach_spatial(adata: ad.AnnData, spatial_dir: Path, library_id: str) -> ad.AnnData:
-    """Keep in-tissue spots, add ``obsm['spatial']`` and ``uns['spatial'][library_id]`` (scanpy layout)."""
+def attach_spatial(adata: ad.AnnData, spatial_dir: Path, library_id: str,
+                   drop_unpositioned: bool = False) -> ad.AnnData:
+    """Keep in-tissue spots, add ``obsm['spatial']`` and ``uns['spatial'][library_id]`` (scanpy layout).
+
+    A barcode of the matrix without a position is an error, unless ``drop_unpositioned`` (a raw
+    matrix holds every barcode; one without a position cannot be under the tissue).
+    """
     pos = read_positions(spatial_dir)
     missing = adata.obs_names.difference(pos.index)
-    if len(missing):
+    if len(missing) and drop_unpositioned:
+        from spotmap.utils import log
+
+        log.warning("%s: %d barcode(s) of the raw matrix have no position; dropped", pos.attrs["path"], len(missing))
+        adata = adata[adata.obs_names.isin(pos.index)].copy()
+    elif len(missing):
         raise input_error(pos.attrs["path"], f"{len(missing)} barcode(s) of the matrix have no position",
                           field="barcode", value=missing[0])
     pos = pos.loc[adata.obs_names]
@@ -150,16 +161,20 @@ def read_spaceranger(path: str | Path, sample: str | None = None) -> ad.AnnData:
         raise input_error(path, "Space Ranger folder not found")
     outs = path / "outs" if (path / "outs").is_dir() else path
     sample = sample or (outs.parent.name if outs.name == "outs" else outs.name)
-    h5 = outs / "filtered_feature_bc_matrix.h5"
-    mtx_dir = outs / "filtered_feature_bc_matrix"
-    if h5.exists():
-        adata = read_10x_h5(h5)
-    elif mtx_dir.is_dir():
-        from spotmap.io.mtx import read_10x_mtx
+    from spotmap.io.mtx import read_10x_mtx
 
-        adata = read_10x_mtx(mtx_dir)
+    # The filtered matrix first; the raw one (all spots) works too, attach_spatial keeps in-tissue spots.
+    for kind in ("filtered", "raw"):
+        h5, mtx_dir = outs / f"{kind}_feature_bc_matrix.h5", outs / f"{kind}_feature_bc_matrix"
+        if h5.exists():
+            adata = read_10x_h5(h5)
+            break
+        if mtx_dir.is_dir():
+            adata = read_10x_mtx(mtx_dir)
+            break
     else:
-        raise input_error(outs, "no filtered_feature_bc_matrix.h5 or filtered_feature_bc_matrix/ folder")
-    adata = attach_spatial(adata, find_spatial_dir(outs), sample)
+        raise input_error(outs, "no filtered_feature_bc_matrix.h5, filtered_feature_bc_matrix/ folder "
+                          "or raw_feature_bc_matrix(.h5)")
+    adata = attach_spatial(adata, find_spatial_dir(outs), sample, drop_unpositioned=kind == "raw")
     adata.obs["sample"] = sample
     return adata

@@ -101,6 +101,9 @@ def read_10x_h5(path: str | Path, gene_expression_only: bool = True) -> ad.AnnDa
     var = pd.DataFrame({"gene_ids": ids}, index=pd.Index(names, name=None))
     if ftype is not None:
         var["feature_types"] = ftype
+    dup = pd.Index(barcodes)[pd.Index(barcodes).duplicated()]
+    if len(dup):  # duplicated barcodes would silently merge two spots' positions
+        raise input_error(path, f"{len(dup)} duplicate barcode(s)", field="barcodes", value=str(dup[0]))
     adata = ad.AnnData(X=X.astype(np.float32), obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
     if ftype is not None and gene_expression_only:
         adata = adata[:, adata.var["feature_types"] == "Gene Expression"].copy()

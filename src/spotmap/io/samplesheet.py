@@ -1,0 +1,143 @@
+"""``samplesheet.csv``: one row per spatial sample, validated against ``assets/schema_input.json``.
+
+The schema is the nf-core one (JSON Schema draft 2020-12, read by Nextflow's nf-schema plugin);
+here it is checked with :mod:`jsonschema`, plus the nf-schema keywords jsonschema does not know:
+``exists: true`` on ``file-path``/``directory-path`` columns and ``uniqueEntries`` on the array.
+Every problem is collected and reported in ONE error line, each with its row and column.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from spotmap.errors import input_error
+
+# Row numbers in messages: row 1 is the first row under the header (line 2 of the file).
+_SCHEMA_NAME = "schema_input.json"
+
+
+def schema_path() -> Path:
+    """Where ``schema_input.json`` lives: ``assets/`` of the checkout, else inside the package."""
+    here = Path(__file__).resolve()
+    for cand in (here.parents[3] / "assets" / _SCHEMA_NAME, here.parents[1] / "assets" / _SCHEMA_NAME):
+        if cand.exists():
+            return cand
+    raise FileNotFoundError(f"{_SCHEMA_NAME} not found beside the spotmap package")  # a packaging bug, not input
+
+
+@lru_cache(maxsize=4)
+def load_schema(path: str | None = None) -> dict:
+    """The samplesheet JSON schema (``assets/schema_input.json`` unless ``path`` is given)."""
+    return json.loads(Path(path or schema_path()).read_text())
+
+
+def _typed(value: str, spec: dict):
+    """Cast a CSV cell to the schema's type, as nf-schema does; leave it a string if it does not cast."""
+    types = spec.get("type")
+    types = types if isinstance(types, list) else [types]
+    try:
+        if "integer" in types and float(value) == int(float(value)):
+            return int(float(value))
+        if "number" in types:
+            return float(value)
+        if "boolean" in types and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    except ValueError:
+        pass
+    return value
+
+
+def _message(err, spec: dict | None) -> str:
+    if spec and isinstance(spec.get("errorMessage"), str):
+        return spec["errorMessage"]
+    return err.message
+
+
+def read_samplesheet(path: str | Path, schema: str | Path | None = None) -> pd.DataFrame:
+    """Read and validate ``samplesheet.csv``; return one row per sample with absolute paths.
+
+    Columns: ``sample`` (required, unique) and exactly one of ``spaceranger_dir``, ``h5ad`` or
+    ``counts`` (+ ``coordinates``); optional ``batch``, ``n_cells_per_location``, ``bin_size``.
+    Relative paths are resolved against the samplesheet's folder. Empty cells are absent values.
+
+    Raises
+    ------
+    SpotmapError
+        One line listing every problem as ``row N, column 'C': message (got 'value')``.
+    """
+    import jsonschema
+
+    path = Path(path)
+    if not path.exists():
+        raise input_error(path, "samplesheet not found")
+    sch = load_schema(str(schema) if schema else None)
+    props: dict = sch["items"]["properties"]
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise input_error(path, f"cannot be parsed as CSV: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    df.columns = [c.strip() for c in df.columns]
+    if "sample" not in df.columns:
+        raise input_error(path, f"no 'sample' column in the header (columns: {', '.join(df.columns)})",
+                          field="sample")
+    if df.empty:
+        raise input_error(path, "samplesheet has a header but no rows")
+    dup_cols = [c for c in df.columns if c.split(".")[0] in df.columns and c != c.split(".")[0]]
+    if dup_cols:
+        raise input_error(path, "duplicate column in the header", field=dup_cols[0].split(".")[0])
+
+    rows, problems = [], []
+    base = path.resolve().parent
+    for i, rec in enumerate(df.to_dict("records"), start=1):
+        row = {}
+        for col, val in rec.items():
+            val = str(val).strip()
+            if val == "":
+                continue  # nf-schema: an empty cell is an absent value
+            spec = props.get(col, {})
+            if spec.get("format") in ("file-path", "directory-path", "path"):
+                p = Path(val).expanduser()
+                val = str(p if p.is_absolute() else (base / p))
+            row[col] = _typed(val, spec) if spec else val
+        rows.append(row)
+
+    validator = jsonschema.Draft202012Validator(sch["items"])
+    for i, row in enumerate(rows, start=1):
+        for err in sorted(validator.iter_errors(row), key=lambda e: list(e.path)):
+            col = err.path[0] if err.path else None
+            spec = props.get(col) if col else None
+            if col is None and err.validator == "oneOf":
+                given = [c for c in ("spaceranger_dir", "h5ad", "counts") if c in row]
+                msg = ("needs exactly one input: spaceranger_dir, h5ad, or counts together with coordinates"
+                       + (f" (has {', '.join(given)})" if given else " (none given)"))
+                problems.append(f"row {i}: {msg}")
+            elif col is None:
+                problems.append(f"row {i}: {err.message}")
+            else:
+                problems.append(f"row {i}, column '{col}': {_message(err, spec)} (got {row.get(col)!r})")
+        for col, spec in props.items():  # nf-schema's `exists: true`
+            if col not in row or not spec.get("exists"):
+                continue
+            p, fmt = Path(str(row[col])), spec.get("format")
+            ok = p.is_dir() if fmt == "directory-path" else p.is_file() if fmt == "file-path" else p.exists()
+            if not ok:
+                kind = "folder" if fmt == "directory-path" else "file"
+                problems.append(f"row {i}, column '{col}': {kind} does not exist (got {row[col]!r})")
+
+    for key in sch.get("uniqueEntries", []):  # nf-schema's uniqueEntries
+        seen: dict = {}
+        for i, row in enumerate(rows, start=1):
+            if key in row:
+                if row[key] in seen:
+                    problems.append(f"row {i}, column '{key}': duplicate of row {seen[row[key]]} "
+                                    f"(got {row[key]!r})")
+                else:
+                    seen[row[key]] = i
+    if problems:
+        raise input_error(path, f"{len(problems)} problem(s): " + "; ".join(problems))
+    out = pd.DataFrame(rows)
+    return out.set_index("sample", drop=False).rename_axis(None)

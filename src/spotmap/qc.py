@@ -1,0 +1,398 @@
+"""Spot QC: per-spot metrics, filtering, mitochondrial genes, MultiQC outputs, the batch-effect view.
+
+Follows the cell2location tutorial: mitochondrial genes are removed from the counts used for
+mapping (their counts kept in ``obsm['mt']``), raw counts are never normalised in place, and the
+across-sample view is a UMAP of a log-normalised copy. Default thresholds are nf-core/spatialvi's
+(``qc_min_counts=500``, ``qc_min_genes=250``, ``qc_mito_threshold=20`` %).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from spotmap.errors import SpotmapError, input_error
+from spotmap.utils import log
+
+DEFAULT_MIN_COUNTS = 500
+DEFAULT_MIN_GENES = 250
+DEFAULT_MAX_MT_FRACTION = 0.20
+MT_PREFIXES = ("mt-", "MT-")
+QC_COLUMNS = ["total_counts", "n_genes_by_counts", "mt_counts", "mt_frac"]
+MQC_SUMMARY_ID = "spotmap_qc"
+MQC_SECTION = "Samples and QC"
+
+
+# ---------------------------------------------------------------------------- metrics
+def read_mt_genes(path: str | Path) -> list[str]:
+    """Read a mitochondrial gene list: one symbol or id per line (``#`` comments, blank lines ignored)."""
+    path = Path(path)
+    if not path.exists():
+        raise input_error(path, "mitochondrial gene list not found")
+    genes = [ln.split(",")[0].split("\t")[0].strip() for ln in path.read_text().splitlines()]
+    genes = [g for g in genes if g and not g.startswith("#")]
+    if not genes:
+        raise input_error(path, "mitochondrial gene list is empty")
+    return genes
+
+
+def mt_gene_mask(adata: ad.AnnData, mt_genes: Iterable[str] | None = None) -> np.ndarray:
+    """Boolean mask over ``var``: genes named ``mt-``/``MT-``, or those in ``mt_genes`` (symbols or ids).
+
+    Raises :class:`SpotmapError` when an explicit list matches no gene (a wrong list, not a clean sample).
+    """
+    names = adata.var_names.astype(str)
+    if mt_genes is None:
+        return np.asarray(names.str.startswith(MT_PREFIXES))
+    wanted = set(map(str, mt_genes))
+    mask = names.isin(wanted)
+    if "gene_ids" in adata.var:
+        mask |= adata.var["gene_ids"].astype(str).isin(wanted).to_numpy()
+    mask = np.asarray(mask)
+    if not mask.any():
+        raise SpotmapError(f"none of the {len(wanted)} mitochondrial genes given (e.g. {sorted(wanted)[0]!r}) "
+                           f"is among the {adata.n_vars} genes of the data (e.g. {names[0]!r})")
+    return mask
+
+
+def compute_qc_metrics(adata: ad.AnnData, mt_genes: Iterable[str] | None = None) -> ad.AnnData:
+    """Return ``adata`` with per-spot QC columns in ``obs`` and ``var['mt']`` (X shared, not copied).
+
+    obs: ``total_counts`` (UMI per spot, all genes), ``n_genes_by_counts`` (genes with ≥1 count),
+    ``mt_counts`` and ``mt_frac`` (mitochondrial share of ``total_counts``, 0–1).
+    """
+    X = sp.csr_matrix(adata.X)
+    mask = mt_gene_mask(adata, mt_genes)
+    out = ad.AnnData(X=adata.X, obs=adata.obs.copy(), var=adata.var.copy(), obsm=dict(adata.obsm),
+                     uns=dict(adata.uns))
+    total = np.asarray(X.sum(axis=1)).ravel()
+    mt = np.asarray(X[:, mask].sum(axis=1)).ravel() if mask.any() else np.zeros(adata.n_obs)
+    out.obs["total_counts"] = total
+    out.obs["n_genes_by_counts"] = np.asarray((X > 0).sum(axis=1)).ravel()  # explicit zeros do not count
+    out.obs["mt_counts"] = mt
+    out.obs["mt_frac"] = np.divide(mt, total, out=np.zeros_like(total, dtype=float), where=total > 0)
+    out.var["mt"] = mask
+    if not mask.any():
+        log.warning("no mitochondrial genes found (prefix mt-/MT- or --mt-genes); mt_frac is 0 for every spot")
+    return out
+
+
+def qc_pass(adata: ad.AnnData, min_counts: float = DEFAULT_MIN_COUNTS, min_genes: int = DEFAULT_MIN_GENES,
+            max_mt_fraction: float = DEFAULT_MAX_MT_FRACTION) -> pd.DataFrame:
+    """Per-spot reasons for failing QC (columns ``low_counts``, ``low_genes``, ``high_mt``, ``pass_qc``)."""
+    for name, value in (("--min-counts", min_counts), ("--min-genes", min_genes)):
+        if value < 0:
+            raise SpotmapError(f"{name} must be ≥ 0 (got {value})")
+    if not 0 < max_mt_fraction <= 1:
+        raise SpotmapError(f"--max-mt-fraction must be in (0, 1] (got {max_mt_fraction})")
+    o = adata.obs
+    df = pd.DataFrame({"low_counts": o["total_counts"] < min_counts, "low_genes": o["n_genes_by_counts"] < min_genes,
+                       "high_mt": o["mt_frac"] > max_mt_fraction}, index=adata.obs_names)
+    df["pass_qc"] = ~df.any(axis=1)
+    return df
+
+
+def filter_spots(adata: ad.AnnData, min_counts: float = DEFAULT_MIN_COUNTS, min_genes: int = DEFAULT_MIN_GENES,
+                 max_mt_fraction: float = DEFAULT_MAX_MT_FRACTION) -> ad.AnnData:
+    """Mark ``adata.obs['pass_qc']`` (in place) and return a copy with the passing spots only.
+
+    ``adata`` needs the columns of :func:`compute_qc_metrics`.
+    """
+    flags = qc_pass(adata, min_counts, min_genes, max_mt_fraction)
+    adata.obs["pass_qc"] = flags["pass_qc"].to_numpy()
+    return adata[flags["pass_qc"].to_numpy()].copy()
+
+
+def remove_mt_genes(adata: ad.AnnData) -> ad.AnnData:
+    """Drop ``var['mt']`` genes from ``X``; keep their counts as a DataFrame in ``obsm['mt']`` (spots × mt genes)."""
+    mask = adata.var["mt"].to_numpy(dtype=bool)
+    mt_counts = sp.csr_matrix(adata.X)[:, mask].toarray()  # a handful of genes: dense is small
+    out = adata[:, ~mask].copy()
+    out.obsm["mt"] = pd.DataFrame(mt_counts, index=adata.obs_names, columns=adata.var_names[mask].astype(str))
+    return out
+
+
+def run_qc(adata: ad.AnnData, sample: str, min_counts: float = DEFAULT_MIN_COUNTS,
+           min_genes: int = DEFAULT_MIN_GENES, max_mt_fraction: float = DEFAULT_MAX_MT_FRACTION,
+           mt_genes: Iterable[str] | None = None, min_spots: int = 1) -> tuple[ad.AnnData, dict]:
+    """QC one sample: metrics, spot filter, mitochondrial genes out of the counts.
+
+    ``adata.obs`` gets the QC columns and ``pass_qc`` in place (every spot, for the metrics table).
+
+    Returns
+    -------
+    ``(filtered, summary)``: the passing spots without mitochondrial genes (raw counts untouched,
+    ``obsm['mt']`` holds the removed counts) and one summary row as a dict.
+
+    Raises
+    ------
+    SpotmapError
+        Fewer than ``min_spots`` spots pass (the message gives the medians to choose thresholds by).
+    """
+    with_metrics = compute_qc_metrics(adata, mt_genes)
+    for c in QC_COLUMNS:
+        adata.obs[c] = with_metrics.obs[c].to_numpy()
+    adata.var["mt"] = with_metrics.var["mt"].to_numpy()
+    flags = qc_pass(with_metrics, min_counts, min_genes, max_mt_fraction)
+    adata.obs["pass_qc"] = flags["pass_qc"].to_numpy()
+    kept = with_metrics[flags["pass_qc"].to_numpy()].copy()
+    o = adata.obs
+    if kept.n_obs < max(min_spots, 1):
+        raise SpotmapError(
+            f"sample {sample}: only {kept.n_obs} of {adata.n_obs} spots pass QC (min_counts={min_counts:g}, "
+            f"min_genes={min_genes}, max_mt_fraction={max_mt_fraction:g}; medians: counts "
+            f"{o['total_counts'].median():g}, genes {o['n_genes_by_counts'].median():g}, mt_frac "
+            f"{o['mt_frac'].median():.3f}); lower --min-counts/--min-genes or raise --max-mt-fraction")
+    filtered = remove_mt_genes(kept)
+    filtered.obs["sample"] = sample
+    filtered.obs["pass_qc"] = True
+    summary = {
+        "sample": sample,
+        "spots_before": int(adata.n_obs),
+        "spots_after": int(filtered.n_obs),
+        "spots_low_counts": int(flags["low_counts"].sum()),
+        "spots_low_genes": int(flags["low_genes"].sum()),
+        "spots_high_mt": int(flags["high_mt"].sum()),
+        "median_counts": float(filtered.obs["total_counts"].median()),
+        "median_genes": float(filtered.obs["n_genes_by_counts"].median()),
+        "median_mt_frac": float(filtered.obs["mt_frac"].median()),
+        "genes_before": int(adata.n_vars),
+        "genes_after": int(filtered.n_vars),
+        "mt_genes": int(adata.var["mt"].sum()),
+    }
+    filtered.uns["qc"] = {"min_counts": float(min_counts), "min_genes": int(min_genes),
+                          "max_mt_fraction": float(max_mt_fraction), **{k: v for k, v in summary.items()}}
+    log.info("sample %s: %d of %d spots pass QC; %d mitochondrial genes moved to obsm['mt']", sample,
+             summary["spots_after"], summary["spots_before"], summary["mt_genes"])
+    return filtered, summary
+
+
+# ---------------------------------------------------------------------------- plots
+def plot_qc_histograms(adata: ad.AnnData, sample: str, min_counts: float, min_genes: int,
+                       max_mt_fraction: float):
+    """Histograms of counts, genes and mitochondrial fraction per spot (all spots), thresholds marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    o = adata.obs
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    panels = [("total_counts", "UMI counts per spot", min_counts, "min"),
+              ("n_genes_by_counts", "genes detected per spot", min_genes, "min"),
+              ("mt_frac", "mitochondrial fraction of counts per spot", max_mt_fraction, "max")]
+    for ax, (col, label, thr, kind) in zip(axes, panels):
+        v = o[col].to_numpy(dtype=float)
+        ax.hist(v, bins=min(50, max(5, len(v) // 5)), color="#4c72b0", edgecolor="white", linewidth=0.3)
+        ax.axvline(thr, color="#c44e52", ls="--", lw=1.2, label=f"{kind} {thr:g}")
+        n_fail = int((v < thr).sum() if kind == "min" else (v > thr).sum())
+        ax.set_title(f"{label}\n{n_fail} of {len(v)} spots outside the threshold", fontsize=9)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("spots", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{sample}: spot QC before filtering ({adata.n_obs} spots)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_qc_spatial(adata: ad.AnnData, sample: str):
+    """Total counts and mitochondrial fraction over the tissue image; spots failing QC circled in cyan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spotmap.report.plots import spatial_scatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    lib = sample if sample in adata.uns.get("spatial", {}) else None
+    n_fail = int((~adata.obs["pass_qc"].astype(bool)).sum()) if "pass_qc" in adata.obs else 0
+    spatial_scatter(adata, adata.obs["total_counts"].to_numpy(dtype=float), axes[0],
+                    f"{sample}: total counts per spot", "UMI counts per spot", library_id=lib)
+    spatial_scatter(adata, adata.obs["mt_frac"].to_numpy(dtype=float), axes[1],
+                    f"{sample}: mitochondrial fraction", "mitochondrial fraction of counts (0–1)", library_id=lib,
+                    cmap="viridis", vmax_quantile=1.0)
+    if n_fail and "pass_qc" in adata.obs:
+        fail = ~adata.obs["pass_qc"].to_numpy(dtype=bool)
+        scale = 1.0
+        if lib is not None:
+            lib_d = adata.uns["spatial"][lib]
+            images = lib_d.get("images", {})
+            key = "hires" if "hires" in images else next(iter(images), None)
+            if key is not None:
+                scale = float(lib_d.get("scalefactors", {}).get(f"tissue_{key}_scalef", 1.0))
+        xy = np.asarray(adata.obsm["spatial"], dtype=float)[fail] * scale
+        for ax in axes:
+            ax.scatter(xy[:, 0], xy[:, 1], s=16, facecolors="none", edgecolors="#00e5ff", linewidths=1.0,
+                       label=f"fails QC ({n_fail})")
+        axes[0].legend(fontsize=7, loc="lower left", frameon=True)
+    fig.suptitle(f"{sample}: spots before QC ({adata.n_obs}; {n_fail} removed)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------- outputs
+SUMMARY_HEADERS = {
+    "spots_before": {"title": "Spots", "description": "In-tissue spots before QC", "format": "{:,.0f}"},
+    "spots_after": {"title": "Spots kept", "description": "Spots passing QC", "format": "{:,.0f}"},
+    "spots_low_counts": {"title": "Low counts", "description": "Spots under --min-counts", "format": "{:,.0f}",
+                         "hidden": True},
+    "spots_low_genes": {"title": "Low genes", "description": "Spots under --min-genes", "format": "{:,.0f}",
+                        "hidden": True},
+    "spots_high_mt": {"title": "High mt", "description": "Spots over --max-mt-fraction", "format": "{:,.0f}",
+                      "hidden": True},
+    "median_counts": {"title": "Median UMI", "description": "Median UMI counts per kept spot", "format": "{:,.0f}"},
+    "median_genes": {"title": "Median genes", "description": "Median genes detected per kept spot",
+                     "format": "{:,.0f}"},
+    "median_mt_frac": {"title": "Median mt", "description": "Median mitochondrial fraction of kept spots (0-1)",
+                       "format": "{:,.3f}", "min": 0, "max": 1},
+    "genes_before": {"title": "Genes", "description": "Genes in the input", "format": "{:,.0f}"},
+    "genes_after": {"title": "Genes kept", "description": "Genes kept for mapping (mitochondrial removed)",
+                    "format": "{:,.0f}"},
+    "mt_genes": {"title": "mt genes", "description": "Mitochondrial genes removed from the counts",
+                 "format": "{:,.0f}"},
+}
+
+
+def qc_metrics_table(adata: ad.AnnData) -> pd.DataFrame:
+    """Every spot with its barcode, coordinates, QC metrics and ``pass_qc`` (index ``spot_id``)."""
+    cols = [c for c in ["sample", "barcode", "in_tissue", "array_row", "array_col"] if c in adata.obs]
+    df = adata.obs[cols + QC_COLUMNS + ["pass_qc"]].copy()
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)
+    df.insert(len(cols), "x", xy[:, 0])
+    df.insert(len(cols) + 1, "y", xy[:, 1])
+    df.index.name = "spot_id"
+    return df
+
+
+def write_qc_outputs(adata: ad.AnnData, filtered: ad.AnnData, summary: dict, outdir: str | Path, sample: str,
+                     min_counts: float = DEFAULT_MIN_COUNTS, min_genes: int = DEFAULT_MIN_GENES,
+                     max_mt_fraction: float = DEFAULT_MAX_MT_FRACTION, plots: bool = True) -> dict[str, Path]:
+    """Write the QC outputs of one sample into ``outdir``, all or none.
+
+    Files: ``<sample>.h5ad`` (``filtered``), ``<sample>_qc_metrics.tsv`` (every spot of ``adata``),
+    ``<sample>_qc_summary_mqc.tsv`` (MultiQC table ``spotmap_qc``), ``<sample>_qc_histograms_mqc.png``
+    and ``<sample>_qc_spatial_mqc.png``. Everything is written to a hidden folder first and moved in
+    at the end, so a failure leaves no partial output.
+    """
+    from spotmap.report.mqc import save_mqc_figure, write_mqc_table
+    from spotmap.utils import write_h5ad, write_table
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    names = {"h5ad": f"{sample}.h5ad", "metrics": f"{sample}_qc_metrics.tsv",
+             "summary": f"{sample}_qc_summary_mqc.tsv"}
+    if plots:
+        names |= {"histograms": f"{sample}_qc_histograms_mqc.png", "spatial": f"{sample}_qc_spatial_mqc.png"}
+    stage = Path(tempfile.mkdtemp(prefix=f".{sample}.qc.", dir=outdir))
+    try:
+        write_h5ad(filtered, stage / names["h5ad"])
+        write_table(qc_metrics_table(adata), stage / names["metrics"])
+        row = pd.DataFrame([{k: v for k, v in summary.items() if k != "sample"}],
+                           index=pd.Index([sample], name="Sample"))
+        write_mqc_table(row, stage / names["summary"], id=MQC_SUMMARY_ID, section_name=MQC_SECTION,
+                        description=(f"Spot QC per sample: spots with fewer than min_counts UMI or min_genes genes, "
+                                     f"or a mitochondrial fraction above max_mt_fraction, are removed "
+                                     f"(this sample: {min_counts:g} / {min_genes} / {max_mt_fraction:g}); "
+                                     "mitochondrial genes are removed from the counts used for mapping."),
+                        pconfig={"id": f"{MQC_SUMMARY_ID}_table", "title": "spotmap: samples and QC"},
+                        headers=SUMMARY_HEADERS)
+        if plots:
+            save_mqc_figure(plot_qc_histograms(adata, sample, min_counts, min_genes, max_mt_fraction),
+                            stage / names["histograms"])
+            save_mqc_figure(plot_qc_spatial(adata, sample), stage / names["spatial"])
+        out = {}
+        for key, name in names.items():
+            os.replace(stage / name, outdir / name)
+            out[key] = outdir / name
+        return out
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- across samples
+def batch_umap(adatas: Sequence[ad.AnnData] | dict[str, ad.AnnData], n_top_genes: int = 2000, seed: int = 0):
+    """The cell2location tutorial's batch-effect view: UMAP of spots coloured by sample.
+
+    On a copy: counts normalised per spot and log1p-transformed, highly variable genes chosen per
+    sample (``batch_key='sample'``), PCA, neighbour graph, UMAP. Inputs keep their raw counts.
+    Samples are named by ``obs['sample']`` (or the dict keys); only genes shared by all are used.
+
+    Returns a matplotlib Figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    items = list(adatas.items()) if isinstance(adatas, dict) else [
+        (str(a.obs["sample"].iloc[0]) if "sample" in a.obs and a.n_obs else f"sample{i + 1}", a)
+        for i, a in enumerate(adatas)]
+    if not items:
+        raise SpotmapError("qc-batch needs at least one sample")
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise SpotmapError(f"duplicate sample id across the inputs (got {dup!r})")
+    parts = []
+    for name, a in items:
+        b = ad.AnnData(X=sp.csr_matrix(a.X, dtype=np.float32), obs=pd.DataFrame(index=a.obs_names.astype(str)),
+                       var=pd.DataFrame(index=a.var_names.astype(str)))
+        b.obs["sample"] = name
+        parts.append(b)
+    comb = ad.concat(parts, join="inner", index_unique=None)
+    comb.obs_names_make_unique()
+    if comb.n_vars < 3:
+        raise SpotmapError(f"samples share only {comb.n_vars} gene(s); cannot compare them")
+    if comb.n_obs < 4:
+        raise SpotmapError(f"only {comb.n_obs} spots in all; a UMAP needs more")
+    comb.obs["sample"] = pd.Categorical(comb.obs["sample"], categories=names)
+    sc.pp.normalize_total(comb, target_sum=1e4)
+    sc.pp.log1p(comb)
+    keep = np.asarray(comb.X.sum(axis=0)).ravel() > 0
+    comb = comb[:, keep].copy()
+    if comb.n_vars > n_top_genes:
+        # per sample, then combined (scanpy's batch_key): a gene variable in one sample only still counts
+        sc.pp.highly_variable_genes(comb, n_top_genes=n_top_genes, batch_key="sample" if len(names) > 1 else None)
+        comb = comb[:, comb.var["highly_variable"].to_numpy()].copy()
+    n_comps = int(max(2, min(50, comb.n_obs - 1, comb.n_vars - 1)))
+    sc.pp.pca(comb, n_comps=n_comps, random_state=seed)
+    sc.pp.neighbors(comb, n_neighbors=int(min(15, comb.n_obs - 1)), random_state=seed)
+    sc.tl.umap(comb, random_state=seed)
+    xy = comb.obsm["X_umap"]
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    order = np.random.default_rng(seed).permutation(comb.n_obs)  # no sample hides behind another
+    codes = comb.obs["sample"].cat.codes.to_numpy()[order]
+    size = max(2.0, min(30.0, 3.0e4 / comb.n_obs))
+    ax.scatter(xy[order, 0], xy[order, 1], c=[cmap(c % cmap.N) for c in codes], s=size, linewidths=0, rasterized=True)
+    for k, name in enumerate(names):
+        ax.scatter([], [], color=cmap(k % cmap.N), label=f"{name} ({int((comb.obs['sample'] == name).sum())} spots)")
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5), title="sample",
+              title_fontsize=8)
+    ax.set_xlabel("UMAP 1", fontsize=8)
+    ax.set_ylabel("UMAP 2", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"Spots of {len(names)} sample(s) before mapping: UMAP of log-normalised counts\n"
+                 f"({comb.n_vars} genes; samples that separate show a batch effect)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def shared_gene_report(spatial: ad.AnnData, reference: ad.AnnData, min_genes: int | None = None) -> dict:
+    """Match reference and spatial genes (id first, then symbol; see :func:`spotmap.io.genes.shared_genes`)."""
+    from spotmap.io.genes import MIN_SHARED_GENES, shared_genes
+
+    pairs, by = shared_genes(spatial, reference, min_genes=MIN_SHARED_GENES if min_genes is None else min_genes)
+    return {"genes_shared_with_reference": int(len(pairs)), "genes_matched_by": by}
