@@ -50,9 +50,10 @@ def count_problem(X) -> str | None:
     frac = v != np.round(v)
     if frac.any():
         example = float(v[frac][0])
-        if v.max() <= _LOG_MAX:
+        # log1p of normalised counts: small, and almost every stored value fractional
+        if v.max() <= _LOG_MAX and frac.mean() > 0.5:
             return (f"values look log-normalised (non-integer, max {v.max():.3g}, e.g. {example:.4g}); "
-                    "pass raw counts, or pick the layer that holds them with --counts-layer counts|raw")
+                    "pass raw counts (for .h5ad, pick the layer that holds them with --counts-layer counts|raw)")
         return f"counts are not integers (e.g. {example:.4g}); pass raw counts"
     return None
 
