@@ -138,6 +138,7 @@ def read_samplesheet(path: str | Path, schema: str | Path | None = None) -> pd.D
                 else:
                     seen[row[key]] = i
     if problems:
+        problems.sort(key=lambda t: int(t.split()[1].rstrip(":,")))  # by row, stable within a row
         raise input_error(path, f"{len(problems)} problem(s): " + "; ".join(problems))
     out = pd.DataFrame(rows)
     return out.set_index("sample", drop=False).rename_axis(None)
