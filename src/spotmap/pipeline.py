@@ -34,6 +34,7 @@ class RunParams:
     signatures: str | None = None
     outdir: str = "results"
     labels_key: str = "cell_type"
+    cell_types: str | None = None
     batch_key: str | None = None
     restarts: int = 3
     seed: int = 0
@@ -121,6 +122,8 @@ def run_pipeline(params: RunParams) -> Path:
                 "--seed", params.seed, "--device", params.device]
         if params.batch_key:
             args += ["--batch-key", params.batch_key]
+        if params.cell_types:
+            args += ["--cell-types", params.cell_types]
         if params.signatures_max_epochs:
             args += ["--max-epochs", params.signatures_max_epochs]
         _invoke(signatures_cli.command, args + params.extra_signatures_args, "signatures")
