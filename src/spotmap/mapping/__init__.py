@@ -1,0 +1,13 @@
+"""Spatial mapping: the cell2location model in pyro (``spotmap map``).
+
+* :mod:`~spotmap.mapping.priors` — :class:`MappingPriors`, every hyperparameter and its default;
+* :mod:`~spotmap.mapping.likelihood` — the NB log-likelihood that exploits zero counts (fused, chunked);
+* :mod:`~spotmap.mapping.module` — the pyro model and mean-field guide;
+* :mod:`~spotmap.mapping.model` — :class:`SpatialMapper` (initialise, train, export) and :func:`map_cell_types`;
+* :mod:`~spotmap.mapping.plots` — QC figures.
+"""
+
+from spotmap.mapping.model import MappingSettings, SpatialMapper, map_cell_types
+from spotmap.mapping.priors import MappingPriors
+
+__all__ = ["MappingPriors", "MappingSettings", "SpatialMapper", "map_cell_types"]

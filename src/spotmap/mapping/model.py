@@ -1,0 +1,391 @@
+"""The user-facing mapping model: prepare the data, initialise, train, export the posterior.
+
+:func:`map_cell_types` is the one-call API (used by ``spotmap map`` and the benchmarks);
+:class:`SpatialMapper` exposes the steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pyro
+import scipy.sparse as sp
+import torch
+
+from spotmap.errors import SpotmapError, input_error
+from spotmap.io.genes import match_genes
+from spotmap.mapping.likelihood import CountHistogram, SpotCounts
+from spotmap.mapping.module import GLOBAL_SITES, MappingModule
+from spotmap.mapping.priors import MappingPriors
+from spotmap.results import add_posterior
+from spotmap.training import TrainConfig, fingerprint_of, train_svi
+from spotmap.utils import log, resolve_device
+
+NAN_HINT = ("the learning rate is too high (lower --lr), or the input has spots with (almost) no counts, "
+            "genes whose signature is zero for every cell type, or counts that are not raw integers")
+
+
+@dataclass
+class MappingSettings:
+    """Training settings of :func:`map_cell_types` (units in brackets); priors are in :class:`MappingPriors`.
+
+    Convergence rule (from :mod:`spotmap.training`): after ``min_epochs``, stop when
+    ``|mean(elbo[-w:]) - mean(elbo[-2w:-w])| / |mean(elbo[-w:])| < tol`` with ``w = window`` epochs.
+    """
+
+    max_epochs: int = 3000            #: upper bound on passes over all spots
+    lr: float = 0.02                  #: ClippedAdam learning rate
+    clip_norm: float = 10.0           #: ClippedAdam gradient clipping
+    batch_size: int | None = None     #: spots per step; None = all spots (full batch)
+    seed: int = 0
+    min_epochs: int = 300             #: the convergence rule is not checked before this epoch
+    window: int = 100                 #: epochs per smoothing window of the convergence rule
+    tol: float = 2e-5                 #: relative change of the smoothed -ELBO that counts as converged
+    device: str = "auto"              #: auto | cpu | cuda
+    batch_key: str = "sample"         #: obs column whose levels are the batches e
+    init_scale: float = 0.1           #: initial sd of every log-normal guide factor
+    init_iterations: int = 40         #: Poisson-NMF iterations of the w_sf initialisation
+    checkpoint_every: int | None = None  #: epochs between checkpoints (None: none)
+    checkpoint_path: str | None = None
+    progress: bool = True
+    min_genes: int = 100              #: fewest shared genes accepted
+
+    def fingerprint(self) -> dict:
+        """Settings that change the result (checkpoints must match them); max_epochs excluded."""
+        skip = {"max_epochs", "checkpoint_every", "checkpoint_path", "progress", "device"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# data preparation
+# ------------------------------------------------------------------------------------------------------------
+def _counts_matrix(adata: ad.AnnData, source: str) -> sp.csr_matrix:
+    X = adata.X
+    X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
+    if X.nnz:
+        data = X.data
+        if not np.all(np.isfinite(data)):
+            raise input_error(source, "counts must be finite", field="X", value=float(data[~np.isfinite(data)][0]))
+        if data.min() < 0:
+            raise input_error(source, "counts must be non-negative raw counts", field="X", value=float(data.min()))
+        frac = np.abs(data - np.rint(data))
+        if frac.max() > 1e-3:
+            raise input_error(source, "counts must be raw integer counts (not normalised or log-transformed)",
+                              field="X", value=float(data[np.argmax(frac)]))
+        X.data = np.rint(data).astype(np.float32)
+    X.eliminate_zeros()
+    X.sort_indices()
+    return X
+
+
+def validate_signatures(sig: pd.DataFrame, source: str = "signatures") -> pd.DataFrame:
+    """Numeric, finite, non-negative genes × types table; genes zero in every type are dropped (warning)."""
+    if sig.shape[1] < 1 or sig.shape[0] < 1:
+        raise input_error(source, "signatures table is empty", value=sig.shape)
+    if sig.columns.duplicated().any():
+        raise input_error(source, "duplicated cell-type name", field="columns", value=sig.columns[sig.columns.duplicated()][0])
+    if sig.index.duplicated().any():
+        raise input_error(source, "duplicated gene", field="index", value=sig.index[sig.index.duplicated()][0])
+    try:
+        values = sig.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        bad = [c for c in sig.columns if not pd.api.types.is_numeric_dtype(sig[c])]
+        raise input_error(source, "signatures must be numeric", field=bad[0] if bad else None) from None
+    if not np.isfinite(values).all():
+        r, c = np.argwhere(~np.isfinite(values))[0]
+        raise input_error(source, "signatures must be finite", field=f"{sig.index[r]}/{sig.columns[c]}", value=values[r, c])
+    if (values < 0).any():
+        r, c = np.argwhere(values < 0)[0]
+        raise input_error(source, "signatures must be non-negative", field=f"{sig.index[r]}/{sig.columns[c]}", value=values[r, c])
+    zero = values.sum(1) <= 0
+    if zero.any():
+        log.warning("%s: %d gene(s) have a zero signature in every cell type and are left out (e.g. %s)", source,
+                    int(zero.sum()), sig.index[zero][0])
+        sig = sig.loc[~zero]
+    if (sig.sum(0) <= 0).any():
+        raise input_error(source, "a cell type has an all-zero signature", field=str(sig.columns[(sig.sum(0) <= 0).to_numpy()][0]))
+    return sig.astype(np.float64)
+
+
+def detection_mean_from_data(X: sp.csr_matrix, g_fg: np.ndarray, n_cells_per_location: float) -> float:
+    """cell2location's prior mean of detection efficiency, from the data.
+
+    ``(mean total counts per spot / N_cells_per_location) / mean over types of Σ_g g_fg``: the fraction of
+    a cell's expected mRNA that a spot detects if it holds N average cells.
+    """
+    spot_totals = np.asarray(X.sum(1)).ravel()
+    return float(spot_totals.mean() / n_cells_per_location / g_fg.sum(1).mean())
+
+
+def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, priors: MappingPriors,
+                   iterations: int = 40, max_genes: int = 2000) -> dict[str, np.ndarray]:
+    """Initial values of w_sf, m_g and n_s: a quick Poisson NMF of the counts on the fixed signatures.
+
+    With y_s at ``detection_mean`` and m_g = 1, ``iterations`` multiplicative (Lee–Seung, KL) updates
+    ``w ← w · ((D / (w h)) hᵀ) / (1 hᵀ)`` with ``h = detection_mean · g`` on the ``max_genes`` genes that
+    best separate cell types; then m_g by the ratio of observed to fitted totals per gene, and a second
+    round with ``h = detection_mean · m_g · g``. w_sf is floored at 0.01 cells so that no type starts
+    "dead" in log space. Deterministic; costs a few seconds at 10⁴ spots × 10⁴ genes.
+    """
+    S, G = X.shape
+    F = g_fg.shape[0]
+    g_fg = g_fg.astype(np.float64)
+    # genes separating types: largest log ratio of the top type to the mean, among expressed genes
+    mean_g = g_fg.mean(0)
+    score = np.log((g_fg.max(0) + 1e-12) / (mean_g + 1e-12)) + 0.25 * np.log(mean_g + 1e-12)
+    genes = np.arange(G) if G <= max_genes else np.sort(np.argsort(-score, kind="stable")[:max_genes])
+    D = torch.as_tensor(X[:, genes].toarray(), dtype=torch.float64)
+    col_total = torch.as_tensor(np.asarray(X.sum(0)).ravel(), dtype=torch.float64)
+    g = torch.as_tensor(g_fg, dtype=torch.float64)
+    w = torch.full((S, F), priors.N_cells_per_location / F, dtype=torch.float64)
+    m = torch.ones(G, dtype=torch.float64)
+
+    def nmf(h: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+        denom = h.sum(1)[None, :]
+        for _ in range(n):
+            ratio = D / (w @ h).clamp_min(1e-10)
+            w = w * (ratio @ h.T) / denom
+        return w
+
+    w = nmf(detection_mean * g[:, genes], w, iterations // 2)
+    fitted = (w.sum(0) @ (detection_mean * g)).clamp_min(1e-10)
+    m = (col_total / fitted).clamp(0.05, 20.0)
+    w = nmf(detection_mean * m[genes] * g[:, genes], w, iterations - iterations // 2)
+    w = w.clamp_min(0.01).numpy()
+    return {"w_sf": w, "m_g": m.numpy()[None, :], "n_s_cells_per_location": w.sum(1, keepdims=True)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the model class
+# ------------------------------------------------------------------------------------------------------------
+class SpatialMapper:
+    """cell2location's spatial mapping model on one AnnData (several samples = batches).
+
+    Parameters
+    ----------
+    adata
+        Spots × genes raw counts (X), with ``obs[batch_key]``; genes already matched to ``signatures``.
+    signatures
+        Genes × types reference signatures g_fg (expected mRNA counts per cell), same genes, same order.
+    priors, settings
+        :class:`MappingPriors`, :class:`MappingSettings`.
+    """
+
+    def __init__(self, adata: ad.AnnData, signatures: pd.DataFrame, priors: MappingPriors | None = None,
+                 settings: MappingSettings | None = None, source: str = "spatial data") -> None:
+        self.priors = priors or MappingPriors()
+        self.settings = settings or MappingSettings()
+        if list(adata.var_names) != list(signatures.index):
+            raise SpotmapError("SpatialMapper: adata.var_names and signatures.index must be the same genes in the "
+                               "same order (use spotmap.io.genes.match_genes)")
+        key = self.settings.batch_key
+        if key not in adata.obs:
+            raise input_error(source, "no batch column in obs (set --batch-key)", field=f"obs['{key}']")
+        self.adata = adata
+        self.factor_names = [str(c) for c in signatures.columns]
+        self.g_fg = signatures.to_numpy(dtype=np.float64).T                        # (F, G)
+        self.X = _counts_matrix(adata, source)
+        totals = np.asarray(self.X.sum(1)).ravel()
+        if (totals <= 0).any():
+            bad = adata.obs_names[totals <= 0]
+            raise input_error(source, f"{len(bad)} spot(s) have no counts over the genes shared with the signatures "
+                                      "(remove them, e.g. with spotmap qc)", field="obs_names", value=bad[0])
+        batch = pd.Categorical(adata.obs[key].astype(str))
+        self.batch_names = [str(c) for c in batch.categories]
+        self.batch_codes = np.asarray(batch.codes, dtype=np.int64)
+        self.detection_mean = detection_mean_from_data(self.X, self.g_fg, self.priors.N_cells_per_location)
+        self.device = resolve_device(self.settings.device)
+        self.history: pd.DataFrame | None = None
+        self.params: dict[str, torch.Tensor] = {}
+        self._module: MappingModule | None = None
+
+    # -- building ----------------------------------------------------------------------------------------------
+    def module(self) -> MappingModule:
+        if self._module is None:
+            init = initial_values(self.X, self.g_fg, self.detection_mean, self.priors,
+                                  iterations=self.settings.init_iterations)
+            counts = SpotCounts(self.X, self.batch_codes, self.device)
+            hist = CountHistogram(self.X, self.batch_codes, len(self.batch_names), self.device)
+            g = torch.as_tensor(self.g_fg, dtype=torch.float32, device=self.device)
+            self._module = MappingModule(counts, hist, g, len(self.batch_names), self.detection_mean, self.priors,
+                                         init, init_scale=self.settings.init_scale)
+        return self._module
+
+    def fingerprint(self) -> dict:
+        X = self.X
+        return {
+            "settings": self.settings.fingerprint(), "priors": self.priors.as_dict(),
+            "shape": list(X.shape), "nnz": int(X.nnz), "total": float(X.data.sum(dtype=np.float64)),
+            "rowsum_hash": fingerprint_of(rows=np.asarray(X.sum(1)).ravel().round(3).tolist()),
+            "obs_hash": fingerprint_of(obs=list(map(str, self.adata.obs_names)), batch=self.batch_codes.tolist()),
+            "genes_hash": fingerprint_of(genes=list(map(str, self.adata.var_names))),
+            "signature_total": float(self.g_fg.sum()), "factors": self.factor_names,
+        }
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def train(self) -> pd.DataFrame:
+        """Fit the guide by SVI (:func:`spotmap.training.train_svi`); returns the training history."""
+        s = self.settings
+        mod = self.module()
+        S = mod.dims.S
+        config = TrainConfig(
+            max_epochs=s.max_epochs, lr=s.lr, clip_norm=s.clip_norm,
+            batch_size=s.batch_size if s.batch_size and s.batch_size < S else None, seed=s.seed,
+            min_epochs=s.min_epochs, window=s.window, tol=s.tol, checkpoint_every=s.checkpoint_every,
+            checkpoint_path=Path(s.checkpoint_path) if s.checkpoint_path else None, progress=s.progress,
+            nan_hint=NAN_HINT, fingerprint=self.fingerprint())
+        log.info("mapping %d spots × %d genes × %d cell types (%d batch(es)) on %s; detection_mean %.4g",
+                 S, mod.dims.G, mod.dims.F, mod.dims.E, self.device, self.detection_mean)
+        self.history = train_svi(mod.model, mod.guide, S, mod.batch_kwargs, config)
+        store = pyro.get_param_store()
+        self.params = {name: store[name].detach().clone() for name in store.keys()}
+        return self.history
+
+    # -- posterior ---------------------------------------------------------------------------------------------
+    def loc_scale(self, site: str) -> tuple[np.ndarray, np.ndarray]:
+        """(loc, scale) of ``log site`` under the fitted guide (float64)."""
+        if not self.params:
+            raise SpotmapError("the model is not trained yet")
+        return (self.params[f"{site}_loc"].cpu().double().numpy(),
+                self.params[f"{site}_scale"].cpu().double().numpy())
+
+    def posterior_mean(self, site: str) -> np.ndarray:
+        loc, scale = self.loc_scale(site)
+        return np.exp(loc + 0.5 * scale**2)
+
+    def mrna_per_cell(self) -> np.ndarray:
+        """(F,) Σ_g m_g g_fg at the posterior mean of m_g: mRNA counts per cell of each type."""
+        return (self.g_fg * self.posterior_mean("m_g")).sum(1)
+
+    def expected_counts(self, spots: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """(len(spots), G) posterior expected counts mu_sg at the posterior means (for the QC plot)."""
+        w, y = self.posterior_mean("w_sf"), self.posterior_mean("y_s")
+        mg = self.posterior_mean("m_g") * self.g_fg
+        s_eg = self.posterior_mean("s_eg")
+        out = np.empty((len(spots), self.g_fg.shape[1]), dtype=np.float32)
+        for i in range(0, len(spots), chunk):
+            idx = spots[i:i + chunk]
+            out[i:i + chunk] = (w[idx] @ mg + s_eg[self.batch_codes[idx]]) * y[idx]
+        return out
+
+    def global_summary(self) -> dict:
+        """JSON-safe summary of the global parameters (posterior means; per-gene ones as quantiles)."""
+        pm = {site: self.posterior_mean(site) for site in GLOBAL_SITES}
+        alpha = 1.0 / np.exp(2 * self.loc_scale("alpha_eg_inv")[0])  # alpha at the posterior median of its inverse
+        q = (0.05, 0.5, 0.95)
+
+        def quant(x: np.ndarray) -> dict:
+            return {f"q{int(p * 100):02d}": float(np.quantile(x, p)) for p in q}
+
+        return {
+            "detection_mean_prior": self.detection_mean,
+            "y_e": {b: float(v) for b, v in zip(self.batch_names, pm["y_e"].ravel())},
+            "m_g_mean": float(pm["m_g_mean"].ravel()[0]),
+            "m_g_alpha_e": float(pm["m_g_alpha_e_inv"].ravel()[0] ** -2),
+            "m_g": quant(pm["m_g"].ravel()),
+            "s_e_mean": {b: float(v) for b, v in zip(self.batch_names, pm["s_e_mean"].ravel())},
+            "s_eg": {b: quant(pm["s_eg"][i]) for i, b in enumerate(self.batch_names)},
+            "alpha_eg": {b: quant(alpha[i]) for i, b in enumerate(self.batch_names)},
+            "alpha_eg_phi_hyp": float(pm["alpha_eg_phi_hyp"].ravel()[0]),
+            "k_r": quant(pm["k_r"].ravel()),
+        }
+
+    def export_posterior(self, adata: ad.AnnData | None = None) -> ad.AnnData:
+        """Write every result into ``adata`` (default: a copy of the training data) and return it.
+
+        obsm: the w_sf / u_sf summaries of :func:`spotmap.results.add_posterior` (means, stds, q05, q50, q95,
+        computed in spot chunks), ``w_sf_loc`` / ``w_sf_scale``; obs: ``detection_y_s`` (posterior mean),
+        ``total_counts``, ``total_cell_abundance``; var: ``m_g`` (posterior mean); varm: ``s_eg``,
+        ``alpha_eg`` (genes × batches); uns['mod']: factor_names, mrna_per_cell, elbo, seed, settings, priors,
+        batch names and the global summary.
+        """
+        out = adata if adata is not None else self.adata.copy()
+        w_loc, w_scale = self.loc_scale("w_sf")
+        add_posterior(out, w_loc, w_scale, self.factor_names, self.mrna_per_cell())
+        out.obs["detection_y_s"] = self.posterior_mean("y_s").ravel().astype(np.float32)
+        out.obs["total_counts"] = np.asarray(self.X.sum(1)).ravel().astype(np.float32)
+        out.var["m_g"] = self.posterior_mean("m_g").ravel().astype(np.float32)
+        out.varm["s_eg"] = self.posterior_mean("s_eg").T.astype(np.float32)
+        out.varm["alpha_eg"] = (1.0 / np.exp(2 * self.loc_scale("alpha_eg_inv")[0])).T.astype(np.float32)
+        mod = dict(out.uns.get("mod", {}))
+        hist = self.history
+        mod.update({
+            "model_name": "spotmap.mapping (cell2location spatial model)",
+            "elbo": float(hist["elbo_smoothed"].iloc[-1]) if hist is not None and len(hist) else float("nan"),
+            "epochs": int(hist["epoch"].iloc[-1]) if hist is not None and len(hist) else 0,
+            "converged": bool(hist.attrs.get("converged", False)) if hist is not None else False,
+            "seed": int(self.settings.seed),
+            "settings": _json_safe(asdict(self.settings)),
+            "priors": self.priors.as_dict(),
+            "batch_key": self.settings.batch_key,
+            "batch_names": list(self.batch_names),
+            "var_names": [str(v) for v in out.var_names],
+            "globals": self.global_summary(),
+        })
+        out.uns["mod"] = mod
+        return out
+
+
+def _json_safe(d: dict) -> dict:
+    return {k: (None if v is None else v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in d.items()}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the one-call API
+# ------------------------------------------------------------------------------------------------------------
+def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_location: float = 8.0,
+                   detection_alpha: float = 20.0, n_groups: int = 50, priors: MappingPriors | None = None,
+                   signature_ids: pd.Series | None = None, return_mapper: bool = False,
+                   **settings) -> tuple[ad.AnnData, pd.DataFrame]:
+    """Map cell types onto spatial data with the cell2location model; return ``(result AnnData, history)``.
+
+    Parameters
+    ----------
+    adata
+        Spots × genes raw counts (several samples concatenated; ``obs[batch_key]`` names each spot's batch).
+    signatures
+        Genes × cell types reference signatures (expected mRNA counts per cell), e.g. from ``spotmap signatures``.
+    n_cells_per_location, detection_alpha, n_groups
+        The priors users set most (see :class:`MappingPriors`); ``priors`` overrides all of them.
+    signature_ids
+        Gene ids of the signature rows, to match genes by id (else by symbol).
+    **settings
+        Any field of :class:`MappingSettings` (max_epochs, lr, batch_size, seed, device, batch_key,
+        checkpoint_every, checkpoint_path, progress, min_epochs, window, tol, ...).
+
+    Returns
+    -------
+    The matched spatial AnnData with every result (see :meth:`SpatialMapper.export_posterior`) and the
+    training history (epoch, elbo, elbo_smoothed, rel_change, seconds). With ``return_mapper=True`` a third
+    item, the trained :class:`SpatialMapper`.
+    """
+    unknown = set(settings) - {f for f in MappingSettings.__dataclass_fields__}
+    if unknown:
+        raise SpotmapError(f"map_cell_types: unknown setting(s) {sorted(unknown)}")
+    if priors is None:
+        priors = MappingPriors(N_cells_per_location=float(n_cells_per_location),
+                               detection_alpha=float(detection_alpha), n_groups=int(n_groups))
+    cfg = MappingSettings(**settings)
+    if cfg.max_epochs < 1:
+        raise SpotmapError(f"max_epochs must be at least 1 (got {cfg.max_epochs})")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise SpotmapError(f"lr must be a positive number (got {cfg.lr})")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise SpotmapError(f"batch_size must be at least 1 (got {cfg.batch_size})")
+    sig = validate_signatures(signatures)
+    if signature_ids is not None:
+        signature_ids = pd.Series(np.asarray(signature_ids), index=signatures.index).loc[sig.index]
+    sp_sub, sig_sub = match_genes(adata, sig, min_genes=cfg.min_genes, signature_ids=signature_ids)
+    mapper = SpatialMapper(sp_sub, sig_sub, priors, cfg)
+    history = mapper.train()
+    result = mapper.export_posterior(sp_sub)
+    return (result, history, mapper) if return_mapper else (result, history)
+
+
+__all__ = ["MappingSettings", "SpatialMapper", "map_cell_types", "detection_mean_from_data", "initial_values",
+           "validate_signatures"]

@@ -1,0 +1,238 @@
+"""The pyro module of the spatial mapping model: the generative model and its mean-field guide.
+
+Indices: s spot (location), g gene, f cell type (factor), e batch (sample), r co-located group.
+Sizes: S spots, G genes, F types, E batches, R = ``n_groups``. Shapes are written beside every site.
+
+Model (cell2location's ``LocationModelLinearDependentWMultiExperimentLocationBackgroundNormLevelGeneAlpha``;
+every default from :class:`~spotmap.mapping.priors.MappingPriors`)::
+
+    D_sg ~ NB(mu_sg, alpha_eg)                       counts; GammaPoisson(alpha, alpha / mu)
+    mu_sg = (m_g · Σ_f w_sf g_fg + s_eg) · y_s        g_fg: fixed reference signatures (mRNA per cell)
+
+    gene sensitivity (technology effect between reference and spatial data)
+      m_g_mean        ~ Gamma(m_g_mean_var_ratio · m_g_mean, m_g_mean_var_ratio)           (1, 1)
+      m_g_alpha_e_inv ~ Exponential(m_g_alpha_mean)                                         (1, 1)
+      m_g             ~ Gamma(1/m_g_alpha_e_inv², 1/m_g_alpha_e_inv² / m_g_mean)             (1, G)
+    cell abundance, factorised into co-located groups
+      n_s_cells_per_location ~ Gamma(N · N_cells_mean_var_ratio, N_cells_mean_var_ratio)    (S, 1)
+      b_s_groups_per_location ~ Gamma(B_groups_per_location, 1)                             (S, 1)
+      z_sr  ~ Gamma(b_s / R, b_s / n_s)                                                      (S, R)
+      k_r   ~ Gamma(A_factors_per_location / B_groups_per_location, 1)                       (R, 1)
+      x_fr  ~ Gamma(k_r / F, k_r)                                                            (R, F)
+      w_sf  ~ Gamma(w_sf_mean_var_ratio · Σ_r z_sr x_fr, w_sf_mean_var_ratio)                (S, F)
+    detection efficiency
+      y_e ~ Gamma(detection_mean_alpha, detection_mean_alpha / detection_mean)               (E, 1)
+      y_s ~ Gamma(detection_alpha, detection_alpha / y_e[batch(s)])                          (S, 1)
+    additive background (ambient RNA), per batch and gene
+      s_eg_alpha_hyp ~ Gamma(*gene_add_alpha_hyp)                                            (1, 1)
+      s_e_mean       ~ Gamma(*gene_add_mean_hyp)                                             (E, 1)
+      s_e_alpha_inv  ~ Exponential(s_eg_alpha_hyp)                                           (E, 1)
+      s_eg           ~ Gamma(1/s_e_alpha_inv², 1/s_e_alpha_inv² / s_e_mean)                  (E, G)
+    overdispersion, per batch and gene
+      alpha_eg_phi_hyp ~ Gamma(*alpha_g_phi_hyp)                                             (1, 1)
+      alpha_eg_inv     ~ Exponential(alpha_eg_phi_hyp)                                       (E, G)
+      alpha_eg = 1 / alpha_eg_inv²
+
+Guide: mean-field log-normal for every site (``log x ~ Normal(loc, scale)``, what cell2location's AutoNormal
+does), parameters ``<site>_loc`` / ``<site>_scale``. Spot-level sites (n_s, b_s, z_sr, w_sf, y_s) live in the
+plate ``spots`` (dim -2), which subsamples for minibatches; their likelihood share is scaled by S / B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+
+from spotmap.mapping.likelihood import CountHistogram, SpotCounts, nb_mean_loglik
+from spotmap.mapping.priors import MappingPriors
+
+#: global sites in model order, with their shapes as functions of (G, E, R, F)
+GLOBAL_SITES = ("m_g_mean", "m_g_alpha_e_inv", "m_g", "k_r", "x_fr", "y_e", "s_eg_alpha_hyp", "s_e_mean",
+                "s_e_alpha_inv", "s_eg", "alpha_eg_phi_hyp", "alpha_eg_inv")
+#: spot-level sites (plate ``spots``), shapes (S, k)
+LOCAL_SITES = ("n_s_cells_per_location", "b_s_groups_per_location", "z_sr", "w_sf", "y_s")
+
+
+@dataclass
+class Dims:
+    S: int  #: spots
+    G: int  #: genes
+    F: int  #: cell types
+    E: int  #: batches
+    R: int  #: co-located groups
+
+    def shape(self, site: str) -> tuple[int, int]:
+        return {
+            "m_g_mean": (1, 1), "m_g_alpha_e_inv": (1, 1), "m_g": (1, self.G),
+            "k_r": (self.R, 1), "x_fr": (self.R, self.F),
+            "y_e": (self.E, 1),
+            "s_eg_alpha_hyp": (1, 1), "s_e_mean": (self.E, 1), "s_e_alpha_inv": (self.E, 1), "s_eg": (self.E, self.G),
+            "alpha_eg_phi_hyp": (1, 1), "alpha_eg_inv": (self.E, self.G),
+            "n_s_cells_per_location": (self.S, 1), "b_s_groups_per_location": (self.S, 1),
+            "z_sr": (self.S, self.R), "w_sf": (self.S, self.F), "y_s": (self.S, 1),
+        }[site]
+
+
+class MappingModule:
+    """Model + guide of the spatial mapping model (see the module docstring).
+
+    Parameters
+    ----------
+    counts
+        :class:`SpotCounts` (sparse counts on the device, batch index per spot).
+    hist
+        :class:`CountHistogram` of the same counts (the count-only likelihood terms).
+    g_fg
+        (F, G) reference signatures, expected mRNA counts per cell of each type, on the device.
+    n_batches
+        E.
+    detection_mean
+        Prior mean of the batch detection efficiencies y_e (set from the data).
+    priors
+        :class:`MappingPriors`.
+    init
+        Initial values of the guide's ``loc`` on the *natural* scale, per site (arrays of the site's shape);
+        sites not given start at their prior mean.
+    init_scale
+        Initial guide ``scale`` (sd of log x) of every site.
+    """
+
+    def __init__(self, counts: SpotCounts, hist: CountHistogram, g_fg: torch.Tensor, n_batches: int,
+                 detection_mean: float, priors: MappingPriors, init: dict[str, np.ndarray],
+                 init_scale: float = 0.1) -> None:
+        self.counts = counts
+        self.hist = hist
+        self.g_fg = g_fg
+        self.priors = priors
+        self.dims = Dims(S=counts.n_obs, G=counts.n_genes, F=g_fg.shape[0], E=n_batches, R=int(priors.n_groups))
+        self.detection_mean = float(detection_mean)
+        self.device = g_fg.device
+        self.init = init
+        self.init_scale = float(init_scale)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _c(self, x: float) -> torch.Tensor:
+        return torch.tensor(float(x), device=self.device)
+
+    def prior_mean(self, site: str) -> float:
+        """Prior mean of a site at the hyperparameters' prior means (used for initialisation)."""
+        p, d = self.priors, self.dims
+        mean_inv_s = p.gene_add_alpha_hyp[1] / p.gene_add_alpha_hyp[0]   # E[s_e_alpha_inv] ≈ 1 / E[hyp]
+        mean_inv_a = p.alpha_g_phi_hyp[1] / p.alpha_g_phi_hyp[0]
+        return {
+            "m_g_mean": p.m_g_mean, "m_g_alpha_e_inv": 1.0 / p.m_g_alpha_mean, "m_g": p.m_g_mean,
+            "k_r": p.A_factors_per_location / p.B_groups_per_location, "x_fr": 1.0 / d.F,
+            "y_e": self.detection_mean,
+            "s_eg_alpha_hyp": p.gene_add_alpha_hyp[0] / p.gene_add_alpha_hyp[1],
+            "s_e_mean": p.gene_add_mean_hyp[0] / p.gene_add_mean_hyp[1], "s_e_alpha_inv": mean_inv_s,
+            "s_eg": p.gene_add_mean_hyp[0] / p.gene_add_mean_hyp[1],
+            "alpha_eg_phi_hyp": p.alpha_g_phi_hyp[0] / p.alpha_g_phi_hyp[1], "alpha_eg_inv": mean_inv_a,
+            "n_s_cells_per_location": p.N_cells_per_location, "b_s_groups_per_location": p.B_groups_per_location,
+            "z_sr": p.N_cells_per_location / d.R, "w_sf": p.N_cells_per_location / d.F,
+            "y_s": self.detection_mean,
+        }[site]
+
+    def _init_loc(self, site: str) -> torch.Tensor:
+        shape = self.dims.shape(site)
+        value = self.init.get(site)
+        if value is None:
+            value = np.full(shape, self.prior_mean(site))
+        value = np.broadcast_to(np.asarray(value, dtype=np.float64), shape)
+        return torch.as_tensor(np.log(np.maximum(value, 1e-8)), dtype=torch.float32, device=self.device)
+
+    def _params(self, site: str) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = pyro.param(f"{site}_loc", lambda: self._init_loc(site))
+        scale = pyro.param(f"{site}_scale",
+                           lambda: torch.full(self.dims.shape(site), self.init_scale, device=self.device),
+                           constraint=constraints.positive)
+        return loc, scale
+
+    def batch_kwargs(self, idx: torch.Tensor | None) -> dict:
+        """Model/guide arguments for spots ``idx`` (None: all spots), for :func:`spotmap.training.train_svi`."""
+        if idx is None:
+            return {"idx": self.counts.order, "batch": self.counts.full()}
+        idx = self.counts.sort_by_batch(idx.to(self.device))
+        return {"idx": idx, "batch": self.counts.batch_rows(idx)}
+
+    # -- model ---------------------------------------------------------------------------------------------
+    def model(self, idx: torch.Tensor, batch) -> None:
+        p, d, c = self.priors, self.dims, self._c
+        G, E, R, F, S = d.G, d.E, d.R, d.F, d.S
+
+        # gene-level technology sensitivity m_g
+        m_g_mean = pyro.sample("m_g_mean", dist.Gamma(c(p.m_g_mean_var_ratio * p.m_g_mean), c(p.m_g_mean_var_ratio))
+                               .expand([1, 1]).to_event(2))                                      # (1, 1)
+        m_g_alpha_e_inv = pyro.sample("m_g_alpha_e_inv", dist.Exponential(c(p.m_g_alpha_mean))
+                                      .expand([1, 1]).to_event(2))                              # (1, 1)
+        m_g_alpha_e = m_g_alpha_e_inv.pow(-2)
+        m_g = pyro.sample("m_g", dist.Gamma(m_g_alpha_e, m_g_alpha_e / m_g_mean).expand([1, G]).to_event(2))  # (1, G)
+
+        # co-located groups r: how cell types f combine
+        k_r = pyro.sample("k_r", dist.Gamma(c(p.A_factors_per_location / p.B_groups_per_location), c(1.0))
+                          .expand([R, 1]).to_event(2))                                         # (R, 1)
+        x_fr = pyro.sample("x_fr", dist.Gamma(k_r / F, k_r).expand([R, F]).to_event(2))        # (R, F)
+
+        # detection efficiency: batch means y_e
+        y_e = pyro.sample("y_e", dist.Gamma(c(p.detection_mean_alpha), c(p.detection_mean_alpha / self.detection_mean))
+                          .expand([E, 1]).to_event(2))                                         # (E, 1)
+
+        # additive background s_eg
+        s_hyp = pyro.sample("s_eg_alpha_hyp", dist.Gamma(c(p.gene_add_alpha_hyp[0]), c(p.gene_add_alpha_hyp[1]))
+                            .expand([1, 1]).to_event(2))                                       # (1, 1)
+        s_e_mean = pyro.sample("s_e_mean", dist.Gamma(c(p.gene_add_mean_hyp[0]), c(p.gene_add_mean_hyp[1]))
+                               .expand([E, 1]).to_event(2))                                    # (E, 1)
+        s_e_alpha_inv = pyro.sample("s_e_alpha_inv", dist.Exponential(s_hyp).expand([E, 1]).to_event(2))  # (E, 1)
+        s_e_alpha = s_e_alpha_inv.pow(-2)
+        s_eg = pyro.sample("s_eg", dist.Gamma(s_e_alpha, s_e_alpha / s_e_mean).expand([E, G]).to_event(2))  # (E, G)
+
+        # overdispersion alpha_eg
+        phi = pyro.sample("alpha_eg_phi_hyp", dist.Gamma(c(p.alpha_g_phi_hyp[0]), c(p.alpha_g_phi_hyp[1]))
+                          .expand([1, 1]).to_event(2))                                         # (1, 1)
+        alpha_eg_inv = pyro.sample("alpha_eg_inv", dist.Exponential(phi).expand([E, G]).to_event(2))  # (E, G)
+        alpha_eg = alpha_eg_inv.pow(-2)
+
+        with pyro.plate("spots", S, subsample=idx, dim=-2):
+            B = idx.shape[0]
+            n_s = pyro.sample("n_s_cells_per_location",
+                              dist.Gamma(c(p.N_cells_per_location * p.N_cells_mean_var_ratio),
+                                         c(p.N_cells_mean_var_ratio)))                       # (B, 1)
+            b_s = pyro.sample("b_s_groups_per_location", dist.Gamma(c(p.B_groups_per_location), c(1.0)))  # (B, 1)
+            z_sr = pyro.sample("z_sr", dist.Gamma(b_s / R, b_s / n_s).expand([B, R]))      # (B, R)
+            w_sf = pyro.sample("w_sf", dist.Gamma(p.w_sf_mean_var_ratio * (z_sr @ x_fr),
+                                                  c(p.w_sf_mean_var_ratio)))                 # (B, F)
+            y_s = pyro.sample("y_s", dist.Gamma(c(p.detection_alpha),
+                                                p.detection_alpha / y_e[self.counts.batch[idx]]))  # (B, 1)
+
+        # likelihood: the mu-dependent terms of this (mini)batch scaled to all S spots, plus the exact
+        # count-only terms of the full data
+        mg_fg = m_g * self.g_fg                                                                  # (F, G)
+        ll = nb_mean_loglik(w_sf, mg_fg, s_eg, y_s, alpha_eg, batch) * (S / B) + self.hist.loglik(alpha_eg)
+        pyro.factor("D_sg", ll)
+
+    # -- guide ---------------------------------------------------------------------------------------------
+    def guide(self, idx: torch.Tensor, batch) -> None:
+        for site in GLOBAL_SITES:
+            loc, scale = self._params(site)
+            pyro.sample(site, dist.LogNormal(loc, scale).to_event(2))
+        with pyro.plate("spots", self.dims.S, subsample=idx, dim=-2):
+            for site in LOCAL_SITES:
+                loc, scale = self._params(site)
+                pyro.sample(site, dist.LogNormal(loc[idx], scale[idx]))                       # (B, k)
+
+    # -- posterior -----------------------------------------------------------------------------------------
+    def posterior_loc_scale(self, site: str) -> tuple[np.ndarray, np.ndarray]:
+        """(loc, scale) of ``log site`` in the fitted guide, as float64 numpy arrays."""
+        store = pyro.get_param_store()
+        return (store[f"{site}_loc"].detach().cpu().double().numpy(),
+                store[f"{site}_scale"].detach().cpu().double().numpy())
+
+    def posterior_mean(self, site: str) -> np.ndarray:
+        """Posterior mean ``exp(loc + scale²/2)`` of a site."""
+        loc, scale = self.posterior_loc_scale(site)
+        return np.exp(loc + 0.5 * scale**2)
+
