@@ -1,0 +1,468 @@
+"""The report step: a small simulated run → ``spotmap report`` → the real MultiQC report, opened in
+headless Chromium as a user would (no JavaScript errors, every section there, a screenshot saved).
+
+The results tree is built with the steps' own library functions where they exist (QC, aggregate,
+the result-folder contract); the reference and mapping fits are replaced by the simulator's
+truth plus noise, written with the same writers and file names, so this test stays fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARTEFACTS = REPO / "test-artifacts"  # gitignored
+SEEDS = (0, 1, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# A small results tree, as `spotmap run` publishes it
+# ------------------------------------------------------------------------------------------------
+
+def _read_samples(sim: Path):
+    from spotmap.io.spaceranger import read_spaceranger
+
+    sheet = pd.read_csv(sim / "samplesheet.csv")
+    out = {}
+    for row in sheet.itertuples(index=False):
+        d = Path(row.spaceranger_dir)
+        a = read_spaceranger(d if d.is_absolute() else sim / d, sample=row.sample)
+        a.obs_names = [f"{row.sample}_{bc}" for bc in a.obs_names]
+        out[row.sample] = a
+    return out
+
+
+def build_results_tree(sim: Path, R: Path, with_signatures: bool = True, with_mapping: bool = True) -> Path:
+    """Write ``R/qc``, ``R/signatures``, ``R/mapping/restart_<seed>``, ``R/mapping/consensus`` and
+    ``R/pipeline_info/params.json`` for the simulated case ``sim``."""
+    import anndata as ad
+    import matplotlib.pyplot as plt
+
+    from spotmap.aggregate import aggregate, write_aggregate
+    from spotmap.qc import run_qc, write_qc_outputs
+    from spotmap.report.mqc import save_mqc_figure, write_mqc_linegraph, write_mqc_table
+    from spotmap.report.plots import spatial_scatter
+    from spotmap.results import add_posterior, read_results, write_results
+
+    rng = np.random.default_rng(0)
+    truth = pd.read_csv(sim / "truth" / "cell_abundance.csv", index_col=0)
+    spots = pd.read_csv(sim / "truth" / "spots.csv", index_col=0)
+    sig = pd.read_csv(sim / "truth" / "signatures.csv", index_col=0)
+
+    # QC: the real step functions
+    filtered = {}
+    for sample, a in _read_samples(sim).items():
+        f, summary = run_qc(a, sample, min_counts=100, min_genes=20)
+        write_qc_outputs(a, f, summary, R / "qc" / sample, sample, min_counts=100, min_genes=20)
+        filtered[sample] = f
+
+    if with_signatures:
+        sd = R / "signatures"
+        ep = np.arange(1, 101)
+        write_mqc_linegraph(sd / "signatures_training_mqc.yaml", "spotmap_signatures_history",
+                            "Reference signatures: training", {"reference": dict(zip(ep, 5e5 / ep**0.3))},
+                            ylab="-ELBO")
+        genes = pd.DataFrame({"genes_before": [sig.shape[0]], "genes_after": [int(sig.shape[0] * 0.8)]},
+                             index=pd.Index(["reference"], name="Reference"))
+        write_mqc_table(genes, sd / "signatures_gene_filter_mqc.tsv", id="spotmap_gene_filter",
+                        section_name="Gene filter")
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.loglog(sig.to_numpy().ravel() + 1e-3, sig.to_numpy().ravel() * rng.lognormal(0, .2, sig.size) + 1e-3,
+                  ".", ms=2)
+        ax.set_xlabel("cluster average (counts per cell)")
+        ax.set_ylabel("signature (counts per cell)")
+        ax.set_title("Signatures vs cluster averages")
+        save_mqc_figure(fig, sd / "signatures_vs_average_mqc.png")
+        sig.to_csv(sd / "signatures.csv")
+
+    if with_mapping:
+        joint = ad.concat(list(filtered.values()), join="inner")
+        joint.uns["spatial"] = {s: f.uns["spatial"][s] for s, f in filtered.items()}
+        n_true = truth.loc[joint.obs_names, sig.columns].to_numpy(dtype=float)
+        mrna = sig.sum(0).to_numpy()
+        restarts = {}
+        for seed in SEEDS:
+            r = np.random.default_rng(seed)
+            loc = np.log(n_true + 0.3) + r.normal(0, 0.15, n_true.shape)
+            if seed == SEEDS[-1]:  # one restart maps the last type elsewhere: it gets flagged
+                loc[:, -1] = r.permutation(loc[:, -1])
+            a = joint.copy()
+            add_posterior(a, loc, np.full_like(loc, 0.3), list(sig.columns), mrna)
+            a.obs["detection_y_s"] = spots.loc[a.obs_names, "y_s"].to_numpy()
+            a.uns["mod"] = {**a.uns["mod"], "elbo": float(1e5 + 500 * seed), "seed": seed}
+            ep = np.arange(1, 61)
+            hist = pd.DataFrame({"epoch": ep, "elbo": 1e5 * (1 + 2 / ep) + 500 * seed})
+            d = R / "mapping" / f"restart_{seed}"
+            write_results(a, d, hist)
+            write_mqc_linegraph(d / "joint_training_mqc.yaml", "spotmap_mapping_history", "Mapping: training",
+                                {f"restart_{seed}": dict(zip(hist.epoch, hist.elbo))}, ylab="-ELBO")
+            fig, ax = plt.subplots(figsize=(4.5, 4))
+            obs = np.asarray(a.X[:, :50].todense()).ravel() if hasattr(a.X, "todense") else a.X[:, :50].ravel()
+            h = ax.hist2d(np.log1p(obs), np.log1p(obs * r.lognormal(0, .3, obs.size)), bins=40, cmin=1,
+                          norm="log", rasterized=True)
+            fig.colorbar(h[3], ax=ax, label="entries")
+            ax.set_xlabel("observed counts, log(1+x)")
+            ax.set_ylabel("expected counts, log(1+x)")
+            ax.set_title(f"Reconstruction accuracy, restart {seed}")
+            save_mqc_figure(fig, d / "joint_reconstruction_mqc.png")
+            fig, axes = plt.subplots(len(filtered), 2, figsize=(8, 3.6 * len(filtered)), squeeze=False)
+            for i, s in enumerate(filtered):
+                sub = a[a.obs["sample"] == s]
+                spatial_scatter(sub, sub.obs["detection_y_s"].to_numpy(), axes[i][0], f"{s}: detection y_s",
+                                "detection efficiency", library_id=s)
+                spatial_scatter(sub, sub.obs["total_cell_abundance"].to_numpy(), axes[i][1],
+                                f"{s}: total cell abundance", "cells per spot", library_id=s)
+            save_mqc_figure(fig, d / "joint_spatial_qc_mqc.png")
+            restarts[f"restart_{seed}"] = read_results(d)
+        write_aggregate(aggregate(restarts), R / "mapping" / "consensus")
+
+    info = R / "pipeline_info"
+    info.mkdir(parents=True, exist_ok=True)
+    defaults = {"restarts": 3, "seed": 0, "map_max_epochs": None, "n_cells_per_location": 8.0,
+                "detection_alpha": 20.0, "mapping_mode": "joint"}
+    params = {**defaults, "map_max_epochs": 60, "detection_alpha": 200.0, "samplesheet": "samplesheet.csv"}
+    (info / "params.json").write_text(json.dumps({"params": params, "defaults": defaults}))
+    return R
+
+
+@pytest.fixture(scope="module")
+def sim_report(tmp_path_factory):
+    """A simulated case (2 samples × 150 spots, 6 cell types), its results tree and its report."""
+    from spotmap.report import build_report
+    from spotmap.simulate import SimulationParams, simulate
+
+    root = tmp_path_factory.mktemp("report")
+    sim = simulate(root / "sim", SimulationParams(n_cells=300, n_spots=150, n_genes=200, n_cell_types=6,
+                                                  n_samples=2, seed=3))
+    R = build_results_tree(sim, root / "results")
+    t0 = time.perf_counter()
+    report = build_report(R, root / "report")
+    return {"root": root, "results": R, "report": report, "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------------------
+# The report file
+# ------------------------------------------------------------------------------------------------
+
+def test_report_has_every_section(sim_report):
+    from spotmap.report import REPORT_SECTION_IDS
+
+    html = sim_report["report"].read_text()
+    assert sim_report["report"].name == "multiqc_report.html"
+    assert (sim_report["report"].parent / "multiqc_data").is_dir()
+    for sid in REPORT_SECTION_IDS:
+        assert f'id="{sid}"' in html, f"section {sid} missing from the report"
+    # the content of each section, not just its heading
+    for text in ("spotmap_qc", "spotmap_mapping_history", "spotmap_stability_heatmap", "spotmap_signatures_history",
+                 "Reconstruction accuracy", "Detection efficiency and total cell abundance",
+                 "Cell abundance per type: ", "Most abundant types together", "Kleshchevnikov",
+                 "10.1038/s41587-021-01139-4", "detection_alpha"):
+        assert text in html, text
+    assert "Step did not run" not in html
+    # the flagged cell type is named in words
+    assert re.search(r"Cell type type_F is unstable", html)
+    # every restart is a series of the one training plot
+    data = json.loads((sim_report["report"].parent / "multiqc_data" / "multiqc_data.json").read_text())
+    assert "spotmap_mapping_history" in json.dumps(data)
+    for seed in SEEDS:
+        assert f"restart_{seed}" in html
+    # generated content: one grid and one overlay per sample, rasterised PNGs
+    maps = sorted((sim_report["root"] / "report" / "report_content" / "abundance_maps").glob("*.png"))
+    assert len(maps) == 4, maps
+    assert sim_report["report"].stat().st_size < 20e6
+
+
+def test_workflow_summary_lists_changed_parameters_only(sim_report):
+    html = sim_report["report"].read_text()
+    m = re.search(r'id="spotmap-summary".*?</dl>', html, re.S)
+    assert m, "workflow summary missing"
+    block = m.group(0)
+    assert "map_max_epochs" in block and "detection_alpha" in block and "samplesheet" in block
+    assert "n_cells_per_location" not in block  # at its default
+
+
+def test_software_versions_in_nf_core_format(sim_report):
+    import yaml
+
+    import spotmap
+
+    gen = sim_report["root"] / "report" / "report_content" / "generated"
+    doc = yaml.safe_load((gen / "spotmap_software_mqc_versions.yml").read_text())
+    assert doc["SPOTMAP"]["spotmap"] == spotmap.__version__
+    assert "pyro-ppl" in doc["SPOTMAP"] and "torch" in doc["SPOTMAP"]
+    html = sim_report["report"].read_text()
+    assert 'id="multiqc_software_versions"' in html and "pyro-ppl" in html
+
+
+def test_missing_steps_are_noted(tmp_path, sim_report):
+    """Only QC ran: the report still builds and says which steps did not run."""
+    from spotmap.report import build_report
+
+    R = tmp_path / "results"
+    shutil.copytree(sim_report["results"] / "qc", R / "qc")
+    report = build_report(R, tmp_path / "out")
+    html = report.read_text()
+    assert 'id="spotmap_qc_section"' in html
+    for key in ("signatures", "mapping", "stability", "abundance"):
+        assert f'id="spotmap_{key}_missing"' in html, key
+    assert "Step did not run" in html
+    assert "the parameters of this run are unknown" in html
+
+
+def test_bad_results_folder_is_one_line_error(tmp_path):
+    from click.testing import CliRunner
+
+    from spotmap.cli import cli
+
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "missing", tmp_path / "empty"):
+        res = CliRunner().invoke(cli, ["report", "--results", str(folder), "--outdir", str(tmp_path / "o")])
+        assert res.exit_code == 2, res.output
+        err = res.output.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("spotmap: error:") and str(folder) in err[0], res.output
+    assert not (tmp_path / "o" / "multiqc_report.html").exists()
+
+
+def test_abundance_maps_api(sim_report):
+    import matplotlib.pyplot as plt
+
+    from spotmap.report import abundance_maps
+    from spotmap.results import read_results
+
+    adata = read_results(sim_report["results"] / "mapping" / "consensus")
+    figs = abundance_maps(adata)
+    try:
+        assert len(figs) == 2 * adata.obs["sample"].nunique()
+        grid = figs[0]
+        titles = {ax.get_title() for ax in grid.axes}
+        assert set(adata.uns["mod"]["factor_names"]) <= titles  # one panel per cell type
+        assert any("cells per spot" in ax.get_ylabel() for ax in grid.axes)  # colour bars are labelled
+    finally:
+        for f in figs:
+            plt.close(f)
+
+
+# ------------------------------------------------------------------------------------------------
+# Opened in a real browser
+# ------------------------------------------------------------------------------------------------
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over a WebSocket (standard library only)."""
+
+    def __init__(self, ws_url: str, timeout: float = 30.0):
+        u = urllib.parse.urlparse(ws_url)
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                          .encode())
+        resp = b""
+        while b"\r\n\r\n" not in resp:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("DevTools closed the connection during the handshake")
+            resp += chunk
+        head, self.buf = resp.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n")[0]:
+            raise ConnectionError(head.decode(errors="replace"))
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def _exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(max(65536, n - len(self.buf)))
+            if not chunk:
+                raise ConnectionError("DevTools connection closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _send_frame(self, payload: bytes, opcode: int = 1) -> None:
+        n = len(payload)
+        head = bytes([0x80 | opcode])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 65536:
+            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+        mask = os.urandom(4)
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def _recv_message(self) -> dict:
+        data = b""
+        while True:
+            b0, b1 = self._exact(2)
+            opcode, n = b0 & 0x0F, b1 & 0x7F
+            if n == 126:
+                n = int.from_bytes(self._exact(2), "big")
+            elif n == 127:
+                n = int.from_bytes(self._exact(8), "big")
+            mask = self._exact(4) if b1 & 0x80 else None
+            payload = self._exact(n)
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            if opcode == 8:
+                raise ConnectionError("DevTools closed the connection")
+            if opcode == 9:
+                self._send_frame(payload, opcode=10)
+                continue
+            if opcode in (0, 1, 2):
+                data += payload
+                if b0 & 0x80:
+                    return json.loads(data)
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self._send_frame(json.dumps({"id": self.next_id, "method": method, "params": params}).encode())
+        while True:
+            msg = self._recv_message()
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            if "method" in msg:
+                self.events.append(msg)
+
+    def wait_event(self, method: str, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        if any(e["method"] == method for e in self.events):
+            return True
+        while time.monotonic() < end:
+            self.sock.settimeout(max(0.1, end - time.monotonic()))
+            try:
+                msg = self._recv_message()
+            except (socket.timeout, TimeoutError):
+                return False
+            if "method" in msg:
+                self.events.append(msg)
+                if msg["method"] == method:
+                    return True
+        return False
+
+    def evaluate(self, expression: str):
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        return res.get("result", {}).get("value")
+
+    def errors(self) -> list[str]:
+        out = []
+        for e in self.events:
+            p = e.get("params", {})
+            if e["method"] == "Runtime.exceptionThrown":
+                d = p.get("exceptionDetails", {})
+                out.append("exception: " + (d.get("exception", {}).get("description") or d.get("text", "")))
+            elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append("console.error: " + " ".join(str(a.get("value", a.get("description", "")))
+                                                        for a in p.get("args", [])))
+            elif e["method"] == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+                out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
+        return out
+
+
+def open_in_chromium(html: Path, screenshot: Path, section_ids: list[str], timeout: float = 40.0,
+                     full_page: bool = False) -> dict:
+    """Load ``html`` in headless Chromium; return console errors, sections found, rendered plots."""
+    exe = _chromium()
+    profile = Path(tempfile.mkdtemp(prefix="spotmap-chromium-"))
+    proc = subprocess.Popen(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--remote-allow-origins=*", "--window-size=1400,3000", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        port_file = profile / "DevToolsActivePort"
+        end = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("chromium did not start: " + proc.stderr.read().decode(errors="replace")[-2000:])
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        targets = []
+        while not targets and time.monotonic() < end:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
+                targets = [t for t in json.load(r) if t.get("type") == "page"]
+            time.sleep(0.1)
+        cdp = DevTools(targets[0]["webSocketDebuggerUrl"], timeout=timeout)
+        for domain in ("Runtime", "Log", "Page"):
+            cdp.call(f"{domain}.enable")
+        cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=3000, deviceScaleFactor=1, mobile=False)
+        cdp.call("Page.navigate", url=html.resolve().as_uri())
+        loaded = cdp.wait_event("Page.loadEventFired", timeout)
+        # MultiQC draws its Plotly plots after load: wait until they are there (or time runs out)
+        n_plots = 0
+        while time.monotonic() < end:
+            n_plots = cdp.evaluate("document.querySelectorAll('.js-plotly-plot').length") or 0
+            if n_plots >= 3:
+                break
+            time.sleep(0.25)
+        time.sleep(0.5)
+        found = cdp.evaluate(f"JSON.stringify({json.dumps(section_ids)}.filter(i => document.getElementById(i)))")
+        images = cdp.evaluate("Array.from(document.querySelectorAll('.mqc-custom-content-image img'))"
+                              ".filter(i => i.complete && i.naturalWidth > 0).length")
+        if full_page:
+            height = int(cdp.evaluate("document.documentElement.scrollHeight") or 3000)
+            cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=min(height, 16000),
+                     deviceScaleFactor=1, mobile=False)
+            time.sleep(1.0)
+        shot = cdp.call("Page.captureScreenshot", format="png")
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        cdp.wait_event("__none__", 0.5)  # collect late console messages
+        return {"loaded": loaded, "errors": cdp.errors(), "sections": json.loads(found or "[]"),
+                "plots": n_plots, "images": images or 0, "title": cdp.evaluate("document.title")}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.browser
+def test_report_in_headless_chromium(sim_report):
+    from spotmap.report import REPORT_SECTION_IDS
+
+    if _chromium() is None:
+        if os.environ.get("SPOTMAP_REQUIRE_BROWSER") == "1":
+            pytest.fail("SPOTMAP_REQUIRE_BROWSER=1 but no chromium on PATH (install Debian's 'chromium')")
+        pytest.skip("chromium not installed (apt-get install chromium); set SPOTMAP_REQUIRE_BROWSER=1 to require it")
+    shot = ARTEFACTS / "report_screenshot.png"
+    if shot.exists():
+        shot.unlink()
+    res = open_in_chromium(sim_report["report"], shot, REPORT_SECTION_IDS)
+    assert res["loaded"], "the page never finished loading"
+    assert res["errors"] == [], res["errors"]
+    assert sorted(res["sections"]) == sorted(REPORT_SECTION_IDS), res["sections"]
+    assert res["plots"] >= 3, f"only {res['plots']} interactive plots rendered (QC table aside: 2 line graphs, heatmap)"
+    assert res["images"] >= 8, f"only {res['images']} images decoded"
+    assert "spotmap" in (res["title"] or "")
+    # a real screenshot: a PNG of the requested size with more than a blank page in it
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (w, h) == (1400, 3000)
+    shutil.copy(sim_report["report"], ARTEFACTS / "multiqc_report.html")
