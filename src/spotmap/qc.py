@@ -215,21 +215,21 @@ def plot_qc_spatial(adata: ad.AnnData, sample: str):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     lib = sample if sample in adata.uns.get("spatial", {}) else None
+    images = adata.uns["spatial"][lib].get("images", {}) if lib is not None else {}
+    # ~450 px per panel in the report: the 600 px lowres image is enough and much faster to draw
+    img_key = "lowres" if "lowres" in images else "hires"
     n_fail = int((~adata.obs["pass_qc"].astype(bool)).sum()) if "pass_qc" in adata.obs else 0
     spatial_scatter(adata, adata.obs["total_counts"].to_numpy(dtype=float), axes[0],
-                    f"{sample}: total counts per spot", "UMI counts per spot", library_id=lib)
+                    f"{sample}: total counts per spot", "UMI counts per spot", library_id=lib, img_key=img_key)
     spatial_scatter(adata, adata.obs["mt_frac"].to_numpy(dtype=float), axes[1],
                     f"{sample}: mitochondrial fraction", "mitochondrial fraction of counts (0–1)", library_id=lib,
-                    cmap="viridis", vmax_quantile=1.0)
+                    cmap="viridis", vmax_quantile=1.0, img_key=img_key)
     if n_fail and "pass_qc" in adata.obs:
         fail = ~adata.obs["pass_qc"].to_numpy(dtype=bool)
-        scale = 1.0
-        if lib is not None:
-            lib_d = adata.uns["spatial"][lib]
-            images = lib_d.get("images", {})
-            key = "hires" if "hires" in images else next(iter(images), None)
-            if key is not None:
-                scale = float(lib_d.get("scalefactors", {}).get(f"tissue_{key}_scalef", 1.0))
+        scale = 1.0  # the same image scaling as spatial_scatter's
+        key = img_key if img_key in images else next(iter(images), None)
+        if key is not None:
+            scale = float(adata.uns["spatial"][lib].get("scalefactors", {}).get(f"tissue_{key}_scalef", 1.0))
         xy = np.asarray(adata.obsm["spatial"], dtype=float)[fail] * scale
         for ax in axes:
             ax.scatter(xy[:, 0], xy[:, 1], s=16, facecolors="none", edgecolors="#00e5ff", linewidths=1.0,
