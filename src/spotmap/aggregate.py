@@ -59,24 +59,33 @@ AGGREGATE_FILES = ("stability.tsv", "restarts.tsv", "stability_pairs.tsv", "summ
 # The mixture of log-normals
 # --------------------------------------------------------------------------------------------------
 
-def _solve_quantile(loc: np.ndarray, scale: np.ndarray, p: float, xtol: float, max_iter: int) -> np.ndarray:
-    """log-space p-quantile of the equal-weight mixture of Normal(loc_r, scale_r); loc, scale (R, n)."""
+def _solve_quantile(loc: np.ndarray, scale: np.ndarray, p: float, xtol: float, max_iter: int,
+                    x0: np.ndarray | None = None) -> np.ndarray:
+    """log-space p-quantile of the equal-weight mixture of Normal(loc_r, scale_r); loc, scale (R, n).
+
+    Halley steps (Newton with the curvature term) on g(x) = mean_r Φ((x − loc_r)/scale_r) − p, kept inside
+    a bracket that shrinks with the sign of g at every iterate; a step leaving it is replaced by bisection.
+    """
     z = float(ndtri(p))
     comp = loc + scale * z  # each component's own p-quantile: the mixture's lies between min and max
     lo, hi = comp.min(0), comp.max(0)
-    # start from the moment-matched normal (in log space), clipped into the bracket
-    x = np.clip(loc.mean(0) + np.sqrt((scale**2).mean(0) + loc.var(0)) * z, lo, hi)
+    if x0 is None:  # the moment-matched normal (in log space)
+        x0 = loc.mean(0) + np.sqrt((scale**2).mean(0) + loc.var(0)) * z
+    x = np.clip(x0, lo, hi)
     out = x.copy()
     idx = np.arange(x.size)
     inv_sqrt2pi = 1.0 / math.sqrt(2.0 * math.pi)
+    R = loc.shape[0]
     for _ in range(max_iter):
         t = (x[None, :] - loc) / scale
-        F = ndtr(t).mean(0) - p
-        f = (np.exp(-0.5 * t * t) / scale).mean(0) * inv_sqrt2pi
-        lo = np.where(F < 0, x, lo)
-        hi = np.where(F > 0, x, hi)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xn = x - F / f
+        g = ndtr(t).sum(0) / R - p
+        phi = np.exp(-0.5 * t * t) / scale  # φ(t)/scale, up to 1/sqrt(2π)
+        g1 = phi.sum(0) * (inv_sqrt2pi / R)
+        g2 = -(phi * t / scale).sum(0) * (inv_sqrt2pi / R)
+        lo = np.where(g < 0, x, lo)
+        hi = np.where(g > 0, x, hi)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            xn = x - 2 * g * g1 / (2 * g1 * g1 - g * g2)
         bad = ~np.isfinite(xn) | (xn < lo) | (xn > hi)
         xn = np.where(bad, 0.5 * (lo + hi), xn)
         done = (np.abs(xn - x) < xtol) | (hi - lo < xtol)
@@ -85,7 +94,7 @@ def _solve_quantile(loc: np.ndarray, scale: np.ndarray, p: float, xtol: float, m
         if not keep.any():
             return out
         x, lo, hi, loc, scale, idx = xn[keep], lo[keep], hi[keep], loc[:, keep], scale[:, keep], idx[keep]
-    out[idx] = x  # not reached in practice: bisection alone gains a bit per step
+    out[idx] = x  # not reached in practice: even bisection alone gains a bit per step
     return out
 
 
@@ -151,10 +160,21 @@ def moment_matched_lognormal(mean, sd) -> tuple[np.ndarray, np.ndarray]:
     return np.log(mean) - 0.5 * s2, np.sqrt(s2)
 
 
-def mixture_summaries(loc, scale, xtol: float = XTOL) -> dict[str, np.ndarray]:
-    """means, stds, q05, q50, q95 of the log-normal mixture over axis 0 (the keys of results.SUMMARIES)."""
+def mixture_summaries(loc, scale, xtol: float = XTOL, start: dict[str, np.ndarray] | None = None
+                      ) -> dict[str, np.ndarray]:
+    """means, stds, q05, q50, q95 of the log-normal mixture over axis 0 (the keys of results.SUMMARIES).
+
+    ``start``: optional first guesses of the quantiles ({'q05': ..., ...}, same shape as the result).
+    """
+    loc = np.asarray(loc, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
     mean, sd = mixture_moments(loc, scale)
-    q = mixture_quantiles(loc, scale, [QUANTILES[k] for k in QUANTILES], xtol=xtol)
+    if start is None:
+        q = mixture_quantiles(loc, scale, [QUANTILES[k] for k in QUANTILES], xtol=xtol)
+    else:
+        R = loc.shape[0]
+        q = [np.exp(_solve_quantile(loc.reshape(R, -1), scale.reshape(R, -1), QUANTILES[k], xtol, MAX_ITER,
+                                    np.log(start[k]).ravel())).reshape(mean.shape) for k in QUANTILES]
     out = {"means": mean, "stds": sd}
     for i, k in enumerate(QUANTILES):
         out[k] = q[i]
@@ -371,10 +391,14 @@ def _consensus(base: ad.AnnData, rs: list[_Restart], factors: list[str], names_a
     mm_scale = np.empty((S, F), dtype=np.float32)
     step = max(1, _CHUNK_ELEMENTS // (len(rs) * F))
     log_m = np.log(mrna)[:, None, :]
+    gm_m = np.exp(np.log(mrna).mean(0))[None, :]
     for i in range(0, S, step):
         sl = slice(i, i + step)
         w = mixture_summaries(loc[:, sl], scale[:, sl])
-        u = mixture_summaries(loc[:, sl] + log_m, scale[:, sl])
+        # u_sf: each restart shifted by its own log mRNA per cell; w's quantiles times their geometric mean
+        # are an excellent first guess (the restarts' values differ by little)
+        u = mixture_summaries(loc[:, sl] + log_m, scale[:, sl],
+                              start={k: w[k] * gm_m for k in QUANTILES})
         for k in SUMMARIES:
             summ_w[k][sl], summ_u[k][sl] = w[k], u[k]
         mm_loc[sl], mm_scale[sl] = moment_matched_lognormal(w["means"], w["stds"])
@@ -588,6 +612,10 @@ def _summary_lines(res: AggregateResult, rs_all, names, corr, pairs, means, gap,
         lines.append(f"The restarts carry no co-location groups (obsm['{GROUPS_KEY}']): their stability was not "
                      "assessed.")
     n_flag = int(res.stability["flagged"].sum())
+    pooled_flagged = [n for n, f in zip(res.restarts["restart"], res.restarts["flagged"]) if f and n in names]
+    if pooled_flagged and R > 1:
+        lines.append(f"The consensus and the cell-type stability include the flagged restart(s) "
+                     f"{', '.join(pooled_flagged)}; rerun with --exclude-flagged to pool and score the others only.")
     if R > 1 and n_flag == 0:
         lines.append(f"All {len(res.stability)} cell types are stable across {R} restarts ({stat} pairwise "
                      f"correlation >= {s['threshold']:g}).")
@@ -607,22 +635,36 @@ def _restart_name(path: Path) -> str:
     return (p.parent if p.name == "sp.h5ad" else p).resolve().name
 
 
+def _read_elem(elem):
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+    return read_elem(elem)
+
+
 def _read_light(folder: Path) -> ad.AnnData:
-    """A restart's result without its count matrix (obs, var, obsm, uns), for every restart but the first."""
+    """A restart's result with only what aggregation needs (obs, var, the w_sf posterior, co-location groups,
+    uns['mod']): every restart but the first, whose counts and summaries would be read for nothing."""
+    import h5py
+
     path = folder / "sp.h5ad"
     if not path.exists():
         raise input_error(path, "not found: not a spotmap mapping result folder")
     try:
-        a = ad.read_h5ad(path, backed="r")
-    except Exception as exc:  # noqa: BLE001 — an unreadable file is bad input, in one line
+        with h5py.File(path, "r") as f:
+            for key in ("w_sf_loc", "w_sf_scale"):
+                if f"obsm/{key}" not in f:
+                    raise input_error(path, "missing the w_sf posterior", field=f"obsm['{key}']")
+            obsm = {k: _read_elem(f[f"obsm/{k}"]) for k in ("w_sf_loc", "w_sf_scale", GROUPS_KEY) if f"obsm/{k}" in f}
+            light = ad.AnnData(obs=_read_elem(f["obs"]), var=_read_elem(f["var"]),
+                               uns={"mod": _read_elem(f["uns/mod"])} if "uns/mod" in f else {})
+    except SpotmapError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — an unreadable file is bad input, said in one line
         raise input_error(path, f"cannot be read as AnnData ({type(exc).__name__}: {exc})") from None
-    try:
-        light = ad.AnnData(obs=a.obs.copy(), var=a.var.copy(), uns=dict(a.uns))
-        for k in a.obsm.keys():
-            v = a.obsm[k]
-            light.obsm[k] = v.copy() if isinstance(v, pd.DataFrame) else np.asarray(v)
-    finally:
-        a.file.close()
+    for k, v in obsm.items():
+        light.obsm[k] = v
     return light
 
 

@@ -1,0 +1,93 @@
+"""Benchmark ``spotmap aggregate``: 10 restarts × 5,000 spots × 50 cell types (issue 6).
+
+Measures, on synthetic restarts in the result-folder format (results.add_posterior):
+
+1. ``aggregate()`` in memory — exact mixture summaries of w_sf and u_sf, stability, flags;
+2. the whole command — read 10 result folders, aggregate, write the consensus folder.
+
+Prints wall time and peak memory (tracemalloc peak of the step; process max RSS) as a Markdown table row.
+Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_aggregate.py [--restarts 10 --spots 5000 --types 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from spotmap.aggregate import aggregate, load_restarts, write_aggregate
+from spotmap.results import add_posterior, write_results
+
+
+def make_restarts(R: int, S: int, F: int, G: int = 200, seed: int = 0) -> dict[str, ad.AnnData]:
+    rng = np.random.default_rng(seed)
+    truth = rng.gamma(0.6, 1.5, (S, F)) + 0.01
+    X = sp.random(S, G, density=0.3, format="csr", random_state=seed, dtype=np.float32)
+    X.data = np.round(X.data * 20)
+    obs = pd.DataFrame(index=[f"spot{i}" for i in range(S)])
+    var = pd.DataFrame(index=[f"gene{i}" for i in range(G)])
+    types = [f"type_{f}" for f in range(F)]
+    mrna = rng.uniform(500, 3000, F)  # restarts differ by a little in their estimate of it
+    out = {}
+    for r in range(R):
+        a = ad.AnnData(X, obs=obs.copy(), var=var.copy())
+        loc = np.log(truth) + rng.normal(0, 0.1, (S, F))
+        scale = rng.uniform(0.05, 0.6, (S, F))
+        add_posterior(a, loc, scale, types, mrna * rng.uniform(0.97, 1.03, F))
+        a.obs["detection_y_s"] = rng.uniform(0.2, 0.6, S).astype(np.float32)
+        mod = dict(a.uns["mod"])
+        mod.update(elbo=1e7 * (1 + rng.uniform(0, 1e-3)), seed=r)
+        a.uns["mod"] = mod
+        out[f"restart_{r + 1}"] = a
+    return out
+
+
+def measure(fn):
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = fn()
+    dt = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return out, dt, peak / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--restarts", type=int, default=10)
+    ap.add_argument("--spots", type=int, default=5000)
+    ap.add_argument("--types", type=int, default=50)
+    args = ap.parse_args()
+    R, S, F = args.restarts, args.spots, args.types
+    ads = make_restarts(R, S, F)
+    res, t_mem, peak_mem = measure(lambda: aggregate(ads))
+    assert not res.stability["flagged"].any() and not res.restarts["flagged"].any()
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = [write_results(a, Path(tmp) / name) for name, a in ads.items()]
+        del ads, res
+
+        def whole():
+            adatas, sources = load_restarts(dirs)
+            r = aggregate(adatas, sources=sources)
+            write_aggregate(r, Path(tmp) / "consensus")
+            return r
+
+        _, t_all, peak_all = measure(whole)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"| {R} × {S:,} × {F} | aggregate() in memory | {t_mem:.2f} s | {peak_mem:.0f} MiB |")
+    print(f"| {R} × {S:,} × {F} | read + aggregate + write folder | {t_all:.2f} s | {peak_all:.0f} MiB |")
+    print(f"process max RSS {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
