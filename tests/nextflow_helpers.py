@@ -409,12 +409,13 @@ def stage(workdir: Path, inp: Input, sources) -> object:
     return names[0] if len(names) == 1 and not isinstance(sources, (list, tuple)) else names
 
 
-def task_env(extra_path: list[Path] | None = None) -> dict:
-    """Environment of a task: bin/ first on PATH (as Nextflow adds it), then this Python's scripts."""
+def task_env(path_first: list[Path] | None = None) -> dict:
+    """Environment of a task: bin/ first on PATH (as Nextflow adds it), then this Python's scripts
+    (``path_first`` goes before both)."""
     import sys
 
     env = dict(os.environ)
-    path = [str(REPO / "bin"), str(Path(sys.executable).parent)] + [str(p) for p in extra_path or []]
+    path = [str(p) for p in path_first or []] + [str(REPO / "bin"), str(Path(sys.executable).parent)]
     env["PATH"] = os.pathsep.join(path + [env.get("PATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     env["MPLBACKEND"] = "Agg"
@@ -437,7 +438,8 @@ class TaskResult:
 
 
 def run_task(proc: ProcessDef, workdir: Path, inputs: dict, ext: dict | None = None,
-             process_path: str | None = None, block: str = "script", timeout: int = 600) -> TaskResult:
+             process_path: str | None = None, block: str = "script", timeout: int = 600,
+             path_first: list[Path] | None = None) -> TaskResult:
     """Stage ``inputs`` (name -> value/paths), render the process's script (or stub), run it with
     bash -euo pipefail (the pipeline's ``process.shell``) and glob its declared outputs."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -451,7 +453,7 @@ def run_task(proc: ProcessDef, workdir: Path, inputs: dict, ext: dict | None = N
         env[inp.name] = stage(workdir, inp, value) if inp.qualifier == "path" else value
     script = render_block(proc.script if block == "script" else proc.stub, env)
     (workdir / ".command.sh").write_text(script)
-    r = subprocess.run(["bash", "-euo", "pipefail", ".command.sh"], cwd=workdir, env=task_env(),
+    r = subprocess.run(["bash", "-euo", "pipefail", ".command.sh"], cwd=workdir, env=task_env(path_first),
                        capture_output=True, text=True, timeout=timeout)
     outputs, missing = {}, []
     for out in proc.outputs:

@@ -328,14 +328,29 @@ class Contract:
                 res = step()
             except pytest.fail.Exception:
                 continue
-            if res.returncode == 0:
+            if res.returncode == 0 and step != self.aggregate:
                 files += res.outputs["mqc"]
         if not files:
             pytest.fail("no upstream step produced *_mqc files, so the report cannot be checked")
-        vers = self.root / "pipeline_info" / "spotmap_software_mqc_versions.yml"
-        vers.parent.mkdir(parents=True, exist_ok=True)
+        consensus = []
+        try:
+            consensus = self.aggregate().outputs["consensus"]  # staged as a folder, as the workflow does
+        except pytest.fail.Exception:
+            pass
+        info = self.root / "pipeline_info"
+        info.mkdir(parents=True, exist_ok=True)
+        vers = info / "spotmap_software_mqc_versions.yml"
         vers.write_text(yaml.safe_dump({"QC": {"spotmap": VERSION}, "Workflow": {"spotmap": VERSION}}))
-        return self.run("MULTIQC", "MULTIQC", {"mqc_files": files + [vers]})
+        return self.run("MULTIQC", "MULTIQC", {"mqc_files": files + consensus + [vers, params_json(info)]})
+
+
+def params_json(folder: Path) -> Path:
+    """pipeline_info/params.json as workflows/spotmap.nf's paramsJson() writes it: {params, defaults},
+    defaults from nextflow_schema.json; here with restarts = 2 (not the default)."""
+    defaults = {k: v.get("default") for k, v in SCHEMA_PARAMS.items()}
+    path = folder / "params.json"
+    path.write_text(json.dumps({"params": defaults | {"restarts": 2, "outdir": "results"}, "defaults": defaults}))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -394,6 +409,7 @@ def test_contract_multiqc(contract):
     _check(res, "SPOTMAP:MULTIQC")
     html = res.outputs["report"][0].read_text(errors="replace")
     assert VERSION in html and "spotmap" in html.lower()
+    assert "restarts" in html, "the workflow summary (from the staged params.json) is missing"
 
 
 STUB_INPUTS = {
@@ -424,9 +440,15 @@ def test_stub_creates_every_output(name, tmp_path):
             f.mkdir() if rel.endswith("/") else f.touch()
             paths.append(f)
         inputs[k] = paths if isinstance(v, list) else paths[0]
-    res = nfh.run_task(PROCS[name], tmp_path / "work", inputs, block="stub")
+    shim = tmp_path / "shim"  # a `spotmap` that only answers `versions`: stubs must not run real steps
+    shim.mkdir()
+    (shim / "spotmap").write_text('#!/bin/sh\n[ "$1" = versions ] || { echo "stub ran spotmap $1" >&2; exit 97; }\n'
+                                  'printf \'"%s":\\n    spotmap: "%s"\\n\' "$3" "' + VERSION + '"\n')
+    (shim / "spotmap").chmod(0o755)
+    res = nfh.run_task(PROCS[name], tmp_path / "work", inputs, block="stub", path_first=[shim])
     assert res.returncode == 0, res.describe()
     assert not res.missing, res.describe()
+    assert yaml.safe_load((res.workdir / "versions.yml").read_text()) == {f"SPOTMAP:{name}": {"spotmap": VERSION}}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -64,8 +64,7 @@ workflow SPOTMAP {
     // Consensus over restarts and their stability
     //
     AGGREGATE(MAP.out.restart.groupTuple(size: seeds.size(), sort: true))
-    ch_versions = ch_versions.mix(AGGREGATE.out.versions)
-    ch_mqc      = ch_mqc.mix(AGGREGATE.out.mqc.flatten())
+    ch_versions = ch_versions.mix(AGGREGATE.out.versions)  // its *_mqc files reach the report with consensus/
 
     //
     // Software versions (pipeline_info/) and the MultiQC report
@@ -73,11 +72,20 @@ workflow SPOTMAP {
     ch_versions_yml = softwareVersionsToYAML(ch_versions)
         .collectFile(storeDir: "${params.outdir}/pipeline_info", name: 'spotmap_software_mqc_versions.yml', sort: true, newLine: true)
 
+    // params.json as `spotmap run` writes it ({params, defaults}); the report's workflow summary reads it
+    ch_params_json = Channel.value(paramsJson())
+        .collectFile(storeDir: "${params.outdir}/pipeline_info", name: 'params.json')
+
     ch_report = Channel.empty()
     if (!params.skip_multiqc) {
-        ch_summary = Channel.value(paramsSummaryMultiqc())
-            .collectFile(name: 'workflow_summary_mqc.yaml')
-        MULTIQC(ch_mqc.mix(ch_versions_yml, ch_summary).collect())
+        // spotmap report collects *_mqc.* files, params.json, *_mqc_versions.yml and the consensus
+        // folder(s) (for the cell abundance maps) from its staged inputs
+        MULTIQC(
+            ch_mqc
+                .mix(AGGREGATE.out.consensus.map { _meta, dir -> dir })
+                .mix(ch_versions_yml, ch_params_json)
+                .collect()
+        )
         ch_report = MULTIQC.out.report
     }
 
@@ -115,25 +123,15 @@ def softwareVersionsToYAML(ch_versions) {
 }
 
 /*
- * The parameters of this run as a MultiQC custom-content section (workflow_summary_mqc.yaml).
+ * The parameters of this run and their defaults (from nextflow_schema.json) as JSON, in the format of
+ * `spotmap run`'s pipeline_info/params.json.
  */
-def paramsSummaryMultiqc() {
-    def rows = params
-        .findAll { k, v -> v != null && v != '' && !(k in [ 'container_cpu', 'container_gpu' ]) }
-        .sort { a, b -> a.key <=> b.key }
-        .collect { k, v -> "        <dt>${k}</dt><dd><samp>${v}</samp></dd>" }
-        .join('\n')
-    return """\
-id: 'spotmap-summary'
-description: ' - parameters of this run, recorded when the pipeline started.'
-section_name: 'spotmap workflow summary'
-section_href: '${workflow.manifest.homePage}'
-plot_type: 'html'
-data: |
-    <dl class="dl-horizontal">
-${rows}
-        <dt>Nextflow</dt><dd><samp>${workflow.nextflow.version}</samp></dd>
-        <dt>Profile</dt><dd><samp>${workflow.profile}</samp></dd>
-    </dl>
-""".stripIndent()
+def paramsJson() {
+    def schema   = new groovy.json.JsonSlurper().parse(file("${projectDir}/nextflow_schema.json").toFile())
+    def defaults = [:]
+    schema['$defs'].each { _group, spec ->
+        spec['properties'].each { name, prop -> defaults[name] = prop.containsKey('default') ? prop['default'] : null }
+    }
+    def values = defaults.keySet().collectEntries { name -> [ name, params[name] instanceof Path ? params[name].toString() : params[name] ] }
+    return groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson([ params: values, defaults: defaults ]))
 }
