@@ -260,6 +260,9 @@ SUMMARY_HEADERS = {
                     "format": "{:,.0f}"},
     "mt_genes": {"title": "mt genes", "description": "Mitochondrial genes removed from the counts",
                  "format": "{:,.0f}"},
+    "genes_shared_with_reference": {"title": "Shared genes", "description": "Kept genes also in the reference "
+                                    "(with --reference)", "format": "{:,.0f}"},
+    "genes_matched_by": {"title": "Matched by", "description": "Genes matched by Ensembl-style id or by symbol"},
 }
 
 
