@@ -249,3 +249,11 @@ def test_corrupt_h5ad(tmp_path):
     p.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     err, _ = run_qc_cli(tmp_path, "--input", str(p))
     assert "bad.h5ad" in err and "cannot be read" in err
+
+
+@pytest.mark.parametrize("sample", ["a b", "../escape", ""])
+def test_bad_sample_id(tmp_path, sim_single, sample):
+    outdir = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["qc", "--sample", sample, "--outdir", str(outdir), "--input",
+                                 str(sim_single / "samples" / "sample1")])
+    assert r.exit_code == 2 and "--sample must" in r.output and not outdir.exists()

@@ -295,3 +295,21 @@ def test_simulated_samples_read_both_ways(sim_small, sim_single):
     dst = Path(shutil.copytree(sim_single / "samples" / "sample1", sim_small.parent / "odd_name"))
     assert read_spatial(dst).obs["sample"].iloc[0] == "odd_name"
     assert json.loads((sim_single / "truth" / "params.json").read_text())["positions"] == "list"
+
+
+def test_parquet_positions_and_foreign_library_key(tmp_path):
+    """Space Ranger 3 writes positions as parquet; an .h5ad keyed by another library id is re-keyed."""
+    outs = make_outs(tmp_path / "p", "h5", "csv")
+    (outs / "spatial" / "tissue_positions.csv").unlink()
+    _positions().to_parquet(outs / "spatial" / "tissue_positions.parquet")
+    a = read_spatial(outs, sample="P")
+    _assert_spots(a, "P")
+    a.uns["spatial"] = {"some_library": a.uns["spatial"]["P"]}
+    a.obs_names = a.obs["barcode"].to_numpy()
+    a.write_h5ad(tmp_path / "p.h5ad")
+    b = read_spatial(tmp_path / "p.h5ad", sample="Q")
+    assert list(b.uns["spatial"]) == ["Q"] and b.obs_names[0] == f"Q_{BARCODES[0]}"
+    # a file already written by spotmap (obs_names prefixed, obs['barcode'] kept) reads back unchanged
+    a.obs_names = [f"P_{x}" for x in a.obs["barcode"]]
+    a.write_h5ad(tmp_path / "again.h5ad")
+    assert read_spatial(tmp_path / "again.h5ad", sample="P").obs_names.tolist() == a.obs_names.tolist()

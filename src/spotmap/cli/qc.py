@@ -50,6 +50,7 @@ def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | Non
     from spotmap.qc import read_mt_genes, run_qc, shared_gene_report, write_qc_outputs
 
     # Check thresholds and every input before reading or writing anything big.
+    _check_sample(sample)
     _check_thresholds(min_counts, min_genes, max_mt_fraction)
     mt = read_mt_genes(mt_genes) if mt_genes is not None else None
     adata = read_spatial(input_path, sample=sample, counts_layer=counts_layer, coordinates=coordinates,
@@ -72,3 +73,16 @@ def _check_thresholds(min_counts: float, min_genes: int, max_mt_fraction: float)
         raise SpotmapError(f"--min-genes must be ≥ 0 (got {min_genes})")
     if not 0 < max_mt_fraction <= 1:
         raise SpotmapError(f"--max-mt-fraction must be in (0, 1], a fraction not a percentage (got {max_mt_fraction:g})")
+
+
+def _check_sample(sample: str) -> None:
+    """The sample id names files: the samplesheet schema's rule (letters, digits, . _ -)."""
+    import re
+
+    from spotmap.errors import SpotmapError
+    from spotmap.io.samplesheet import load_schema
+
+    pattern = load_schema()["items"]["properties"]["sample"]["pattern"]
+    if not re.match(pattern, sample):
+        raise SpotmapError(f"--sample must start with a letter or digit and hold only letters, digits, '.', '_' "
+                           f"or '-' (got {sample!r})")
