@@ -213,6 +213,53 @@ def _classify(path: Path, cid: str | None = None) -> str:
     return "other"
 
 
+def _numeric_keys(points):
+    """``{'1.0': y}`` → ``{1.0: y}``: MultiQC treats string x values as unordered categories."""
+    if not isinstance(points, dict):
+        return points
+    try:
+        return {float(x): y for x, y in points.items()}
+    except (TypeError, ValueError):
+        return points
+
+
+def _tidy_table(conf: dict, lines: list[str], sep: str) -> list[str]:
+    """Readable defaults for a table: decimals for fractional columns without a format, and
+    True/False "flag" columns shown as "flagged" (red) / "ok" (green) — MultiQC would colour a
+    flagged "True" green."""
+    import io
+
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(io.StringIO("\n".join(lines)), sep=sep, dtype=str, keep_default_na=False)
+    except Exception:  # noqa: BLE001 - leave a table pandas cannot read as it is
+        return lines
+    if df.shape[1] < 2:
+        return lines
+    headers = conf.get("headers") if isinstance(conf.get("headers"), dict) else {}
+    changed = False
+    for col in df.columns[1:]:
+        vals = df[col].str.strip()
+        h = headers.setdefault(col, {}) if isinstance(headers.get(col, {}), dict) else {}
+        if "flag" in str(col).lower() and set(vals.str.lower()) <= {"true", "false", "", "na"}:
+            df[col] = vals.str.lower().map({"true": "flagged", "false": "ok"}).fillna(vals)
+            h.setdefault("cond_formatting_rules", {"fail": [{"s_eq": "flagged"}]})
+            h.setdefault("cond_formatting_colours", [{"fail": "#d9534f"}])
+            changed = True
+            continue
+        num = pd.to_numeric(vals.replace({"NA": None, "": None}), errors="coerce")
+        if num.notna().any() and num.notna().sum() == (vals.str.len() > 0).sum() - (vals == "NA").sum() \
+                and "format" not in h and not (num.dropna() % 1 == 0).all():
+            h["format"] = "{:,.3f}" if num.abs().max() < 10 else "{:,.1f}"
+    conf["headers"] = {k: v for k, v in headers.items() if v}
+    if not conf["headers"]:
+        del conf["headers"]
+    if not changed:
+        return lines
+    return df.to_csv(sep=sep, index=False).splitlines()
+
+
 def _read_tsv_header(text: str) -> tuple[dict, list[str]]:
     """MultiQC's convention: leading ``# key: value`` lines are the YAML config."""
     lines = text.splitlines()
@@ -295,6 +342,8 @@ class ContentWriter:
         elif src.suffix == ".tsv":
             conf.setdefault("format", "tsv")
         conf.update(_parent_fields(key))
+        if conf.get("plot_type") == "table":
+            lines = _tidy_table(conf, lines, "," if conf.get("format") == "csv" else "\t")
         if cid not in self._used_ids:
             self._used_ids.add(cid)
             self.add(key, cid, (_RANK.get(cid, 5), conf["section_name"]), str(src))
@@ -334,7 +383,7 @@ class ContentWriter:
                     self.note(f"{src.name}: series '{name}' also in another file with id '{cid}'; shown as '{new}'")
                     name = new
                 seen.add(name)
-                data[name] = pts
+                data[name] = _numeric_keys(pts)
             doc["data"] = data
             pc = doc.setdefault("pconfig", {}) or {}
             pc.setdefault("id", f"{cid}_plot")

@@ -37,6 +37,30 @@ def write_mqc_table(df: pd.DataFrame, path: str | Path, id: str, section_name: s
     return path
 
 
+def plain(obj):
+    """``obj`` with numpy scalars/arrays turned into Python numbers and lists, keys included."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {plain(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [plain(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    if obj is None or isinstance(obj, str):
+        return obj
+    try:
+        return float(obj)
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(obj, default=str))
+
+
 def write_mqc_yaml(path: str | Path, id: str, section_name: str, plot_type: str, data: dict,
                    description: str = "", pconfig: dict | None = None, **extra) -> Path:
     """Write a MultiQC ``*_mqc.yaml`` custom-content file (linegraph, heatmap, bargraph, ...)."""
@@ -44,8 +68,9 @@ def write_mqc_yaml(path: str | Path, id: str, section_name: str, plot_type: str,
     if pconfig:
         content["pconfig"] = pconfig
     content.update(extra)
-    # JSON round trip: plain floats/ints/strings only (no numpy scalars in the YAML)
-    content["data"] = json.loads(json.dumps(data, default=float))
+    # plain floats/ints/strings only (no numpy scalars in the YAML); numeric keys stay numbers, so
+    # MultiQC draws line-graph x values on a numeric axis (string keys become unordered categories)
+    content["data"] = plain(data)
     with atomic_path(path) as tmp:
         Path(tmp).write_text(yaml.safe_dump(content, sort_keys=False, width=10_000))
     return Path(path)

@@ -105,6 +105,30 @@ def light_spatial(adata: ad.AnnData, library_id: str | None, max_px: int = 900, 
     return out
 
 
+def fill_spot_size(xy: np.ndarray, ax_width_in: float, ax_height_in: float, fill: float = 0.85,
+                   pad: float = 0.05) -> float:
+    """Marker area (points²) that makes neighbouring spots nearly touch in an axes of that size."""
+    if len(xy) < 2:
+        return 40.0
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(xy).query(xy, k=2)
+    nn = float(np.median(d[:, 1]))
+    margin = pad * max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1.0)
+    xspan, yspan = np.ptp(xy[:, 0]) + 2 * margin, np.ptp(xy[:, 1]) + 2 * margin
+    pts_per_unit = 72.0 * min(ax_width_in / max(xspan, 1e-9), ax_height_in / max(yspan, 1e-9))
+    return float(np.clip((fill * nn * pts_per_unit) ** 2, 0.2, 600.0))
+
+
+def _display_xy(adata: ad.AnnData, library_id: str | None, img_key: str = "hires") -> np.ndarray:
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)
+    lib = adata.uns.get("spatial", {}).get(library_id, {})
+    images = lib.get("images", {})
+    key = img_key if img_key in images else next(iter(images), None)
+    scale = float(lib.get("scalefactors", {}).get(f"tissue_{key}_scalef", 1.0)) if key else 1.0
+    return xy * scale
+
+
 def _sample_subsets(adata: ad.AnnData, samples=None) -> list[tuple[str, ad.AnnData]]:
     """``[(sample, view)]``: one per value of ``obs['sample']`` (or the whole object)."""
     if "sample" in adata.obs:
@@ -132,10 +156,12 @@ def abundance_grid(adata: ad.AnnData, sample: str, abundance, ncols: int = 4, pa
                              squeeze=False)
     lib = _library_id(adata, sample)
     adata = light_spatial(adata, lib)
+    size = fill_spot_size(_display_xy(adata, lib), panel_inches * 0.78, panel_inches * 0.78)
     for i, t in enumerate(types):
         ax = axes[i // ncols][i % ncols]
         spatial_scatter(adata, np.asarray(abundance[t], dtype=float), ax, title=str(t),
-                        cbar_label=f"cells per spot ({summary_label})", library_id=lib, cmap=cmap)
+                        cbar_label=f"cells per spot ({summary_label})", library_id=lib, cmap=cmap,
+                        spot_size=size)
         ax.title.set_fontsize(10)
     for j in range(len(types), nrows * ncols):
         axes[j // ncols][j % ncols].set_axis_off()
@@ -158,8 +184,9 @@ def abundance_overlay(adata: ad.AnnData, sample: str, abundance, types: list[str
     """Several cell types in one map, one colour each (as cell2location's ``plot_spatial``).
 
     Each type's abundance is scaled to [0, 1] by its own ``vmax_quantile``; a spot's colour is the
-    abundance-weighted mix of the type colours and its opacity the largest scaled abundance, so
-    spots where none of the types is abundant fade into the (darkened) tissue image.
+    mix of the type colours weighted by the cube of the scaled abundances (so the locally dominant
+    type sets the hue) and its opacity the largest scaled abundance, so spots where none of the
+    types is abundant fade into the (darkened) tissue image.
     """
     from matplotlib.colors import LinearSegmentedColormap, Normalize, to_rgb
 
@@ -169,7 +196,8 @@ def abundance_overlay(adata: ad.AnnData, sample: str, abundance, types: list[str
     vals = np.asarray(abundance[types], dtype=float)
     vmax = np.maximum(np.quantile(vals, vmax_quantile, axis=0), 1e-12) if len(vals) else np.ones(len(types))
     scaled = np.clip(vals / vmax[None, :], 0, 1)
-    weight = scaled / np.maximum(scaled.sum(1, keepdims=True), 1e-12)
+    sharp = scaled ** 3  # the locally dominant type sets the hue; co-dominant types mix
+    weight = sharp / np.maximum(sharp.sum(1, keepdims=True), 1e-12)
     rgb = weight @ cols
     alpha = scaled.max(1) if len(scaled) else np.zeros(0)
     rgba = np.concatenate([rgb, alpha[:, None]], axis=1) if len(rgb) else np.zeros((0, 4))
@@ -193,7 +221,7 @@ def abundance_overlay(adata: ad.AnnData, sample: str, abundance, types: list[str
         grey = img[..., :3].mean(-1) if img.ndim == 3 else img
         ax.imshow(grey, cmap="gray", alpha=0.45, vmin=0, vmax=max(float(np.max(grey)), 1e-12))
     if spot_size is None:
-        spot_size = max(0.5, min(40.0, 2.0e4 / max(len(xy), 1)))
+        spot_size = fill_spot_size(xy, 8.6 * 0.68, 6.4 * 0.86)
     order = np.argsort(alpha)  # the most abundant spots on top
     ax.scatter(xy[order, 0], xy[order, 1], c=rgba[order], s=spot_size, linewidths=0, rasterized=True)
     if len(xy):
