@@ -1,0 +1,134 @@
+"""Run cell2location 0.1.5 on prepared inputs; meant for its own virtual environment.
+
+Called by ``benchmarks/compare_cell2location.py`` as
+``<c2l-venv>/bin/python benchmarks/c2l_runner.py --adata sp.h5ad --signatures sig.csv --epochs N --out DIR``.
+It imports nothing from spotmap (the cell2location venv does not have it).
+
+Settings are cell2location's documented ones for the spatial model: ``Cell2location(adata,
+cell_state_df, N_cells_per_location=8, detection_alpha=20)`` with ``batch_key='sample'``, then
+``train(max_epochs=N, batch_size=None, train_size=1, lr=0.002)`` (full batch), then
+``export_posterior`` with 1,000 posterior samples (tutorial: ``num_samples=1000, batch_size=n_obs``;
+``--export quantiles`` uses ``use_quantiles=True`` instead).
+
+With ``--checkpoints 500,1000,...`` it trains in legs up to each checkpoint and exports after each
+(the optimiser's state restarts at each leg: scvi-tools builds a new training plan per ``train``
+call), writing ``q05_<epochs>.csv`` (and ``q50_`` or ``means_``); the last checkpoint is ``--epochs``.
+
+Writes into ``--out``: ``q05.csv``, ``means.csv`` or ``q50.csv`` (spots × types, plain type names), ``history.csv``
+(elbo per epoch) and ``timing.json`` (seconds for import, setup, training, export; epochs; versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--adata", required=True, help="spots × genes h5ad, raw counts in X, obs['sample']")
+    ap.add_argument("--signatures", required=True, help="genes × types CSV (index = var_names)")
+    ap.add_argument("--epochs", type=int, default=3000)
+    ap.add_argument("--checkpoints", default="", help="comma-separated epochs to export at (optional)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2") or 2))
+    ap.add_argument("--n-cells-per-location", type=float, default=8.0)
+    ap.add_argument("--detection-alpha", type=float, default=20.0)
+    ap.add_argument("--lr", type=float, default=0.002)
+    ap.add_argument("--num-samples", type=int, default=1000)
+    ap.add_argument("--export", choices=("samples", "quantiles"), default="samples",
+                    help="final export: 'samples' = num_samples posterior samples (tutorial, spotless); "
+                         "'quantiles' = use_quantiles=True (q05 straight from the guide, no means)")
+    ap.add_argument("--checkpoint-export", choices=("samples", "quantiles"), default="quantiles",
+                    help="export at intermediate checkpoints (quantiles: cheaper, q05 only)")
+    a = ap.parse_args(argv)
+
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import cell2location
+    import pyro
+    import scvi
+    from cell2location.models import Cell2location
+
+    t_import = time.perf_counter() - T0
+    scvi.settings.seed = a.seed
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t = time.perf_counter()
+    adata = ad.read_h5ad(a.adata)
+    sig = pd.read_csv(a.signatures, index_col=0)
+    sig = sig.loc[adata.var_names]  # cell2location requires identical gene order
+    Cell2location.setup_anndata(adata=adata, batch_key="sample")
+    mod = Cell2location(adata, cell_state_df=sig, N_cells_per_location=a.n_cells_per_location,
+                        detection_alpha=a.detection_alpha)
+    t_setup = time.perf_counter() - t
+
+    checkpoints = sorted({int(x) for x in a.checkpoints.split(",") if x.strip()} | {a.epochs})
+    checkpoints = [c for c in checkpoints if 0 < c <= a.epochs]
+    done, t_train, t_export, legs = 0, 0.0, 0.0, []
+    types = list(sig.columns)
+
+    def export(tag: str, how: str) -> None:
+        nonlocal adata, t_export
+        t = time.perf_counter()
+        if how == "samples":
+            adata = mod.export_posterior(adata, sample_kwargs={"num_samples": a.num_samples,
+                                                               "batch_size": adata.n_obs})
+            keys = ("q05", "means")
+        else:
+            adata = mod.export_posterior(adata, sample_kwargs={"batch_size": adata.n_obs},
+                                         add_to_obsm=["q05", "q50"], use_quantiles=True)
+            keys = ("q05", "q50")
+        for k in keys:
+            df = pd.DataFrame(np.asarray(adata.obsm[f"{k}_cell_abundance_w_sf"]), index=adata.obs_names)
+            prefix = f"{k}cell_abundance_w_sf_"
+            df.columns = [str(c)[len(prefix):] if str(c).startswith(prefix) else str(c)
+                          for c in adata.obsm[f"{k}_cell_abundance_w_sf"].columns]
+            df = df[types]
+            df.index.name = "spot_id"
+            df.to_csv(out / f"{k}{tag}.csv")
+        t_export += time.perf_counter() - t
+
+    for c in checkpoints:
+        t = time.perf_counter()
+        mod.train(max_epochs=c - done, batch_size=None, train_size=1, lr=a.lr, accelerator="cpu")
+        dt = time.perf_counter() - t
+        t_train += dt
+        legs.append({"epochs": c, "train_seconds_cumulative": t_train})
+        done = c
+        if c != a.epochs:
+            export(f"_{c}", a.checkpoint_export)
+    t_export_checkpoints = t_export
+    export("", a.export)
+    hist = mod.history_["elbo_train"]
+    hist.to_csv(out / "history.csv")
+    timing = {
+        "epochs": a.epochs, "checkpoints": legs, "import_seconds": t_import, "setup_seconds": t_setup,
+        "train_seconds": t_train, "export_seconds": t_export - t_export_checkpoints,
+        "checkpoint_export_seconds": t_export_checkpoints, "export": a.export, "seconds_per_epoch": t_train / a.epochs,
+        "total_seconds": time.perf_counter() - T0, "threads": a.threads, "lr": a.lr,
+        "N_cells_per_location": a.n_cells_per_location, "detection_alpha": a.detection_alpha,
+        "num_samples": a.num_samples, "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars),
+        "n_types": len(types), "final_elbo": float(np.asarray(hist).ravel()[-1]),
+        "versions": {"cell2location": getattr(cell2location, "__version__", "?"), "scvi-tools": scvi.__version__,
+                     "pyro-ppl": pyro.__version__, "torch": torch.__version__, "python": sys.version.split()[0]},
+    }
+    (out / "timing.json").write_text(json.dumps(timing, indent=2))
+    print(json.dumps({k: timing[k] for k in ("epochs", "train_seconds", "seconds_per_epoch", "total_seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
