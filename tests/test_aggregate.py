@@ -43,7 +43,9 @@ def _restart(truth, seed, noise=0.08, elbo=1.0e5, types=TYPES, spots=None, genes
     add_posterior(a, loc, scale, list(types), mrna)
     a.obs["detection_y_s"] = rng.uniform(0.3, 0.5, S)
     mod = dict(a.uns["mod"])
-    mod.update({"elbo": float(elbo * (1 + rng.uniform(0, 1e-4))), "seed": seed, "settings": {"seed": seed}})
+    # final -ELBO; the first-epoch one is 1e4 higher (the improvement training made)
+    mod.update({"elbo": float(elbo * (1 + rng.uniform(0, 1e-4))), "elbo_initial": float(elbo + 1e4), "seed": seed,
+                "settings": {"seed": seed}})
     a.uns["mod"] = mod
     if groups is not None:
         a.obsm["means_z_sr_groups"] = groups
@@ -157,7 +159,17 @@ def test_far_worse_elbo_is_flagged():
     assert r.loc["restart_3", "flagged"] and not r.loc["restart_1", "flagged"]
     assert any("restart_3" in ln and "-ELBO" in ln for ln in res.summary)
     assert any(ln.startswith("Best restart") and ("restart_1" in ln or "restart_2" in ln) for ln in res.summary)
-    assert not aggregate(ads, elbo_gap=0.5).restarts["flagged"].any()
+    assert not aggregate(ads, elbo_gap=5).restarts["flagged"].any()  # gap = 3e4 = 3 × the 1e4 improvement
+    # without a first-epoch -ELBO the rule cannot be applied: said, not guessed
+    for a in ads.values():
+        a.uns["mod"] = {k: v for k, v in a.uns["mod"].items() if k != "elbo_initial"}
+    res = aggregate(ads)
+    assert not res.restarts["flagged"].any()
+    assert any("were not checked for a far worse final -ELBO" in ln for ln in res.summary)
+    # ... unless the training histories are given
+    hist = {k: pd.DataFrame({"epoch": [1, 2], "elbo": [a.uns["mod"]["elbo"] + 1e4, a.uns["mod"]["elbo"]]})
+            for k, a in ads.items()}
+    assert aggregate(ads, histories=hist).restarts.set_index("restart").loc["restart_3", "flagged"]
 
 
 def test_unstable_type_is_flagged_by_name():
@@ -311,3 +323,16 @@ def test_load_restarts_refuses_duplicate_names(tmp_path):
         load_restarts([tmp_path / "a" / "restart_1", tmp_path / "b" / "restart_1"])
     got, src = load_restarts([tmp_path / "a" / "restart_1"])
     assert list(got) == ["restart_1"] and src["restart_1"].endswith("restart_1")
+
+
+def test_load_restarts_takes_first_epoch_elbo_from_history(tmp_path):
+    ads = _agreeing(2)
+    for k, a in ads.items():
+        a.uns["mod"] = {x: v for x, v in a.uns["mod"].items() if x != "elbo_initial"}
+        hist = pd.DataFrame({"epoch": [1, 2, 3], "elbo": [2e5, 1.5e5, a.uns["mod"]["elbo"]],
+                             "elbo_smoothed": [2e5, 1.75e5, 1.5e5], "rel_change": [np.nan] * 3, "seconds": [1.0] * 3})
+        write_results(a, tmp_path / k, history=hist)
+    got, _ = load_restarts([tmp_path / "restart_1", tmp_path / "restart_2"])
+    assert [a.uns["mod"]["elbo_initial"] for a in got.values()] == [2e5, 2e5]
+    assert "restart_2" in got and "X" not in got["restart_2"].layers and got["restart_2"].X is None
+    assert got["restart_1"].X is not None

@@ -21,7 +21,9 @@ so restarts can be pooled **exactly**, without sampling:
 * **Restart flags** — a restart's *agreement* is the median over cell types of the correlation of
   its abundance with the element-wise median of all restarts (with two restarts: with the other
   one). A restart is flagged when its agreement is below ``agreement_threshold`` or its final
-  -ELBO exceeds the best by more than ``elbo_gap`` (relative).
+  -ELBO exceeds the best one by more than ``elbo_gap`` times the improvement the best restart made
+  during training (its first-epoch -ELBO minus its final one). The loss omits data constants, so its
+  absolute level means nothing and a gap relative to it would not either.
 
 See docs/aggregate.md for the rules and the output files.
 """
@@ -45,7 +47,7 @@ from spotmap.results import (QUANTILES, RESULT_FILES, SITE_U, SITE_W, SUMMARIES,
 from spotmap.utils import atomic_dir, atomic_path, log, write_table
 
 DEFAULT_THRESHOLD = 0.8
-DEFAULT_ELBO_GAP = 0.01
+DEFAULT_ELBO_GAP = 0.1
 XTOL = 1e-10            #: Newton/bisection stops when every update of log q is below this
 MAX_ITER = 200
 GROUPS_KEY = "means_z_sr_groups"
@@ -193,6 +195,9 @@ class _Restart:
     scale: np.ndarray
     mrna_per_cell: np.ndarray
     elbo: float
+    elbo_initial: float      # first-epoch -ELBO (from the training history), NaN when unknown
+    epochs: object
+    converged: object
     seed: object
     settings: dict
     detection: np.ndarray | None
@@ -277,6 +282,10 @@ def _check_restarts(adatas: dict[str, ad.AnnData], sources: dict[str, str]) -> t
             elbo = float(elbo) if elbo is not None else float("nan")
         except (TypeError, ValueError):
             raise input_error(src, "must be a number", field="uns['mod']['elbo']", value=elbo) from None
+        try:
+            elbo0 = float(mod.get("elbo_initial", float("nan")))
+        except (TypeError, ValueError):
+            elbo0 = float("nan")
         det = None
         if "detection_y_s" in a.obs:
             det = a.obs["detection_y_s"].to_numpy(dtype=np.float64)
@@ -292,7 +301,8 @@ def _check_restarts(adatas: dict[str, ad.AnnData], sources: dict[str, str]) -> t
                                   value=groups.shape)
             groups = groups if s_order is None else groups[s_order]
         settings = mod.get("settings", {})
-        out.append(_Restart(name, src, loc, scale, mrna, elbo, mod.get("seed"),
+        out.append(_Restart(name, src, loc, scale, mrna, elbo, elbo0, mod.get("epochs"), mod.get("converged"),
+                            mod.get("seed"),
                             dict(settings) if isinstance(settings, dict) else {}, det, groups, gnames))
     return out, list(factors)
 
@@ -410,7 +420,7 @@ def _consensus(base: ad.AnnData, rs: list[_Restart], factors: list[str], names_a
     if all(r.detection is not None for r in rs):
         cons.obs["detection_y_s"] = np.mean([r.detection for r in rs], axis=0).astype(np.float32)
     mod = _mod(base)
-    for key in ("elbo", "seed"):
+    for key in ("elbo", "elbo_initial", "seed", "epochs", "converged"):
         mod.pop(key, None)
     mod["factor_names"] = list(factors)
     mod["mrna_per_cell"] = [float(x) for x in mrna.mean(0)]
@@ -420,7 +430,8 @@ def _consensus(base: ad.AnnData, rs: list[_Restart], factors: list[str], names_a
 
 def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOLD, stability: str = "median",
               agreement_threshold: float | None = None, elbo_gap: float = DEFAULT_ELBO_GAP,
-              exclude_flagged: bool = False, sources: dict[str, str] | None = None) -> AggregateResult:
+              exclude_flagged: bool = False, sources: dict[str, str] | None = None,
+              histories: dict[str, pd.DataFrame] | None = None) -> AggregateResult:
     """Pool restarts (``{restart name: result AnnData}``) into a consensus and score their stability.
 
     Parameters
@@ -433,13 +444,17 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
     agreement_threshold
         Restarts whose agreement is below it are flagged (default: ``threshold``).
     elbo_gap
-        Restarts whose final -ELBO exceeds the best (lowest) one by more than this fraction of
-        ``|best|`` are flagged.
+        Restarts whose final -ELBO exceeds the best (lowest) one by more than this fraction of the best
+        restart's training improvement (first-epoch minus final -ELBO) are flagged. The first-epoch
+        value comes from ``histories`` or ``uns['mod']['elbo_initial']``; without it the ELBO rule is
+        not applied (said in the summary).
     exclude_flagged
         Leave flagged restarts out of the consensus and the cell-type stability (when at least one
         restart is left); they stay listed in the restarts table.
     sources
         ``{restart name: file or folder}`` used to name the odd input in errors.
+    histories
+        ``{restart name: training history}`` (columns epoch, elbo, ...), for the first-epoch -ELBO.
     """
     if stability not in ("median", "min"):
         raise SpotmapError(f"--stability must be 'median' or 'min' (got {stability!r})")
@@ -454,6 +469,10 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
     agreement_threshold = threshold if agreement_threshold is None else agreement_threshold
     sources = dict(sources or {})
     rs_all, factors = _check_restarts(adatas, sources)
+    for r in rs_all:
+        h = (histories or {}).get(r.name)
+        if h is not None and len(h) and "elbo" in h:
+            r.elbo_initial = float(np.asarray(h["elbo"], dtype=np.float64)[0])
     names_all = [r.name for r in rs_all]
     R_all = len(rs_all)
     _log_settings_differences(rs_all)
@@ -466,8 +485,14 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
         log.warning("no final ELBO (uns['mod']['elbo']) in restart(s) %s: the ELBO rule skips them",
                     ", ".join(n for n, f in zip(names_all, finite) if not f))
     gap = np.full(R_all, np.nan)
+    elbo_scale = float("nan")
     if best is not None:
-        gap = (elbo - elbo[best]) / max(abs(elbo[best]), 1e-300)
+        elbo_scale = rs_all[best].elbo_initial - elbo[best]
+        if np.isfinite(elbo_scale) and elbo_scale > 0:
+            gap = (elbo - elbo[best]) / elbo_scale
+        else:
+            log.warning("the best restart %s has no first-epoch -ELBO above its final one (training history): the "
+                        "ELBO rule is not applied", names_all[best])
     means_all = np.stack([np.exp(r.loc + 0.5 * r.scale**2) for r in rs_all])  # R × S × F
     agreement = _agreement(means_all)
     low_agree = np.nan_to_num(agreement, nan=np.inf) < agreement_threshold
@@ -536,6 +561,10 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
         "restarts": names_all, "used": names, "excluded": excluded,
         "seeds": [str(r.seed) for r in rs_all],
         "elbo": [float(x) for x in elbo],
+        "elbo_initial": [float(r.elbo_initial) for r in rs_all],
+        "elbo_gap_of_improvement": [float(x) for x in gap],
+        "epochs": [str(r.epochs) for r in rs_all],
+        "converged": [str(r.converged) for r in rs_all],
         "best_restart": names_all[best] if best is not None else "",
         "mrna_per_cell_by_restart": {r.name: [float(x) for x in r.mrna_per_cell] for r in rs_all},
         "base_restart": names[0],
@@ -585,8 +614,12 @@ def _summary_lines(res: AggregateResult, rs_all, names, corr, pairs, means, gap,
             why.append(f"its cell-type maps disagree with the other restarts (agreement {_fmt(row['agreement'])} "
                        f"< {s['agreement_threshold']:g})")
         if bad_elbo[i]:
-            why.append(f"its final -ELBO {row['elbo']:.6g} is {100 * gap[i]:.3g}% worse than the best "
-                       f"({rs_all[best].name}, {rs_all[best].elbo:.6g}; rule: > {100 * s['elbo_gap']:g}%)")
+            why.append(f"its final -ELBO {row['elbo']:.8g} is worse than the best ({rs_all[best].name}, "
+                       f"{rs_all[best].elbo:.8g}) by {100 * gap[i]:.3g}% of the improvement that restart made "
+                       f"during training (rule: > {100 * s['elbo_gap']:g}%)")
+        r = rs_all[i]
+        if r.converged is False or str(r.converged) == "False":
+            why.append(f"it stopped at epoch {r.epochs} without meeting the convergence rule")
         if why:
             extra = " With only two restarts it cannot be told which one is off." if R_all == 2 and low_agree[i] \
                 else ""
@@ -619,8 +652,11 @@ def _summary_lines(res: AggregateResult, rs_all, names, corr, pairs, means, gap,
     if R > 1 and n_flag == 0:
         lines.append(f"All {len(res.stability)} cell types are stable across {R} restarts ({stat} pairwise "
                      f"correlation >= {s['threshold']:g}).")
+    if best is not None and not np.isfinite(gap[best]) and R_all > 1:
+        lines.append("No first-epoch -ELBO (training_history.tsv) for the best restart: restarts were not checked "
+                     "for a far worse final -ELBO.")
     if best is not None:
-        lines.append(f"Best restart (lowest final -ELBO): {rs_all[best].name} ({rs_all[best].elbo:.6g}).")
+        lines.append(f"Best restart (lowest final -ELBO): {rs_all[best].name} ({rs_all[best].elbo:.8g}).")
     else:
         lines.append("No restart recorded a final ELBO: the best restart cannot be named.")
     return lines
@@ -672,7 +708,8 @@ def load_restarts(folders) -> tuple[dict[str, ad.AnnData], dict[str, str]]:
     """Read restart result folders: ``({name: AnnData}, {name: folder})``; name = the folder's name.
 
     The first restart is read in full (its counts go into the consensus ``sp.h5ad``); the others
-    without their count matrix, which aggregation does not need.
+    without their count matrix, which aggregation does not need. The first-epoch -ELBO of each
+    restart's ``training_history.tsv`` becomes ``uns['mod']['elbo_initial']`` (for the ELBO rule).
     """
     folders = [Path(f).parent if Path(f).name == "sp.h5ad" else Path(f) for f in folders]
     if not folders:
@@ -683,8 +720,17 @@ def load_restarts(folders) -> tuple[dict[str, ad.AnnData], dict[str, str]]:
         if name in adatas:
             raise input_error(folder, f"two restarts share the folder name {name!r} (also {sources[name]}); "
                               "restarts are named by their folder, so give each its own name")
-        adatas[name] = read_results(folder) if k == 0 else _read_light(folder)
+        adatas[name] = a = read_results(folder) if k == 0 else _read_light(folder)
         sources[name] = str(folder)
+        hist = folder / "training_history.tsv"
+        mod = dict(a.uns.get("mod", {}))
+        if "elbo_initial" not in mod and hist.exists():
+            try:
+                first = pd.read_csv(hist, sep="\t", comment="#", nrows=1)
+                mod["elbo_initial"] = float(first["elbo"].iloc[0])
+                a.uns["mod"] = mod
+            except Exception as exc:  # noqa: BLE001 — only the ELBO rule needs it; say so and go on
+                log.warning("%s: cannot read the first-epoch -ELBO (%s); the ELBO rule may be skipped", hist, exc)
     return adatas, sources
 
 
@@ -738,8 +784,9 @@ def write_aggregate(res: AggregateResult, outdir: str | Path) -> Path:
         write_mqc_table(_na(rt), tmp / "restarts_mqc.tsv", id="spotmap_restarts", section_name="Mapping restarts",
                         description=(f"Final -ELBO (lower is better; best: {best or 'NA'}), agreement with the "
                                      f"other restarts (median over cell types of the correlation) and flags "
-                                     f"(agreement < {s['agreement_threshold']:g} or -ELBO more than "
-                                     f"{100 * s['elbo_gap']:g}% above the best)."),
+                                     f"(agreement < {s['agreement_threshold']:g}, or final -ELBO above the "
+                                     f"best by more than {100 * s['elbo_gap']:g}% of the best restart's "
+                                     "training improvement)."),
                         headers={"elbo": {"title": "-ELBO", "format": "{:,.6g}"},
                                  "agreement": {"title": "Agreement", "min": -1, "max": 1, "scale": "RdYlGn"},
                                  "flagged": {"title": "Flagged"}})
