@@ -130,7 +130,10 @@ def test_qc_batch_umap(qc_out, tmp_path):
 def test_batch_umap_refuses_disjoint_genes():
     from spotmap.errors import SpotmapError
 
-    mk = lambda g: ad.AnnData(X=sp.csr_matrix(np.ones((5, 3), dtype=np.float32)), var=pd.DataFrame(index=g))  # noqa: E731
+    def mk(g):
+        return ad.AnnData(X=sp.csr_matrix(np.ones((5, 3), dtype=np.float32)), var=pd.DataFrame(index=g),
+                          obs=pd.DataFrame(index=[f"{g[0]}{i}" for i in range(5)]))
+
     with pytest.raises(SpotmapError, match="share only 0 gene"):
         batch_umap({"a": mk(["x", "y", "z"]), "b": mk(["p", "q", "r"])})
 

@@ -205,7 +205,10 @@ def plot_qc_histograms(adata: ad.AnnData, sample: str, min_counts: float, min_ge
 
 
 def plot_qc_spatial(adata: ad.AnnData, sample: str):
-    """Total counts and mitochondrial fraction over the tissue image; spots failing QC circled in cyan."""
+    """Counts, genes and (when there are mitochondrial genes) mt fraction per spot over the tissue image.
+
+    Spots failing QC (``obs['pass_qc'] == False``) are circled in cyan.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,19 +216,22 @@ def plot_qc_spatial(adata: ad.AnnData, sample: str):
 
     from spotmap.report.plots import spatial_scatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    o = adata.obs
+    panels = [("total_counts", "total counts per spot", "UMI counts per spot", "magma", 0.992),
+              ("n_genes_by_counts", "genes detected per spot", "genes with ≥1 count", "magma", 0.992)]
+    if "mt_counts" in o and o["mt_counts"].sum() > 0:
+        panels.append(("mt_frac", "mitochondrial fraction", "mitochondrial fraction of counts (0–1)", "viridis", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6))
     lib = sample if sample in adata.uns.get("spatial", {}) else None
     images = adata.uns["spatial"][lib].get("images", {}) if lib is not None else {}
     # ~450 px per panel in the report: the 600 px lowres image is enough and much faster to draw
     img_key = "lowres" if "lowres" in images else "hires"
-    n_fail = int((~adata.obs["pass_qc"].astype(bool)).sum()) if "pass_qc" in adata.obs else 0
-    spatial_scatter(adata, adata.obs["total_counts"].to_numpy(dtype=float), axes[0],
-                    f"{sample}: total counts per spot", "UMI counts per spot", library_id=lib, img_key=img_key)
-    spatial_scatter(adata, adata.obs["mt_frac"].to_numpy(dtype=float), axes[1],
-                    f"{sample}: mitochondrial fraction", "mitochondrial fraction of counts (0–1)", library_id=lib,
-                    cmap="viridis", vmax_quantile=1.0, img_key=img_key)
-    if n_fail and "pass_qc" in adata.obs:
-        fail = ~adata.obs["pass_qc"].to_numpy(dtype=bool)
+    for ax, (col, title, label, cmap, q) in zip(axes, panels):
+        spatial_scatter(adata, o[col].to_numpy(dtype=float), ax, f"{sample}: {title}", label, library_id=lib,
+                        cmap=cmap, vmax_quantile=q, img_key=img_key)
+    n_fail = int((~o["pass_qc"].astype(bool)).sum()) if "pass_qc" in o else 0
+    if n_fail:
+        fail = ~o["pass_qc"].to_numpy(dtype=bool)
         scale = 1.0  # the same image scaling as spatial_scatter's
         key = img_key if img_key in images else next(iter(images), None)
         if key is not None:
@@ -235,7 +241,8 @@ def plot_qc_spatial(adata: ad.AnnData, sample: str):
             ax.scatter(xy[:, 0], xy[:, 1], s=16, facecolors="none", edgecolors="#00e5ff", linewidths=1.0,
                        label=f"fails QC ({n_fail})")
         axes[0].legend(fontsize=7, loc="lower left", frameon=True)
-    fig.suptitle(f"{sample}: spots before QC ({adata.n_obs}; {n_fail} removed)", fontsize=10)
+    mt_note = "" if len(panels) == 3 else "; no mitochondrial genes found"
+    fig.suptitle(f"{sample}: spots before QC ({adata.n_obs}; {n_fail} removed{mt_note})", fontsize=10)
     fig.tight_layout()
     return fig
 
