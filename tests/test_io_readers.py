@@ -16,7 +16,6 @@ import scipy.sparse as sp
 
 from spotmap.io import (
     read_10x_h5,
-    read_10x_mtx,
     read_count_table,
     read_h5ad_counts,
     read_reference,
