@@ -160,7 +160,17 @@ def test_no_gene_overlap_with_reference(tmp_path):
     c, xy = write_table(tmp_path, good_counts())
     ref = _reference(tmp_path, [f"ENSG{i}" for i in range(N_GENES)], ["A", "B"] * 5)
     err, _ = run_qc_cli(tmp_path, "--input", str(c), "--coordinates", str(xy), "--reference", str(ref))
-    assert "only 0 genes shared" in err and "at least 100" in err
+    assert "ref.h5ad: only 0 genes shared" in err and "at least 100" in err
+
+
+@pytest.mark.parametrize("labels,key,expected", [(["A", "B"] * 5, "celltype", "no obs column 'celltype'"),
+                                                 (["A"] * 10, "cell_type", "single class")])
+def test_reference_label_problems_in_cli(tmp_path, labels, key, expected):
+    c, xy = write_table(tmp_path, good_counts())
+    ref = _reference(tmp_path, GENES, labels)
+    err, _ = run_qc_cli(tmp_path, "--input", str(c), "--coordinates", str(xy), "--reference", str(ref),
+                        "--labels-key", key)
+    assert "ref.h5ad" in err and expected in err
 
 
 def test_shared_genes_by_id_then_symbol(tmp_path):

@@ -400,9 +400,15 @@ def batch_umap(adatas: Sequence[ad.AnnData] | dict[str, ad.AnnData], n_top_genes
     return fig
 
 
-def shared_gene_report(spatial: ad.AnnData, reference: ad.AnnData, min_genes: int | None = None) -> dict:
-    """Match reference and spatial genes (id first, then symbol; see :func:`spotmap.io.genes.shared_genes`)."""
+def shared_gene_report(spatial: ad.AnnData, reference: ad.AnnData, min_genes: int | None = None,
+                       source: str = "reference") -> dict:
+    """Match reference and spatial genes (id first, then symbol; see :func:`spotmap.io.genes.shared_genes`).
+
+    ``source`` names the reference (its file) in messages. Returns the summary columns
+    ``genes_shared_with_reference`` and ``genes_matched_by``.
+    """
     from spotmap.io.genes import MIN_SHARED_GENES, shared_genes
 
-    pairs, by = shared_genes(spatial, reference, min_genes=MIN_SHARED_GENES if min_genes is None else min_genes)
+    pairs, by = shared_genes(spatial, reference, min_genes=MIN_SHARED_GENES if min_genes is None else min_genes,
+                             source=source)
     return {"genes_shared_with_reference": int(len(pairs)), "genes_matched_by": by}

@@ -59,7 +59,7 @@ def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | Non
                                max_mt_fraction=max_mt_fraction, mt_genes=mt)
     if reference is not None:
         ref = read_reference(reference, labels_key=labels_key, cell_types=cell_types)
-        summary.update(shared_gene_report(filtered, ref, min_genes=min_shared_genes))
+        summary.update(shared_gene_report(filtered, ref, min_genes=min_shared_genes, source=str(reference)))
     write_qc_outputs(adata, filtered, summary, outdir, sample, min_counts=min_counts, min_genes=min_genes,
                      max_mt_fraction=max_mt_fraction, plots=not no_plots)
 
