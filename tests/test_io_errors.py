@@ -267,3 +267,11 @@ def test_bad_sample_id(tmp_path, sim_single, sample):
     r = CliRunner().invoke(cli, ["qc", "--sample", sample, "--outdir", str(outdir), "--input",
                                  str(sim_single / "samples" / "sample1")])
     assert r.exit_code == 2 and "--sample must" in r.output and not outdir.exists()
+
+
+def test_no_in_tissue_spots(tmp_path):
+    c, _ = write_table(tmp_path, good_counts())
+    xy = tmp_path / "coords.csv"
+    pd.DataFrame({"x": 1.0, "y": 2.0, "in_tissue": 0}, index=pd.Index(BARCODES, name="barcode")).to_csv(xy)
+    err, _ = run_qc_cli(tmp_path, "--input", str(c), "--coordinates", str(xy))
+    assert "counts.csv" in err and "no in-tissue spots" in err

@@ -124,6 +124,8 @@ def read_spatial(path: str | Path, sample: str | None = None, counts_layer: str 
 
 def _finish(adata: ad.AnnData, path: Path, sample: str) -> ad.AnnData:
     """Checks and names shared by every spatial reader."""
+    if adata.n_obs == 0:
+        raise input_error(path, "no in-tissue spots (every spot has in_tissue = 0 or no position)")
     adata.X = check_counts(adata.X, path)
     check_unique(adata.obs_names, path, "barcode")
     if "spatial" not in adata.obsm:
@@ -133,8 +135,6 @@ def _finish(adata: ad.AnnData, path: Path, sample: str) -> ad.AnnData:
         bad = int((~np.isfinite(xy)).any(axis=1).sum()) if xy.ndim == 2 else adata.n_obs
         raise input_error(path, f"missing or non-finite coordinates for {bad} spot(s)", field="obsm['spatial']")
     adata.obsm["spatial"] = xy[:, :2]
-    if adata.n_obs == 0:
-        raise input_error(path, "no in-tissue spots")
     # scanpy's plotting looks images up by library id: key them by the sample id
     spatial = adata.uns.get("spatial")
     if isinstance(spatial, dict) and len(spatial) == 1 and sample not in spatial:
