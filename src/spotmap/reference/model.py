@@ -43,7 +43,7 @@ def counts_matrix(adata: ad.AnnData, layer: str | None = None, source: str | Non
             raise input_error(source, "counts must be non-negative raw counts", field, float(data.min()))
         frac = data != np.round(data)
         if frac.any():
-            raise input_error(source, "the regression needs raw integer counts (not normalised or log values)",
+            raise input_error(source, "signatures need raw integer counts (not normalised or log values)",
                               field, float(data[frac][0]))
     X.eliminate_zeros()
     return X
