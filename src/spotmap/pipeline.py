@@ -67,7 +67,7 @@ def _sample_inputs(sheet) -> list[tuple[str, str, list[str]]]:
     """(sample, input path, extra qc args) per samplesheet row."""
     rows = []
     for _, row in sheet.iterrows():
-        path = next((row[c] for c in ("spaceranger_dir", "h5ad") if c in row and isinstance(row[c], str) and row[c]),
+        path = next((row[c] for c in ("spaceranger_dir", "h5ad", "counts") if c in row and isinstance(row[c], str) and row[c]),
                     None)
         extra = []
         if "coordinates" in row and isinstance(row.get("coordinates"), str) and row["coordinates"]:
