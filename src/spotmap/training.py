@@ -156,13 +156,22 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
     epoch = start_epoch
     try:
         while epoch < config.max_epochs and not converged:
-            if full:
-                step_losses = [svi.step(**batch_kwargs(None))]
-            else:
-                gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-                perm = torch.randperm(n_obs, generator=gen)
-                step_losses = [svi.step(**batch_kwargs(perm[i:i + config.batch_size]))
-                               for i in range(0, n_obs, config.batch_size)]
+            try:
+                if full:
+                    step_losses = [svi.step(**batch_kwargs(None))]
+                else:
+                    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+                    perm = torch.randperm(n_obs, generator=gen)
+                    step_losses = [svi.step(**batch_kwargs(perm[i:i + config.batch_size]))
+                                   for i in range(0, n_obs, config.batch_size)]
+            except ValueError as exc:
+                # pyro's argument validation meets NaN/inf parameters before the loss does
+                text = str(exc)
+                if isinstance(exc, SpotmapError) or not ("invalid values" in text or "nan" in text.lower()):
+                    raise
+                raise SpotmapError(f"training stopped at epoch {epoch + 1}: the loss is not finite (non-finite "
+                                   f"values reached the model: {text.splitlines()[0][:160]}); likely cause: "
+                                   f"{config.nan_hint}") from None
             value = float(np.mean(step_losses))
             epoch += 1
             if not math.isfinite(value):

@@ -1,13 +1,66 @@
-"""``spotmap map``: placeholder until its step lands (see the issue tracker)."""
+"""``spotmap map``: map cell types onto one or more QC-filtered spatial samples (jointly)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from spotmap.errors import SpotmapError
+from spotmap.mapping.model import MappingSettings
+from spotmap.mapping.priors import MappingPriors
+
+_S, _P = MappingSettings(), MappingPriors()
 
 
-@click.command("map", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """Not implemented yet."""
-    raise SpotmapError("'spotmap map' is not implemented yet")
+@click.command("map")
+@click.option("--spatial", "spatial", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="QC-filtered spatial .h5ad (raw counts; obs_names '<sample>_<barcode>'); repeat for several "
+                   "samples, which are modelled jointly.")
+@click.option("--signatures", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Reference signatures: CSV/TSV genes × cell types (expected counts per cell), or a reference "
+                   ".h5ad with varm['means_per_cluster_mu_fg'].")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Result folder.")
+@click.option("--n-cells-per-location", default=_P.N_cells_per_location, show_default=True, type=float,
+              help="Expected cells per spot (prior mean of n_s); set it from histology.")
+@click.option("--detection-alpha", default=_P.detection_alpha, show_default=True, type=float,
+              help="Shape of the per-spot detection efficiency y_s around its sample mean (20: strong "
+                   "within-slide technical variability; 200: little).")
+@click.option("--n-groups", default=_P.n_groups, show_default=True, type=int,
+              help="Co-located cell-type groups r of the w_sf prior factorisation.")
+@click.option("--max-epochs", default=_S.max_epochs, show_default=True, type=int,
+              help="Upper bound on passes over all spots (training usually stops earlier by the convergence rule).")
+@click.option("--lr", default=_S.lr, show_default=True, type=float, help="ClippedAdam learning rate.")
+@click.option("--batch-size", default=None, type=int,
+              help="Spots per training step (minibatches for data that does not fit) [default: all spots].")
+@click.option("--seed", default=_S.seed, show_default=True, type=int,
+              help="Random seed: the same seed on the CPU gives bit-identical results.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train (auto: CUDA if torch sees a GPU).")
+@click.option("--checkpoint-every", default=None, type=int,
+              help="Epochs between checkpoints (OUTDIR/checkpoint.pt); rerunning the same command resumes. "
+                   "[default: every 200 epochs]")
+@click.option("--batch-key", default=_S.batch_key, show_default=True,
+              help="obs column naming each spot's batch (s_eg, alpha_eg and y_e are per batch).")
+@click.option("--name", default=None, help="Run name for the MultiQC files [default: restart_<seed>].")
+@click.option("--min-epochs", default=_S.min_epochs, show_default=True, type=int,
+              help="The convergence rule is not checked before this epoch.")
+@click.option("--tol", default=_S.tol, show_default=True, type=float,
+              help="Convergence: relative change of the smoothed -ELBO between two windows.")
+@click.option("--window", default=_S.window, show_default=True, type=int, help="Convergence: epochs per window.")
+def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_per_location: float,
+            detection_alpha: float, n_groups: int, max_epochs: int, lr: float, batch_size: int | None, seed: int,
+            device: str, checkpoint_every: int | None, batch_key: str, name: str | None, min_epochs: int, tol: float,
+            window: int) -> None:
+    """Map cell types onto spatial data with the cell2location model (one restart = one seed).
+
+    Writes OUTDIR/sp.h5ad (all results, cell2location names), W_cell_density.csv, W_cell_density_q05.csv,
+    W_mRNA_count.csv, W_mRNA_count_q05.csv, training_history.tsv, training_history.png, checkpoint.pt and
+    the MultiQC files <name>_training_mqc.yaml, <name>_reconstruction_mqc.png, <name>_spatial_qc_mqc.png.
+    """
+    from spotmap.mapping.run import run_mapping
+
+    run_mapping(list(spatial), signatures, outdir, name=name or f"restart_{seed}",
+                n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, n_groups=n_groups,
+                max_epochs=max_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                checkpoint_every=checkpoint_every, batch_key=batch_key, min_epochs=min_epochs, tol=tol,
+                window=window)

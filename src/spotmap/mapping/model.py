@@ -48,7 +48,8 @@ class MappingSettings:
     tol: float = 2e-5                 #: relative change of the smoothed -ELBO that counts as converged
     device: str = "auto"              #: auto | cpu | cuda
     batch_key: str = "sample"         #: obs column whose levels are the batches e
-    init_scale: float = 0.1           #: initial sd of every log-normal guide factor
+    init_scale: float = 0.1           #: initial sd of every log-normal guide factor (log scale)
+    max_scale: float = 2.0            #: upper bound of every guide sd (log scale); see MappingModule
     init_iterations: int = 40         #: Poisson-NMF iterations of the w_sf initialisation
     checkpoint_every: int | None = None  #: epochs between checkpoints (None: none)
     checkpoint_path: str | None = None
@@ -213,7 +214,8 @@ class SpatialMapper:
             hist = CountHistogram(self.X, self.batch_codes, len(self.batch_names), self.device)
             g = torch.as_tensor(self.g_fg, dtype=torch.float32, device=self.device)
             self._module = MappingModule(counts, hist, g, len(self.batch_names), self.detection_mean, self.priors,
-                                         init, init_scale=self.settings.init_scale)
+                                         init, init_scale=self.settings.init_scale,
+                                         max_scale=self.settings.max_scale)
         return self._module
 
     def fingerprint(self) -> dict:
@@ -241,7 +243,8 @@ class SpatialMapper:
             nan_hint=NAN_HINT, fingerprint=self.fingerprint())
         log.info("mapping %d spots × %d genes × %d cell types (%d batch(es)) on %s; detection_mean %.4g",
                  S, mod.dims.G, mod.dims.F, mod.dims.E, self.device, self.detection_mean)
-        self.history = train_svi(mod.model, mod.guide, S, mod.batch_kwargs, config)
+        with pyro.validation_enabled(False):  # NaN/inf are caught by train_svi's non-finite check instead
+            self.history = train_svi(mod.model, mod.guide, S, mod.batch_kwargs, config, loss=mod.elbo_loss)
         store = pyro.get_param_store()
         self.params = {name: store[name].detach().clone() for name in store.keys()}
         return self.history

@@ -1,0 +1,112 @@
+"""The ``spotmap map`` step: read inputs, map, write the result folder and its QC / MultiQC files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from spotmap.errors import input_error
+from spotmap.utils import log
+
+DEFAULT_CHECKPOINT_EVERY = 200
+RECONSTRUCTION_SPOTS = 1000
+
+
+def read_spatial_inputs(paths: list[Path], batch_key: str = "sample") -> ad.AnnData:
+    """Read QC-filtered ``.h5ad`` files (raw counts) and concatenate them, keeping every ``uns['spatial']`` entry."""
+    from spotmap.io.counts import read_h5ad_counts
+
+    adatas = []
+    for path in paths:
+        a = read_h5ad_counts(path)
+        if batch_key not in a.obs:
+            raise input_error(path, "no batch column in obs (spotmap qc writes obs['sample']; or set --batch-key)",
+                              field=f"obs['{batch_key}']")
+        if a.n_obs == 0:
+            raise input_error(path, "holds no spots", field="obs")
+        adatas.append(a)
+    if len(adatas) == 1:
+        return adatas[0]
+    seen: dict[str, Path] = {}
+    for path, a in zip(paths, adatas):
+        dup = [n for n in a.obs_names[:] if n in seen]
+        if dup:
+            raise input_error(path, f"spot id also in {seen[dup[0]]} (obs_names must be '<sample>_<barcode>')",
+                              field="obs_names", value=dup[0])
+        seen.update({n: path for n in a.obs_names})
+    genes = [set(a.var_names) for a in adatas]
+    if any(g != genes[0] for g in genes[1:]):
+        log.warning("the spatial files have different genes; using the %d genes they share",
+                    len(set.intersection(*genes)))
+    spatial = {}
+    for a in adatas:
+        spatial.update(a.uns.get("spatial", {}))
+    out = ad.concat(adatas, join="inner", merge="same")
+    out.obs[batch_key] = pd.Categorical(out.obs[batch_key].astype(str))
+    if spatial:
+        out.uns["spatial"] = spatial
+    return out
+
+
+def read_signature_table(path: Path) -> tuple[pd.DataFrame, pd.Series | None]:
+    """Signatures (genes × types) via :func:`spotmap.reference.signatures.read_signatures`, plus gene ids if known."""
+    from spotmap.reference.signatures import read_signatures
+
+    sig = read_signatures(path)
+    ids = None
+    if Path(path).suffix.lower() == ".h5ad":
+        try:
+            ref = ad.read_h5ad(path, backed="r")
+            if "gene_ids" in ref.var:
+                ids = pd.Series(ref.var["gene_ids"].astype(str).to_numpy(), index=ref.var_names.astype(str))
+                ids = ids.reindex(sig.index)
+                ids = None if ids.isna().any() else ids
+            ref.file.close()
+        except Exception:  # ids are optional: fall back to symbols
+            ids = None
+    return sig, ids
+
+
+def run_mapping(spatial: list[Path], signatures: Path, outdir: Path, name: str, checkpoint_every: int | None = None,
+                **settings) -> ad.AnnData:
+    """Map and write ``outdir`` (see :mod:`spotmap.results` and ``docs/mapping.md``); returns the result AnnData."""
+    from spotmap.mapping.model import map_cell_types
+    from spotmap.mapping.plots import history_tail, plot_history, plot_reconstruction, plot_spatial_qc
+    from spotmap.report.mqc import save_mqc_figure, write_mqc_linegraph
+    from spotmap.results import write_results
+
+    outdir = Path(outdir)
+    batch_key = settings.get("batch_key", "sample")
+    adata = read_spatial_inputs([Path(p) for p in spatial], batch_key)
+    sig, ids = read_signature_table(Path(signatures))
+    every = DEFAULT_CHECKPOINT_EVERY if checkpoint_every is None else int(checkpoint_every)
+    if every < 0:
+        raise input_error(None, "--checkpoint-every must be 0 (off) or a positive number of epochs", value=every)
+    result, history, mapper = map_cell_types(
+        adata, sig, signature_ids=ids, return_mapper=True, checkpoint_every=every or None,
+        checkpoint_path=str(outdir / "checkpoint.pt") if every else None, **settings)
+    result.uns["mod"]["name"] = name
+
+    # QC figures and MultiQC content first; sp.h5ad (written last by write_results) marks a complete folder
+    outdir.mkdir(parents=True, exist_ok=True)
+    save_mqc_figure(plot_history(history, name), outdir / "training_history.png")
+    tail = history_tail(history)
+    step = max(1, len(tail) // 500)
+    write_mqc_linegraph(outdir / f"{name}_training_mqc.yaml", id="spotmap_mapping_history",
+                        section_name="Mapping: training",
+                        series={name: dict(zip(tail["epoch"].iloc[::step], tail["elbo"].iloc[::step]))},
+                        description="-ELBO per epoch of each mapping restart (first 20 % of epochs not shown; "
+                                    "the constant Σ log d! is omitted).", ylab="-ELBO")
+    rng = np.random.default_rng(mapper.settings.seed)
+    spots = np.sort(rng.choice(result.n_obs, size=min(RECONSTRUCTION_SPOTS, result.n_obs), replace=False))
+    observed = mapper.X[spots].toarray()
+    save_mqc_figure(plot_reconstruction(observed, mapper.expected_counts(spots), name),
+                    outdir / f"{name}_reconstruction_mqc.png")
+    save_mqc_figure(plot_spatial_qc(result, batch_key, name), outdir / f"{name}_spatial_qc_mqc.png")
+    write_results(result, outdir, history)
+    log.info("wrote %s (%d spots × %d cell types; %d epochs%s)", outdir, result.n_obs, len(mapper.factor_names),
+             len(history), ", converged" if history.attrs.get("converged") else "")
+    return result

@@ -1,0 +1,85 @@
+"""The shared SVI loop: convergence rule, checkpoints (safe loading, fingerprints), non-finite loss."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from spotmap.errors import SpotmapError
+from spotmap.training import TrainConfig, load_checkpoint, train_svi
+
+DATA = torch.tensor(np.random.default_rng(0).normal(3.0, 1.0, size=200), dtype=torch.float32)
+
+
+def model(idx):
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("obs", len(DATA), subsample=idx):
+        pyro.sample("x", dist.Normal(mu, 1.0), obs=DATA[idx])
+
+
+def guide(idx):
+    loc = pyro.param("mu_loc", torch.tensor(0.0))
+    scale = pyro.param("mu_scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+    pyro.sample("mu", dist.Normal(loc, scale))
+
+
+def kwargs(idx):
+    return {"idx": torch.arange(len(DATA)) if idx is None else idx}
+
+
+def test_convergence_rule_stops_and_is_recorded():
+    cfg = TrainConfig(max_epochs=3000, lr=0.05, min_epochs=50, window=20, tol=1e-3, progress=False)
+    hist = train_svi(model, guide, len(DATA), kwargs, cfg)
+    assert hist.attrs["converged"] and len(hist) < 3000
+    last = hist.iloc[-1]
+    assert last["rel_change"] < 1e-3 and last["epoch"] >= 50
+    w = 20
+    e = hist["elbo"].to_numpy()
+    rel = abs(e[-w:].mean() - e[-2 * w:-w].mean()) / abs(e[-w:].mean())
+    assert rel == pytest.approx(last["rel_change"], rel=1e-9)
+    assert hist["rel_change"].iloc[: 2 * w - 1].isna().all()
+    assert abs(float(pyro.param("mu_loc")) - float(DATA.mean())) < 0.2
+
+
+def test_checkpoint_resume_bit_identical_minibatch(tmp_path):
+    base = dict(lr=0.05, batch_size=64, seed=7, min_epochs=10**6, progress=False, checkpoint_every=4,
+                fingerprint={"case": "toy"})
+    full = train_svi(model, guide, len(DATA), kwargs, TrainConfig(max_epochs=20, checkpoint_path=tmp_path / "a.pt", **base))
+    loc_full = float(pyro.param("mu_loc"))
+    train_svi(model, guide, len(DATA), kwargs, TrainConfig(max_epochs=9, checkpoint_path=tmp_path / "b.pt", **base))
+    assert load_checkpoint(tmp_path / "b.pt")["epoch"] == 9
+    res = train_svi(model, guide, len(DATA), kwargs, TrainConfig(max_epochs=20, checkpoint_path=tmp_path / "b.pt", **base))
+    assert float(pyro.param("mu_loc")) == loc_full
+    np.testing.assert_array_equal(full["elbo"].to_numpy(), res["elbo"].to_numpy())
+
+
+def test_checkpoint_of_other_settings_is_ignored_and_pickles_are_refused(tmp_path):
+    base = dict(lr=0.05, seed=1, min_epochs=10**6, progress=False, checkpoint_every=5)
+    ck = tmp_path / "c.pt"
+    train_svi(model, guide, len(DATA), kwargs, TrainConfig(max_epochs=10, checkpoint_path=ck, fingerprint={"a": 1}, **base))
+    hist = train_svi(model, guide, len(DATA), kwargs,
+                     TrainConfig(max_epochs=12, checkpoint_path=ck, fingerprint={"a": 2}, **base))
+    assert hist["epoch"].iloc[0] == 1 and len(hist) == 12
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"epoch": Evil()}))
+    with pytest.raises(SpotmapError, match="evil.pt.*cannot be loaded"):
+        load_checkpoint(evil)
+
+
+def test_non_finite_loss_names_epoch_and_cause():
+    def bad_model(idx):
+        pyro.sample("mu", dist.Normal(0.0, 10.0))
+        pyro.factor("nan", torch.tensor(float("nan")))
+
+    with pytest.raises(SpotmapError, match="epoch 1: the loss is not finite.*my hint"):
+        train_svi(bad_model, guide, len(DATA), kwargs, TrainConfig(max_epochs=5, progress=False, nan_hint="my hint"))
