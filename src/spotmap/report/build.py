@@ -77,17 +77,18 @@ IMAGE_KINDS: list[tuple[str, str, str, str]] = [
     ("qc_batch_umap_mqc", "qc_batch_umap", "Samples in a joint embedding (UMAP)",
      "Spots of all samples in one UMAP, coloured by sample: strong separation by sample points to batch effects."),
     ("signatures_vs_average_mqc", "signatures_vs_average", "Signatures vs cluster averages",
-     "Estimated signature of each cell type (y) against the plain average expression of its cells (x), "
-     "every gene and type one point; points near the diagonal mean the model agrees with the data, "
-     "a cloud below it that batch and background effects were removed."),
+     "Estimated signature of each cell type against the plain average expression of its cells, every "
+     "gene and type one point; points near the diagonal mean the model agrees with the data, a "
+     "systematic offset shows the batch, technology and background corrections."),
     ("signatures_umap_mqc", "signatures_umap", "Reference cells (UMAP)",
      "Reference cells coloured by annotated cell type and by batch."),
     ("signatures_history_mqc", "signatures_history", "Reference training curve (image)",
      "Loss (-ELBO) of the reference model against training epoch."),
     ("_reconstruction_mqc", "reconstruction", "Reconstruction accuracy: {label}",
-     "Observed counts (x) against counts expected by the fitted model (y), as a 2-D histogram of all "
+     "Observed counts against the counts expected by the fitted model, as a 2-D histogram over "
      "spots × genes (colour: number of entries, log scale). A tight cloud along the diagonal means the "
-     "cell types and their abundances explain the data."),
+     "cell types and their abundances explain the data; a broad or bent cloud points to missing cell "
+     "types or a poor fit."),
     ("_spatial_qc_mqc", "spatial_qc", "Detection efficiency and total cell abundance: {label}",
      "Per spot: detection efficiency y_s (how much of a spot's RNA was captured) and total estimated "
      "cell abundance, over the tissue for each sample. Total abundance should follow tissue density, "
@@ -237,7 +238,8 @@ def _tidy_table(conf: dict, lines: list[str], sep: str) -> list[str]:
         return lines
     if df.shape[1] < 2:
         return lines
-    headers = conf.get("headers") if isinstance(conf.get("headers"), dict) else {}
+    had_headers = isinstance(conf.get("headers"), dict) and bool(conf["headers"])
+    headers = dict(conf["headers"]) if had_headers else {}
     changed = False
     for col in df.columns[1:]:
         vals = df[col].str.strip()
@@ -252,9 +254,14 @@ def _tidy_table(conf: dict, lines: list[str], sep: str) -> list[str]:
         if num.notna().any() and num.notna().sum() == (vals.str.len() > 0).sum() - (vals == "NA").sum() \
                 and "format" not in h and not (num.dropna() % 1 == 0).all():
             h["format"] = "{:,.3f}" if num.abs().max() < 10 else "{:,.1f}"
-    conf["headers"] = {k: v for k, v in headers.items() if v}
-    if not conf["headers"]:
-        del conf["headers"]
+    headers = {k: v for k, v in headers.items() if v}
+    if headers and not had_headers:
+        # MultiQC shows only the columns named in `headers`: name them all, in order
+        headers = {c: headers.get(c) or {"title": str(c)} for c in df.columns[1:]}
+    if headers:
+        conf["headers"] = headers
+    else:
+        conf.pop("headers", None)
     if not changed:
         return lines
     return df.to_csv(sep=sep, index=False).splitlines()
@@ -457,13 +464,18 @@ class ContentWriter:
         self.add(key, sid, rank)
 
 
-def collect(results: Path) -> dict[str, list[Path]]:
-    """Files of the results folder the report uses, by kind (recursive, by file name)."""
+def collect(results: Path, exclude: Path | None = None) -> dict[str, list[Path]]:
+    """Files of the results folder the report uses, by kind (recursive, by file name).
+
+    ``exclude``: a folder to leave out (the report's own output folder when it lies inside).
+    """
+    excluded = exclude.resolve() if exclude is not None else None
     out: dict[str, list[Path]] = {"table": [], "structured": [], "image": [], "html": [], "versions": [],
                                   "params": [], "summary_txt": [], "workflow_summary": [], "h5ad": []}
     skip_dirs = {"multiqc_data", "report_content", ".nextflow", "work"}
     for root, dirs, files in os.walk(results):
-        dirs[:] = sorted(d for d in dirs if d not in skip_dirs and not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if d not in skip_dirs and not d.startswith(".")
+                         and (excluded is None or (Path(root) / d).resolve() != excluded))
         for fn in sorted(files):
             p = Path(root) / fn
             low = fn.lower()
@@ -530,7 +542,8 @@ def abundance_maps(adata, summary: str = "q05", samples=None, n_overlay: int = 6
     ab = table(adata, summary)
     for sample, sub in _sample_subsets(adata, samples):
         sub_ab = ab.loc[sub.obs_names]
-        figs.append(abundance_grid(sub, sample, sub_ab, ncols=ncols, summary_label=summary))
+        figs.append(abundance_grid(sub, sample, sub_ab, ncols=ncols if ab.shape[1] <= 16 else ncols + 1,
+                                   summary_label=summary))
         figs.append(abundance_overlay(sub, sample, sub_ab, n_types=n_overlay, summary_label=summary))
     return figs
 
@@ -556,7 +569,8 @@ def _abundance_content(w: ContentWriter, h5ads: list[Path], dpi: int) -> None:
         for i, (sample, sub) in enumerate(_sample_subsets(adata)):
             sub_ab = ab.loc[sub.obs_names]
             for kind, fig, title, legend in (
-                ("abundance_grid", abundance_grid(sub, sample, sub_ab), f"Cell abundance per type: {sample}{tag}",
+                ("abundance_grid", abundance_grid(sub, sample, sub_ab, ncols=4 if ab.shape[1] <= 16 else 5),
+                 f"Cell abundance per type: {sample}{tag}",
                  f"Sample {sample}, {origin}: for each cell type, the 5% quantile of the posterior of w_sf "
                  "(q05, the number of cells the model is confident are present) in each spot, over the tissue "
                  "image. Each panel has its own colour scale (saturated at the 99.2% quantile)."),
@@ -655,8 +669,9 @@ def run_multiqc(content: Path, outdir: Path, configs: list[Path], title: str | N
         data = outdir / "multiqc_data"
         if data.exists():
             shutil.rmtree(data)
-        if (tmp / "multiqc_data").exists():
-            os.replace(tmp / "multiqc_data", data)
+        made = [d for d in ("multiqc_data", "multiqc_report_data") if (tmp / d).is_dir()]
+        if made:
+            os.replace(tmp / made[0], data)
         os.replace(report, outdir / "multiqc_report.html")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -687,7 +702,7 @@ def build_report(results_dir: str | os.PathLike, outdir: str | os.PathLike, conf
     outdir = Path(outdir)
     if not results.is_dir():
         raise input_error(results, "results folder not found")
-    files = collect(results)
+    files = collect(results, exclude=outdir)
     n_found = sum(len(v) for v in files.values())
     if n_found == 0:
         raise input_error(results, "no spotmap results found (no *_mqc.* files, params.json or sp.h5ad); "
@@ -725,8 +740,9 @@ def build_report(results_dir: str | os.PathLike, outdir: str | os.PathLike, conf
     gen = content / "generated"
     params = write_workflow_summary(files["params"], files["workflow_summary"], gen / "workflow_summary_mqc.yaml")
     write_versions(files["versions"], gen)
-    write_methods(assets_dir() if config is None else base_config.parent, gen / "methods_description_mqc.yaml",
-                  params, w.found)
+    tpl_dir = base_config.parent if (base_config.parent / "methods_description_template.yml").is_file() \
+        else assets_dir()
+    write_methods(tpl_dir, gen / "methods_description_mqc.yaml", params, w.found)
 
     order_path = outdir / "report_content_order.yml"
     _write_yaml(order_path, order_config(w.found))

@@ -119,7 +119,7 @@ def write_workflow_summary(params_files: list[Path], nextflow_summaries: list[Pa
                 f"</dd>" for k, v in sorted(changed.items()))
         body = f'{head}<dl class="dl-horizontal">\n{rows}\n</dl>' if rows else head
         _write_yaml(target, {"id": section_id, "section_name": "spotmap workflow summary",
-                             "description": " - parameters of this run that differ from the defaults.",
+                             "description": "Parameters of this run that differ from the defaults.",
                              "plot_type": "html", "data": body})
         return params
     for p in nextflow_summaries:  # the pipeline's own workflow_summary_mqc.yaml
