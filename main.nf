@@ -43,7 +43,11 @@ workflow {
         ch_reference = params.reference ? Channel.fromPath(params.reference, checkIfExists: true) : Channel.empty()
     }
     ch_reference = ch_reference.map { ref ->
-        [ [ id: 'reference', labels_key: params.labels_key, batch_key: params.batch_key ], ref ]
+        [
+            [ id: 'reference', labels_key: params.labels_key, batch_key: params.batch_key ],
+            ref,
+            params.cell_types ? file(params.cell_types, checkIfExists: true) : []
+        ]
     }
     ch_signatures = params.signatures ? Channel.fromPath(params.signatures, checkIfExists: true) : Channel.empty()
 

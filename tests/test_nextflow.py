@@ -44,7 +44,7 @@ PIPELINE_ONLY = {"input", "outdir", "simulate", "publish_dir_mode", "skip_multiq
 RUN_ONLY = {"samplesheet": "is --input", "device": "chosen per profile (gpu -> cuda, else cpu)"}
 # CLI options the modules fill from meta or inputs (not via ext.args) -> the param behind them
 META_FLAGS = {("SIGNATURES", "--labels-key"): "labels_key", ("SIGNATURES", "--batch-key"): "batch_key",
-              ("MAP", "--seed"): "seed"}
+              ("SIGNATURES", "--cell-types"): "cell_types", ("MAP", "--seed"): "seed"}
 
 
 def all_processes() -> dict[str, nfh.ProcessDef]:
@@ -219,7 +219,7 @@ def test_script_options_exist_in_cli(name):
 # --------------------------------------------------------------------------------------------------
 
 def _render(name, inputs, ext=None):
-    env = {"task": {"ext": ext or {}, "process": f"SPOTMAP:{name}"}, **inputs}
+    env = {"task": {"ext": ext or {}, "process": f"SPOTMAP:{name}", "cpus": 4}, **inputs}
     return nfh.render_block(PROCS[name].script, env)
 
 
@@ -227,8 +227,8 @@ def _render(name, inputs, ext=None):
 def test_gpu_processes_choose_device(use_gpu, device):
     ext = {"use_gpu": use_gpu} if use_gpu is not None else {}
     sig = _render("SIGNATURES", {"meta": {"id": "reference", "labels_key": "cell_type", "batch_key": None},
-                                 "reference": "ref.h5ad"}, ext)
-    assert f"--device {device}" in sig and "--batch-key" not in sig
+                                 "reference": "ref.h5ad", "cell_types": ""}, ext)
+    assert f"--device {device}" in sig and "--batch-key" not in sig and "--threads 4" in sig
     mp = _render("MAP", {"meta": {"id": "joint"}, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv",
                          "seed": 3}, ext)
     assert f"--device {device}" in mp and "--outdir restart_3" in mp and "--name restart_3" in mp
@@ -238,8 +238,9 @@ def test_per_sample_restart_names_and_optional_inputs():
     mp = _render("MAP", {"meta": {"id": "s1"}, "spatial": "spatial/s1.h5ad", "signatures": "s.csv", "seed": 1})
     assert "--name s1_restart_1" in mp and "--outdir restart_1" in mp
     sig = _render("SIGNATURES", {"meta": {"id": "reference", "labels_key": "ct", "batch_key": "donor"},
-                                 "reference": "r.h5ad"}, {"args": "--seed 4"})
+                                 "reference": "r.csv", "cell_types": "types.csv"}, {"args": "--seed 4"})
     assert "--labels-key ct" in sig and "--batch-key donor" in sig and "--seed 4" in sig
+    assert "--cell-types types.csv" in sig
     qc = _render("QC", {"meta": {"id": "s1"}, "input": "counts.csv", "coordinates": "xy.csv"})
     assert "--coordinates xy.csv" in qc and "--outdir qc/s1" in qc
     qc = _render("QC", {"meta": {"id": "s1"}, "input": "outs", "coordinates": ""})
@@ -302,7 +303,8 @@ class Contract:
     def signatures(self):
         sim = self.need("SIMULATE", self.simulate())
         meta = {"id": "reference", "labels_key": "cell_type", "batch_key": "batch"}
-        return self.run("SIGNATURES", "SIGNATURES", {"meta": meta, "reference": sim.outputs["reference"][0]})
+        return self.run("SIGNATURES", "SIGNATURES", {"meta": meta, "reference": sim.outputs["reference"][0],
+                                                     "cell_types": []})
 
     def map(self, seed: int):
         spatial = self.qc_files()
@@ -416,7 +418,7 @@ STUB_INPUTS = {
     "SIMULATE": {},
     "QC": {"meta": {"id": "s1"}, "input": "outs/", "coordinates": []},
     "QC_BATCH": {"meta": {"id": "all_samples"}, "spatial": ["a.h5ad", "b.h5ad"]},
-    "SIGNATURES": {"meta": {"id": "reference", "labels_key": "cell_type"}, "reference": "ref.h5ad"},
+    "SIGNATURES": {"meta": {"id": "reference", "labels_key": "cell_type"}, "reference": "ref.h5ad", "cell_types": []},
     "MAP": {"meta": {"id": "joint"}, "spatial": ["a.h5ad", "b.h5ad"], "signatures": "sig.csv", "seed": 7},
     "AGGREGATE": {"meta": {"id": "joint"}, "restarts": ["restart_0/", "restart_1/"]},
     "MULTIQC": {"mqc_files": ["x_mqc.tsv", "y_mqc.png"]},

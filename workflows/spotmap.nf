@@ -15,7 +15,7 @@ workflow SPOTMAP {
 
     take:
     ch_samples     // channel: [ val(meta), path(spaceranger_dir or h5ad) ], one item per sample
-    ch_reference   // channel: [ val(meta), path(reference.h5ad) ]; empty when --signatures is given
+    ch_reference   // channel: [ val(meta), path(reference), path(cell_types) or [] ]; empty with --signatures
     ch_signatures  // channel: path(signatures.csv); empty unless --signatures is given
     seeds          // list of restart seeds, one MAP task per seed (and per sample in per_sample mode)
     ch_versions    // channel: versions.yml files of steps run before this workflow

@@ -4,7 +4,7 @@ process SIGNATURES {
     label 'process_gpu'
 
     input:
-    tuple val(meta), path(reference)
+    tuple val(meta), path(reference), path(cell_types)
 
     output:
     tuple val(meta), path("signatures/signatures.csv")      , emit: signatures
@@ -19,13 +19,16 @@ process SIGNATURES {
     script:
     def args      = task.ext.args ?: ''
     def batch_key = meta.batch_key ? "--batch-key ${meta.batch_key}" : ''
+    def types     = cell_types ? "--cell-types ${cell_types}" : ''
     def device    = task.ext.use_gpu ? 'cuda' : 'cpu'
     """
     spotmap signatures \\
         --reference ${reference} \\
         --labels-key ${meta.labels_key} \\
         ${batch_key} \\
+        ${types} \\
         --device ${device} \\
+        --threads ${task.cpus} \\
         --outdir signatures \\
         ${args}
 
