@@ -336,3 +336,23 @@ def test_load_restarts_takes_first_epoch_elbo_from_history(tmp_path):
     assert [a.uns["mod"]["elbo_initial"] for a in got.values()] == [2e5, 2e5]
     assert "restart_2" in got and "X" not in got["restart_2"].layers and got["restart_2"].X is None
     assert got["restart_1"].X is not None
+
+
+def test_results_do_not_depend_on_the_spot_chunking(monkeypatch):
+    import spotmap.aggregate as agg
+
+    t = _truth()
+    ads = {"restart_1": _restart(t, 1), "restart_2": _restart(t, 2), "restart_3": _restart(t, 3, broken=True)}
+    whole = aggregate(ads)
+    # the streamed correlations equal numpy's on the full maps
+    m = [table(a, "means").to_numpy(np.float64) for a in ads.values()]
+    for p, (i, j) in enumerate([(0, 1), (0, 2), (1, 2)]):
+        direct = [np.corrcoef(m[i][:, k], m[j][:, k])[0, 1] for k in range(len(TYPES))]
+        got = whole.pairs[(whole.pairs["restart_a"] == f"restart_{i + 1}")
+                          & (whole.pairs["restart_b"] == f"restart_{j + 1}")]["correlation"]
+        np.testing.assert_allclose(got, direct, atol=1e-6)
+    monkeypatch.setattr(agg, "_CHUNK_ELEMENTS", 7 * 3 * len(TYPES))  # 7 spots per chunk
+    chunked = aggregate(ads)
+    pd.testing.assert_frame_equal(chunked.stability, whole.stability, atol=1e-9)
+    pd.testing.assert_frame_equal(chunked.restarts, whole.restarts, atol=1e-9)
+    np.testing.assert_allclose(table(chunked.consensus, "q05"), table(whole.consensus, "q05"), rtol=1e-6)

@@ -228,8 +228,17 @@ def _mod(a: ad.AnnData) -> dict:
     return dict(a.uns.get("mod", {}))
 
 
-def _array(x) -> np.ndarray:
-    return np.asarray(x.to_numpy() if isinstance(x, pd.DataFrame) else x, dtype=np.float64)
+def _array(x, dtype=np.float64) -> np.ndarray:
+    return np.asarray(x.to_numpy() if isinstance(x, pd.DataFrame) else x, dtype=dtype)
+
+
+def _mean_chunks(rs: list[_Restart], S: int):
+    """Posterior-mean abundance maps of the restarts, (R, spots, types) float64, a spot chunk at a time."""
+    step = max(1, _CHUNK_ELEMENTS // (len(rs) * rs[0].loc.shape[1]))
+    for i in range(0, S, step):
+        loc = np.stack([r.loc[i:i + step] for r in rs]).astype(np.float64)
+        scale = np.stack([r.scale[i:i + step] for r in rs]).astype(np.float64)
+        yield np.exp(loc + 0.5 * scale * scale)
 
 
 def _check_restarts(adatas: dict[str, ad.AnnData], sources: dict[str, str]) -> tuple[list[_Restart], list[str]]:
@@ -258,7 +267,8 @@ def _check_restarts(adatas: dict[str, ad.AnnData], sources: dict[str, str]) -> t
         if not a.var_names.equals(base.var_names) and (len(a.var_names) != len(base.var_names)
                                                        or set(a.var_names) != set(base.var_names)):
             raise input_error(src, _diff(base.var_names, a.var_names, "genes", first), field="var_names")
-        loc, scale = _array(a.obsm["w_sf_loc"]), _array(a.obsm["w_sf_scale"])
+        # float32 as stored (halves memory on large data); every computation casts a chunk to float64
+        loc, scale = _array(a.obsm["w_sf_loc"], np.float32), _array(a.obsm["w_sf_scale"], np.float32)
         for key, arr in (("w_sf_loc", loc), ("w_sf_scale", scale)):
             if arr.shape != (a.n_obs, len(fn)):
                 raise input_error(src, f"shape must be spots × cell types = {(a.n_obs, len(fn))}",
@@ -319,13 +329,64 @@ def _standardise(x: np.ndarray) -> np.ndarray:
         return np.where(sd > 0, c / sd, np.nan)
 
 
-def _pair_correlations(maps: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """maps (R, spots, K) → pairs [(i, j)], correlations (n_pairs, K); NaN (constant map) counts as 0."""
-    Z = _standardise(maps)
-    pairs = [(i, j) for i in range(len(maps)) for j in range(i + 1, len(maps))]
-    corr = np.array([np.nan_to_num((Z[i] * Z[j]).mean(0), nan=0.0) for i, j in pairs]).reshape(len(pairs),
-                                                                                               maps.shape[-1])
-    return pairs, np.clip(corr, -1.0, 1.0)
+@dataclass
+class _MapStats:
+    """Sums over spots of R maps (spots × K each), enough for every correlation between them."""
+
+    n: int
+    s1: np.ndarray        # (R, K)   Σ x        (x shifted by a per-column constant: correlations ignore it)
+    s2: np.ndarray        # (R, K)   Σ x²
+    cross: np.ndarray     # (R, R, K) Σ x_r x_q
+    mean: np.ndarray      # (R, K)   column means (unshifted)
+    ref1: np.ndarray | None = None   # (K,)   Σ m, m = element-wise median over restarts (shifted)
+    ref2: np.ndarray | None = None   # (K,)   Σ m²
+    xref: np.ndarray | None = None   # (R, K) Σ x_r m
+
+
+def _map_stats(chunks, with_ref: bool) -> _MapStats:
+    """One pass over ``chunks`` — arrays (R, spots in the chunk, K) — accumulating :class:`_MapStats`."""
+    st = None
+    for x in chunks:
+        x = np.asarray(x, dtype=np.float64)
+        if st is None:
+            R, _, K = x.shape
+            shift = x.mean(1)
+            st = _MapStats(0, np.zeros((R, K)), np.zeros((R, K)), np.zeros((R, R, K)), np.zeros((R, K)))
+            if with_ref:
+                ref_shift = np.median(x, axis=0).mean(0)
+                st.ref1, st.ref2, st.xref = np.zeros(K), np.zeros(K), np.zeros((R, K))
+        xc = x - shift[:, None, :]
+        st.n += x.shape[1]
+        st.s1 += xc.sum(1)
+        st.s2 += (xc * xc).sum(1)
+        st.cross += np.einsum("rnk,qnk->rqk", xc, xc)
+        if with_ref:
+            m = np.median(x, axis=0) - ref_shift
+            st.ref1 += m.sum(0)
+            st.ref2 += (m * m).sum(0)
+            st.xref += np.einsum("rnk,nk->rk", xc, m)
+    st.mean = st.s1 / st.n + shift
+    return st
+
+
+def _corr(sxy, sx, sy, sxx, syy, n) -> np.ndarray:
+    """Pearson correlation from sums; undefined (a constant map) counts as 0, i.e. no evidence of agreement."""
+    vx = sxx / n - (sx / n) ** 2
+    vy = syy / n - (sy / n) ** 2
+    cov = sxy / n - (sx / n) * (sy / n)
+    # a variance at the rounding level of the (shifted) second moment is a constant map
+    ok = (vx > 1e-12 * np.maximum(sxx / n, 1e-300)) & (vy > 1e-12 * np.maximum(syy / n, 1e-300))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(ok, cov / np.sqrt(np.where(ok, vx * vy, 1.0)), 0.0)
+    return np.clip(c, -1.0, 1.0)
+
+
+def _pair_correlations(st: _MapStats) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """pairs [(i, j)] and their correlations (n_pairs, K) across spots."""
+    R, K = st.s1.shape
+    pairs = [(i, j) for i in range(R) for j in range(i + 1, R)]
+    corr = np.array([_corr(st.cross[i, j], st.s1[i], st.s1[j], st.s2[i], st.s2[j], st.n) for i, j in pairs])
+    return pairs, corr.reshape(len(pairs), K)
 
 
 def _score(corr: np.ndarray, statistic: str) -> np.ndarray:
@@ -334,17 +395,15 @@ def _score(corr: np.ndarray, statistic: str) -> np.ndarray:
     return corr.min(0) if statistic == "min" else np.median(corr, axis=0)
 
 
-def _agreement(maps: np.ndarray) -> np.ndarray:
+def _agreement(st: _MapStats) -> np.ndarray:
     """Per restart: median over columns of the correlation with the robust reference (see module doc)."""
-    R = len(maps)
+    R = st.s1.shape[0]
     if R < 2:
         return np.full(R, np.nan)
-    Z = _standardise(maps)
     if R == 2:
-        c = np.nan_to_num((Z[0] * Z[1]).mean(0), nan=0.0)
+        c = _corr(st.cross[0, 1], st.s1[0], st.s1[1], st.s2[0], st.s2[1], st.n)
         return np.array([np.median(c)] * 2)
-    Zm = _standardise(np.median(maps, axis=0))
-    return np.array([np.median(np.nan_to_num((Z[r] * Zm).mean(0), nan=0.0)) for r in range(R)])
+    return np.array([np.median(_corr(st.xref[r], st.s1[r], st.ref1, st.s2[r], st.ref2, st.n)) for r in range(R)])
 
 
 def _align_groups(restarts: list[_Restart], ref: int) -> tuple[np.ndarray, list[str], list[list[int]]]:
@@ -387,10 +446,8 @@ def _fmt(x: float) -> str:
 
 
 def _consensus(base: ad.AnnData, rs: list[_Restart], factors: list[str], names_all: list[str]) -> ad.AnnData:
-    loc = np.stack([r.loc for r in rs])
-    scale = np.stack([r.scale for r in rs])
     mrna = np.stack([r.mrna_per_cell for r in rs])  # R × F
-    S, F = loc.shape[1:]
+    S, F = rs[0].loc.shape
     cons = base.copy()
     for k in list(cons.obsm.keys()):
         if k.endswith(SITE_W) or k.endswith(SITE_U) or k in ("w_sf_loc", "w_sf_scale", GROUPS_KEY):
@@ -404,10 +461,12 @@ def _consensus(base: ad.AnnData, rs: list[_Restart], factors: list[str], names_a
     gm_m = np.exp(np.log(mrna).mean(0))[None, :]
     for i in range(0, S, step):
         sl = slice(i, i + step)
-        w = mixture_summaries(loc[:, sl], scale[:, sl])
+        loc = np.stack([r.loc[sl] for r in rs]).astype(np.float64)
+        scale = np.stack([r.scale[sl] for r in rs]).astype(np.float64)
+        w = mixture_summaries(loc, scale)
         # u_sf: each restart shifted by its own log mRNA per cell; w's quantiles times their geometric mean
         # are an excellent first guess (the restarts' values differ by little)
-        u = mixture_summaries(loc[:, sl] + log_m, scale[:, sl],
+        u = mixture_summaries(loc + log_m, scale,
                               start={k: w[k] * gm_m for k in QUANTILES})
         for k in SUMMARIES:
             summ_w[k][sl], summ_u[k][sl] = w[k], u[k]
@@ -493,8 +552,9 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
         else:
             log.warning("the best restart %s has no first-epoch -ELBO above its final one (training history): the "
                         "ELBO rule is not applied", names_all[best])
-    means_all = np.stack([np.exp(r.loc + 0.5 * r.scale**2) for r in rs_all])  # R × S × F
-    agreement = _agreement(means_all)
+    S = rs_all[0].loc.shape[0]
+    stats_all = _map_stats(_mean_chunks(rs_all, S), with_ref=R_all >= 3)
+    agreement = _agreement(stats_all)
     low_agree = np.nan_to_num(agreement, nan=np.inf) < agreement_threshold
     bad_elbo = np.nan_to_num(gap, nan=-np.inf) > elbo_gap
     r_flag = low_agree | bad_elbo
@@ -511,10 +571,10 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
             log.info("--exclude-flagged: leaving %s out of the consensus and the stability", ", ".join(excluded))
     rs = [rs_all[i] for i in keep]
     names = [r.name for r in rs]
-    means = means_all[keep]
+    stats = stats_all if len(keep) == R_all else _map_stats(_mean_chunks(rs, S), with_ref=False)
 
     # ---- cell-type stability
-    pairs, corr = _pair_correlations(means)
+    pairs, corr = _pair_correlations(stats)
     score = _score(corr, stability)
     t_flag = np.nan_to_num(score, nan=np.inf) < threshold
     stab_df = pd.DataFrame({"cell_type": factors, "stability": score, "flagged": t_flag})
@@ -529,7 +589,7 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
     if all(have):
         ref = names.index(names_all[best]) if best is not None and names_all[best] in names else 0
         aligned, group_names, perms = _align_groups(rs, ref)
-        gpairs, gcorr = _pair_correlations(aligned)
+        gpairs, gcorr = _pair_correlations(_map_stats([aligned], with_ref=False))
         gscore = _score(gcorr, stability)
         groups_df = pd.DataFrame({"group": group_names, "stability": gscore,
                                   "flagged": np.nan_to_num(gscore, nan=np.inf) < threshold})
@@ -575,7 +635,7 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
     cons.uns["mod"] = mod
 
     result = AggregateResult(cons, stab_df, restarts_df, pairs_df, groups_df, settings=settings)
-    result.summary = _summary_lines(result, rs_all, names, corr, pairs, means, gap, low_agree, bad_elbo, best,
+    result.summary = _summary_lines(result, rs_all, names, corr, pairs, stats.mean.mean(0), gap, low_agree, bad_elbo, best,
                                     group_names is not None or any(have))
     return result
 
@@ -599,7 +659,7 @@ def _log_settings_differences(rs: list[_Restart]) -> None:
             log.warning("restart %s was run with other settings than %s: %s", r.name, rs[0].name, ", ".join(keys))
 
 
-def _summary_lines(res: AggregateResult, rs_all, names, corr, pairs, means, gap, low_agree, bad_elbo, best,
+def _summary_lines(res: AggregateResult, rs_all, names, corr, pairs, mean_ab, gap, low_agree, bad_elbo, best,
                    groups_seen: bool) -> list[str]:
     s = res.settings
     stat = s["stability"]
@@ -626,7 +686,6 @@ def _summary_lines(res: AggregateResult, rs_all, names, corr, pairs, means, gap,
             excl = " It was left out of the consensus." if row["restart"] not in names else ""
             lines.append(f"Restart {row['restart']} is flagged: {' and '.join(why)}; it may have stopped early "
                          f"or landed in a poor optimum.{extra}{excl}")
-    mean_ab = means.mean(0).mean(0)  # mean over restarts and spots, per type
     for k, row in res.stability.iterrows():
         if not row["flagged"]:
             continue
