@@ -51,7 +51,7 @@ DEFAULT_ELBO_GAP = 0.1
 XTOL = 1e-10            #: Newton/bisection stops when every update of log q is below this
 MAX_ITER = 200
 GROUPS_KEY = "means_z_sr_groups"
-_CHUNK_ELEMENTS = 2_000_000  # restarts × spots × types per chunk (≈ 16 MB per float64 array)
+_CHUNK_ELEMENTS = 500_000  # restarts × spots × types per chunk (4 MB per float64 array; peak ≈ 15 such)
 
 AGGREGATE_FILES = ("stability.tsv", "restarts.tsv", "stability_pairs.tsv", "summary.txt", "stability_mqc.tsv",
                    "stability_heatmap_mqc.yaml", "restarts_mqc.tsv", "aggregate_summary_mqc.html")
