@@ -134,6 +134,12 @@ class RegressionModel:
         self.labels = np.asarray(labels.codes, dtype=np.int64)   # (N,)
         self.batches = np.asarray(batches.codes, dtype=np.int64)  # (N,)
         self.lgamma_table = _count_value_table(self.X)
+        # the counts again, with each non-zero's column replaced by group × G + gene: summing a minibatch's
+        # rows into (K, G) is then one row gather and one bincount (shares the data array with X)
+        K, G = len(uniq), self.X.shape[1]
+        keys = np.repeat(self.group, np.diff(self.X.indptr)) * G + self.X.indices
+        self._keyed = sp.csr_matrix((self.X.data, keys.astype(np.int32 if K * G < 2 ** 31 else np.int64),
+                                     self.X.indptr), shape=(self.X.shape[0], K * G))
         self.history: pd.DataFrame | None = None
         self.module: RegressionModule | None = None
         self.train_settings: dict = {}
@@ -143,11 +149,14 @@ class RegressionModel:
     # ------------------------------------------------------------------ data
     def group_sums(self, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Summed counts (K, G) and cell numbers (K,) of each group over cells ``idx`` (all when None)."""
-        K, N = len(self.group_codes), self.X.shape[0]
-        rows = np.arange(N) if idx is None else np.asarray(idx, dtype=np.int64)
-        onehot = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (self.group[rows], rows)), shape=(K, N))
-        counts = (onehot @ self.X).toarray()  # touches only the rows in idx
-        cells = np.bincount(self.group[rows], minlength=K).astype(np.float32)
+        K, (N, G) = len(self.group_codes), self.X.shape
+        if idx is None:
+            sub, groups = self._keyed, self.group
+        else:
+            rows = np.asarray(idx, dtype=np.int64)
+            sub, groups = self._keyed[rows], self.group[rows]
+        counts = np.bincount(sub.indices, weights=sub.data, minlength=K * G).reshape(K, G).astype(np.float32)
+        cells = np.bincount(groups, minlength=K).astype(np.float32)
         return counts, cells
 
     def cluster_averages(self) -> np.ndarray:
