@@ -23,7 +23,9 @@ from spotmap.aggregate import DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD
 @click.option("--agreement-threshold", type=float, default=None,
               help="Restarts whose agreement with the others is below it are flagged  [default: --threshold]")
 @click.option("--elbo-gap", default=DEFAULT_ELBO_GAP, show_default=True, type=float,
-              help="Restarts whose final -ELBO is more than this fraction above the best one are flagged.")
+              help="Restarts whose final -ELBO exceeds the best one by more than this fraction of the best "
+                   "restart's training improvement (first-epoch minus final -ELBO, from training_history.tsv) "
+                   "are flagged.")
 @click.option("--exclude-flagged", is_flag=True,
               help="Leave flagged restarts out of the consensus and the cell-type stability.")
 def command(restarts: tuple[Path, ...], outdir: Path, threshold: float, statistic: str,
