@@ -313,6 +313,11 @@ def test_cli_writes_the_consensus_folder(tmp_path):
     (tmp_path / "foreign" / "notes.txt").write_text("keep me")
     r = CliRunner().invoke(cli, ["aggregate", "--restart", str(dirs[0]), "--outdir", str(tmp_path / "foreign")])
     assert r.exit_code == 2 and (tmp_path / "foreign" / "notes.txt").exists()
+    # nor is an input restart (or any other result folder without stability.tsv) replaced
+    for target in (dirs[1], dirs[2]):
+        r = CliRunner().invoke(cli, ["aggregate", "--restart", str(dirs[0]), "--restart", str(dirs[1]),
+                                     "--outdir", str(target)])
+        assert r.exit_code == 2 and (target / "sp.h5ad").exists() and not (target / "stability.tsv").exists()
 
 
 def test_load_restarts_refuses_duplicate_names(tmp_path):

@@ -801,22 +801,26 @@ def _na(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _check_outdir(outdir: Path) -> None:
-    if outdir.exists() and (not outdir.is_dir() or (any(outdir.iterdir()) and not (
-            (outdir / "stability.tsv").exists() or (outdir / "sp.h5ad").exists()))):
+def _check_outdir(outdir: Path, sources=()) -> None:
+    """Refuse an --outdir that is an input restart or a non-empty folder other than an earlier aggregate result."""
+    if any(outdir.resolve() == Path(src).resolve() for src in sources):
+        raise input_error(outdir, "is one of the --restart folders; choose another --outdir")
+    if outdir.exists() and (not outdir.is_dir() or (any(outdir.iterdir()) and not (outdir / "stability.tsv").exists())):
         raise input_error(outdir, "exists and is not an aggregate result folder; refusing to replace it "
                           "(choose a new --outdir)")
 
 
-def write_aggregate(res: AggregateResult, outdir: str | Path) -> Path:
+def write_aggregate(res: AggregateResult, outdir: str | Path, sources=()) -> Path:
     """Write the consensus folder: the restart files, stability/restart tables, summary and MultiQC content.
 
-    The folder is assembled beside ``outdir`` and moved into place only when complete.
+    The folder is assembled beside ``outdir`` and moved into place only when complete. ``outdir`` may
+    not be one of ``sources`` (the restart folders), nor a non-empty folder that is not an earlier
+    aggregate result (one holding ``stability.tsv``).
     """
     from spotmap.report.mqc import write_mqc_table, write_mqc_yaml
 
     outdir = Path(outdir)
-    _check_outdir(outdir)
+    _check_outdir(outdir, sources)
     s = res.settings
     stat = s["stability"]
     with atomic_dir(outdir) as tmp:

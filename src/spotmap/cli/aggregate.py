@@ -40,10 +40,13 @@ def command(restarts: tuple[Path, ...], outdir: Path, threshold: float, statisti
     from spotmap.aggregate import aggregate, load_restarts, write_aggregate
     from spotmap.utils import log
 
+    from spotmap.aggregate import _check_outdir
+
+    _check_outdir(outdir, restarts)  # before the work: never replace an input or a foreign folder
     adatas, sources = load_restarts(restarts)
     res = aggregate(adatas, threshold=threshold, stability=statistic, agreement_threshold=agreement_threshold,
                     elbo_gap=elbo_gap, exclude_flagged=exclude_flagged, sources=sources)
-    write_aggregate(res, outdir)
+    write_aggregate(res, outdir, restarts)
     for line in res.summary:
         log.info("%s", line)
     log.info("consensus of %d restart(s) written to %s (%d cell type(s) and %d restart(s) flagged)",
