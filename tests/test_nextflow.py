@@ -214,6 +214,34 @@ def test_script_options_exist_in_cli(name):
     assert "--process" in versions
 
 
+def test_workflow_uses_declared_emits():
+    """Every `PROC.out.name` in main.nf and workflows/ is an emit: of that process."""
+    n = 0
+    for nf in [REPO / "main.nf", *sorted((REPO / "workflows").glob("*.nf"))]:
+        for proc, emit in re.findall(r"\b([A-Z][A-Z0-9_]*)\.out\.([A-Za-z_][A-Za-z0-9_]*)", nf.read_text()):
+            assert proc in PROCS, f"{nf.name}: {proc} is not a process"
+            emits = {o.emit for o in PROCS[proc].outputs}
+            assert emit in emits, f"{nf.name}: {proc}.out.{emit} is not declared (emits: {sorted(emits)})"
+            n += 1
+    assert n >= 12
+
+
+def test_fixed_ext_args_in_configs_are_cli_options():
+    """Literal ext.args in conf/*.config (the test profile's SIMULATE sizes, ...) name real options."""
+    n = 0
+    for cfg in sorted((REPO / "conf").glob("*.config")):
+        text = cfg.read_text()
+        for m in re.finditer(r"withName:\s*'([A-Z0-9_]+)'\s*\{", text):
+            end = nfh._matching_brace_code(text, m.end() - 1)
+            for args in re.findall(r"ext\.args\s*=\s*'([^']*)'", text[m.end():end]):
+                sub, _ = _flags_by_process(PROCS[m.group(1)])
+                opts = cli_options(cli_command(sub))
+                for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", args):
+                    assert flag in opts, f"{cfg.name}: {m.group(1)} ext.args {flag} is not a `spotmap {sub}` option"
+                    n += 1
+    assert n >= 5
+
+
 # --------------------------------------------------------------------------------------------------
 # Rendering (no CLI run): device and names per profile and mode
 # --------------------------------------------------------------------------------------------------
@@ -265,7 +293,7 @@ EXT = {
     # default spot filters (500 UMIs, 250 genes) would drop every spot of a 150-gene case
     "QC": "--min-counts 10 --min-genes 5",
     # a few epochs: this checks the plumbing, not the fit
-    "SIGNATURES": "--max-epochs 5",
+    "SIGNATURES": "--max-epochs 5 --no-umap",  # the UMAP plot's numba compile dominates a tiny run
     "MAP": "--max-epochs 5",
 }
 
