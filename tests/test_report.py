@@ -163,8 +163,13 @@ def test_missing_steps_are_noted(tmp_path, sim_report):
 
     R = tmp_path / "results"
     shutil.copytree(sim_report["results"] / "qc", R / "qc")
-    report = build_report(R, tmp_path / "out")
+    # a previous report inside the results folder (as `spotmap run` writes it) is not read back
+    old = R / "multiqc" / "report_content" / "steps"
+    old.mkdir(parents=True)
+    (old / "old_mqc.tsv").write_text("# id: spotmap_leftover\n# plot_type: table\nSample\tx\ns1\t1\n")
+    report = build_report(R, R / "multiqc")
     html = report.read_text()
+    assert "spotmap_leftover" not in html
     assert 'id="spotmap_qc_section"' in html
     for key in ("signatures", "mapping", "stability", "abundance"):
         assert f'id="spotmap_{key}_missing"' in html, key

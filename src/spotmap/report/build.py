@@ -449,7 +449,7 @@ class ContentWriter:
 
     def image_section(self, key: str, sid: str, title: str, legend: str, png: bytes, rank: tuple,
                       target: Path, source: str = "") -> None:
-        b64 = base64.b64encode(png).decode("ascii")
+        b64 = base64.b64encode(compact_png(png)).decode("ascii")
         doc = {"id": sid, "section_name": title, "description": legend, "plot_type": "image",
                **_parent_fields(key),
                "data": f'<div class="mqc-custom-content-image"><img src="data:image/png;base64,{b64}" '
@@ -462,6 +462,29 @@ class ContentWriter:
                **_parent_fields(key), "data": body}
         _write_yaml(self.content / "generated" / f"{sid}_mqc.yaml", doc)
         self.add(key, sid, rank)
+
+
+def compact_png(png: bytes, colors: int = 256) -> bytes:
+    """The PNG with a 256-colour palette (no dithering) when that is smaller — about a third of the
+    size for plots. MultiQC 1.35 embeds every image twice (section and AI metadata), so this keeps
+    the report small. Images that are not PNG, or do not shrink, are returned unchanged."""
+    import io
+
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(png)) as im:
+            if im.format != "PNG" or im.mode == "P":
+                return png
+            rgba = im.convert("RGBA")
+            rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+        buf = io.BytesIO()
+        rgb.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            buf, format="PNG", optimize=True)
+    except Exception:  # noqa: BLE001 - any problem: embed the original
+        return png
+    out = buf.getvalue()
+    return out if len(out) < len(png) else png
 
 
 def collect(results: Path, exclude: Path | None = None) -> dict[str, list[Path]]:

@@ -155,7 +155,7 @@ def abundance_grid(adata: ad.AnnData, sample: str, abundance, ncols: int = 4, pa
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_inches * ncols + 0.4, panel_inches * nrows + 0.7),
                              squeeze=False)
     lib = _library_id(adata, sample)
-    adata = light_spatial(adata, lib)
+    adata = light_spatial(adata, lib, max_px=int(panel_inches * 130))  # ~1.4 image px per output px
     size = fill_spot_size(_display_xy(adata, lib), panel_inches * 0.78, panel_inches * 0.78)
     for i, t in enumerate(types):
         ax = axes[i // ncols][i % ncols]
