@@ -23,7 +23,7 @@ workflow {
     checkInputParams()
 
     // Restart seeds: params.seed, params.seed + 1, ... (one MAP task each)
-    def seeds = (0..<params.restarts).collect { i -> (params.seed as int) + i }
+    def seeds = (0..<(params.restarts as int)).collect { i -> (params.seed as int) + i }
 
     ch_versions = Channel.empty()
     if (params.simulate) {
