@@ -131,6 +131,24 @@ def test_minibatch_training_is_seed_deterministic():
     assert not np.array_equal(s1, s3)
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_non_finite_loss_stops_with_a_clear_error(monkeypatch):
+    import pyro
+
+    from spotmap.reference import RegressionModule
+
+    plain = RegressionModule.model
+
+    def poisoned(self, counts_kg, cells_k, scale=1.0):
+        plain(self, counts_kg, cells_k, scale)
+        pyro.factor("poison", torch.tensor(float("nan")))
+
+    monkeypatch.setattr(RegressionModule, "model", poisoned)
+    m = RegressionModel(_toy(), "cell_type")
+    with pytest.raises(SpotmapError, match=r"training stopped at epoch 1: the loss is not finite.*lower --lr"):
+        m.train(max_epochs=3, progress=False)
+
+
 def test_average_method_equals_cluster_means():
     adata = _toy()
     out, sig, hist = estimate_signatures(adata, "cell_type", method="average", gene_filter=False)

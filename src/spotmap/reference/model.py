@@ -12,6 +12,7 @@ from typing import Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pyro
 import scipy.sparse as sp
 import torch
 from scipy.special import gammaln, ndtri
@@ -243,7 +244,10 @@ class RegressionModel:
         if threads:
             torch.set_num_threads(threads)
         try:
-            self.history = train_svi(module.model, module.guide, N, batch_kwargs, cfg)
+            # no distribution argument checks: a NaN then reaches the loss, where train_svi stops with a
+            # clear message naming the epoch (instead of a ValueError from deep inside pyro); also faster
+            with pyro.validation_enabled(False):
+                self.history = train_svi(module.model, module.guide, N, batch_kwargs, cfg)
         finally:
             torch.set_num_threads(before)
         self.train_settings = {"max_epochs": max_epochs, "epochs": int(len(self.history)),
