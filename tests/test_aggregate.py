@@ -70,7 +70,8 @@ def test_mixture_quantiles_match_monte_carlo_and_root_finder():
     # Monte Carlo from the mixture: pick a component, then draw from it
     n = 200_000
     comp = rng.integers(0, R, size=(n,) + shape)
-    draws = np.exp(np.take_along_axis(loc, comp, 0) + np.take_along_axis(scale, comp, 0) * rng.standard_normal(comp.shape))
+    draws = np.exp(np.take_along_axis(loc, comp, 0)
+                   + np.take_along_axis(scale, comp, 0) * rng.standard_normal(comp.shape))
     # compare in probability: the share of draws below q is p (a quantile in a gap between components has a
     # flat CDF, so its value itself is ill-determined by sampling while the probability is not)
     for k, p in enumerate(ps):
@@ -170,6 +171,16 @@ def test_far_worse_elbo_is_flagged():
     hist = {k: pd.DataFrame({"epoch": [1, 2], "elbo": [a.uns["mod"]["elbo"] + 1e4, a.uns["mod"]["elbo"]]})
             for k, a in ads.items()}
     assert aggregate(ads, histories=hist).restarts.set_index("restart").loc["restart_3", "flagged"]
+
+
+def test_unconverged_restart_is_noted_but_not_flagged():
+    ads = _agreeing(3)
+    for a in ads.values():
+        a.uns["mod"] = {**a.uns["mod"], "converged": False, "epochs": 100}
+    res = aggregate(ads)
+    assert not res.restarts["flagged"].any()
+    assert not any("is flagged" in ln or "flag" in ln.lower() for ln in res.summary), res.summary
+    assert sum("reached its epoch limit (100)" in ln for ln in res.summary) == 3
 
 
 def test_unstable_type_is_flagged_by_name():

@@ -254,7 +254,8 @@ def _check_restarts(adatas: dict[str, ad.AnnData], sources: dict[str, str]) -> t
         mod = _mod(a)
         for key in ("w_sf_loc", "w_sf_scale"):
             if key not in a.obsm:
-                raise input_error(src, "missing the w_sf posterior: not a spotmap mapping result", field=f"obsm['{key}']")
+                raise input_error(src, "missing the w_sf posterior: not a spotmap mapping result",
+                                  field=f"obsm['{key}']")
         if "factor_names" not in mod:
             raise input_error(src, "missing cell-type names", field="uns['mod']['factor_names']")
         fn = pd.Index([str(x) for x in np.atleast_1d(mod["factor_names"])])
@@ -635,8 +636,8 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
     cons.uns["mod"] = mod
 
     result = AggregateResult(cons, stab_df, restarts_df, pairs_df, groups_df, settings=settings)
-    result.summary = _summary_lines(result, rs_all, names, corr, pairs, stats.mean.mean(0), gap, low_agree, bad_elbo, best,
-                                    group_names is not None or any(have))
+    result.summary = _summary_lines(result, rs_all, names, corr, pairs, stats.mean.mean(0), gap, low_agree,
+                                    bad_elbo, best, group_names is not None or any(have))
     return result
 
 
@@ -678,8 +679,12 @@ def _summary_lines(res: AggregateResult, rs_all, names, corr, pairs, mean_ab, ga
                        f"{rs_all[best].elbo:.8g}) by {100 * gap[i]:.3g}% of the improvement that restart made "
                        f"during training (rule: > {100 * s['elbo_gap']:g}%)")
         r = rs_all[i]
-        if r.converged is False or str(r.converged) == "False":
+        unconverged = r.converged is False or str(r.converged) == "False"
+        if why and unconverged:
             why.append(f"it stopped at epoch {r.epochs} without meeting the convergence rule")
+        elif unconverged:  # informational only (no "flag" wording: the report reads that as a finding)
+            lines.append(f"Restart {row['restart']} reached its epoch limit ({r.epochs}) before meeting the "
+                         "convergence rule; its maps and final -ELBO are in line with the others.")
         if why:
             extra = " With only two restarts it cannot be told which one is off." if R_all == 2 and low_agree[i] \
                 else ""
@@ -692,7 +697,8 @@ def _summary_lines(res: AggregateResult, rs_all, names, corr, pairs, mean_ab, ga
         worst = int(np.argmin(corr[:, k]))
         i, j = pairs[worst]
         lines.append(f"Cell type {row['cell_type']} is unstable across restarts: the {stat} correlation of its "
-                     f"abundance across spots between restarts is {_fmt(row['stability'])} (threshold {s['threshold']:g}; "
+                     f"abundance across spots between restarts is {_fmt(row['stability'])} "
+                     f"(threshold {s['threshold']:g}; "
                      f"lowest {_fmt(corr[worst, k])}, {names[i]} vs {names[j]}); mean {mean_ab[k]:.3g} cells per spot. "
                      "Its map depends on the run: treat it with caution (it may be rare, absent, or confused with a "
                      "similar or missing reference type).")
