@@ -50,7 +50,7 @@ class MappingSettings:
     batch_key: str = "sample"         #: obs column whose levels are the batches e
     init_scale: float = 0.1           #: initial sd of every log-normal guide factor (log scale)
     max_scale: float = 2.0            #: upper bound of every guide sd (log scale); see MappingModule
-    init_iterations: int = 40         #: Poisson-NMF iterations of the w_sf initialisation
+    init_iterations: int = 30         #: Poisson-NMF iterations of the w_sf initialisation
     checkpoint_every: int | None = None  #: epochs between checkpoints (None: none)
     checkpoint_path: str | None = None
     progress: bool = True
@@ -124,7 +124,7 @@ def detection_mean_from_data(X: sp.csr_matrix, g_fg: np.ndarray, n_cells_per_loc
 
 
 def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, priors: MappingPriors,
-                   iterations: int = 40, max_genes: int = 2000) -> dict[str, np.ndarray]:
+                   iterations: int = 30, max_genes: int = 2000) -> dict[str, np.ndarray]:
     """Initial values of w_sf, m_g and n_s: a quick Poisson NMF of the counts on the fixed signatures.
 
     With y_s at ``detection_mean`` and m_g = 1, ``iterations`` multiplicative (Lee–Seung, KL) updates
@@ -140,16 +140,17 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     mean_g = g_fg.mean(0)
     score = np.log((g_fg.max(0) + 1e-12) / (mean_g + 1e-12)) + 0.25 * np.log(mean_g + 1e-12)
     genes = np.arange(G) if G <= max_genes else np.sort(np.argsort(-score, kind="stable")[:max_genes])
-    D = torch.as_tensor(X[:, genes].toarray(), dtype=torch.float64)
-    col_total = torch.as_tensor(np.asarray(X.sum(0)).ravel(), dtype=torch.float64)
-    g = torch.as_tensor(g_fg, dtype=torch.float64)
-    w = torch.full((S, F), priors.N_cells_per_location / F, dtype=torch.float64)
-    m = torch.ones(G, dtype=torch.float64)
+    D = torch.as_tensor(X[:, genes].toarray(), dtype=torch.float32)
+    col_total = torch.as_tensor(np.asarray(X.sum(0, dtype=np.float64)).ravel(), dtype=torch.float32)
+    g = torch.as_tensor(g_fg, dtype=torch.float32)
+    w = torch.full((S, F), priors.N_cells_per_location / F, dtype=torch.float32)
 
     def nmf(h: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
         denom = h.sum(1)[None, :]
+        ratio = torch.empty_like(D)
         for _ in range(n):
-            ratio = D / (w @ h).clamp_min(1e-10)
+            torch.mm(w, h, out=ratio)
+            torch.div(D, ratio.clamp_min_(1e-10), out=ratio)
             w = w * (ratio @ h.T) / denom
         return w
 
@@ -157,8 +158,8 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     fitted = (w.sum(0) @ (detection_mean * g)).clamp_min(1e-10)
     m = (col_total / fitted).clamp(0.05, 20.0)
     w = nmf(detection_mean * m[genes] * g[:, genes], w, iterations - iterations // 2)
-    w = w.clamp_min(0.01).numpy()
-    return {"w_sf": w, "m_g": m.numpy()[None, :], "n_s_cells_per_location": w.sum(1, keepdims=True)}
+    w = w.clamp_min(0.01).double().numpy()
+    return {"w_sf": w, "m_g": m.double().numpy()[None, :], "n_s_cells_per_location": w.sum(1, keepdims=True)}
 
 
 # ------------------------------------------------------------------------------------------------------------
