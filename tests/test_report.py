@@ -419,3 +419,44 @@ def test_report_in_headless_chromium(sim_report):
     w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (w, h) == (1400, 3000)
     shutil.copy(sim_report["report"], ARTEFACTS / "multiqc_report.html")
+
+
+def test_deviating_step_files_are_placed_and_noted(tmp_path):
+    """Files that break the conventions still reach the right section, and the report says what was fixed."""
+    import yaml
+
+    from spotmap.report.build import PARENTS, ContentWriter, collect
+
+    R = tmp_path / "results"
+    for seed in (0, 1):  # two restarts that name their training series alike
+        d = R / "mapping" / f"restart_{seed}"
+        d.mkdir(parents=True)
+        (d / "joint_training_mqc.yaml").write_text(yaml.safe_dump({
+            "id": "spotmap_mapping_history", "plot_type": "linegraph", "section_name": "Mapping",
+            "data": {"joint": {"1.0": 10.0 - seed, "2.0": 5.0}}}))
+    (R / "qc").mkdir()
+    (R / "qc" / "s1_qc_summary_mqc.tsv").write_text("Sample\tspots\ns1\t10\n")  # no header at all
+    (R / "signatures").mkdir()
+    (R / "signatures" / "signatures_training_mqc.yaml").write_text("id: [unclosed\n")  # broken YAML
+
+    files = collect(R)
+    w = ContentWriter(R, tmp_path / "content")
+    for p in files["table"]:
+        w.table(p)
+    for p in files["structured"]:
+        w.structured(p)
+    by_id = {s.section_id: s.parent for s in w.found.sections}
+    assert by_id == {"spotmap_s1_qc_summary": "qc", "spotmap_mapping_history": "mapping"}
+    notes = " | ".join(w.found.notes)
+    assert "no '# id:' header line" in notes and "not valid YAML" in notes and "series 'joint'" in notes
+
+    series = {}
+    for f in sorted((tmp_path / "content").rglob("*_training_mqc.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        assert doc["parent_id"] == PARENTS["mapping"][0]
+        assert doc["section_name"] == "Mapping training curves"  # not the parent's own name
+        series.update(doc["data"])
+        assert all(isinstance(x, float) for pts in doc["data"].values() for x in pts)  # numeric x axis
+    assert len(series) == 2 and "joint" in series
+    table = next((tmp_path / "content").rglob("s1_qc_summary_mqc.tsv")).read_text()
+    assert "# parent_id: spotmap_qc_section" in table and table.rstrip().endswith("s1\t10")
