@@ -446,7 +446,7 @@ def _fmt(x: float) -> str:
     return "NA" if x is None or not np.isfinite(x) else f"{x:.3g}"
 
 
-def _consensus(base: ad.AnnData, rs: list[_Restart], factors: list[str], names_all: list[str]) -> ad.AnnData:
+def _consensus(base: ad.AnnData, rs: list[_Restart], factors: list[str]) -> ad.AnnData:
     mrna = np.stack([r.mrna_per_cell for r in rs])  # R × F
     S, F = rs[0].loc.shape
     cons = base.copy()
@@ -585,12 +585,13 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
         columns=["cell_type", "restart_a", "restart_b", "correlation"])
 
     # ---- co-location groups
-    groups_df, group_mean, group_names = None, None, None
+    groups_df, group_mean, group_names, matching = None, None, None, {}
     have = [r.groups is not None for r in rs]
     if all(have):
         ref = names.index(names_all[best]) if best is not None and names_all[best] in names else 0
         aligned, group_names, perms = _align_groups(rs, ref)
-        gpairs, gcorr = _pair_correlations(_map_stats([aligned], with_ref=False))
+        _, gcorr = _pair_correlations(_map_stats([aligned], with_ref=False))
+        matching = {r.name: [r.group_names[k] for k in perm] for r, perm in zip(rs, perms)}
         gscore = _score(gcorr, stability)
         groups_df = pd.DataFrame({"group": group_names, "stability": gscore,
                                   "flagged": np.nan_to_num(gscore, nan=np.inf) < threshold})
@@ -605,7 +606,7 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
 
     # ---- consensus
     base = adatas[names_all[0]]  # the spots, genes and counts (identical in every restart)
-    cons = _consensus(base, rs, factors, names_all)
+    cons = _consensus(base, rs, factors)
     if group_mean is not None:
         cons.obsm[GROUPS_KEY] = pd.DataFrame(group_mean.astype(np.float32), index=cons.obs_names,
                                              columns=group_names)
@@ -628,7 +629,8 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
         "converged": [str(r.converged) for r in rs_all],
         "best_restart": names_all[best] if best is not None else "",
         "mrna_per_cell_by_restart": {r.name: [float(x) for x in r.mrna_per_cell] for r in rs_all},
-        "base_restart": names[0],
+        "base_restart": names_all[0],
+        "group_matching": matching,  # per restart: its group matched to each of the reference's groups
         **settings,
     }
     mod = dict(cons.uns["mod"])
