@@ -81,12 +81,17 @@ def checkInputParams() {
 }
 
 /*
- * The non-meta columns of the samplesheet schema, in the order samplesheetToList returns them
- * (after the meta map).
+ * The non-meta columns of the samplesheet schema, in the order samplesheetToList returns them after
+ * the meta map: the order of the schema's properties in the file (JSON maps do not keep it).
  */
 def samplesheetColumns(schema_path) {
-    def schema = new groovy.json.JsonSlurper().parse(file(schema_path).toFile())
-    return schema['items']['properties'].findAll { _name, spec -> !spec.containsKey('meta') }.collect { name, _spec -> name }
+    def text   = file(schema_path).text
+    def schema = new groovy.json.JsonSlurper().parseText(text)
+    def names  = schema['items']['properties'].findAll { _name, spec -> !spec.containsKey('meta') }.collect { name, _spec -> name }
+    return names.sort { name ->
+        def key = (text =~ "\"${name}\"\\s*:\\s*\\{")
+        key.find() ? key.start() : Integer.MAX_VALUE
+    }
 }
 
 /*

@@ -1,0 +1,102 @@
+"""The Groovy helper functions of main.nf and workflows/spotmap.nf, run with a plain ``groovy``.
+
+Nextflow cannot run here, but its helper functions are plain Groovy: this test cuts every top-level
+``def name(...) { ... }`` out of the two files, runs them with stand-ins for Nextflow's ``file()``,
+``error()``, ``params``, ``workflow`` and ``projectDir``, and checks what they return: the
+samplesheet columns in schema order (samplesheetToList's order), the QC input per samplesheet row,
+the merged versions YAML and params.json.
+
+Needs a ``groovy`` binary and SnakeYAML (Debian: ``apt-get install groovy libyaml-snake-java``);
+without them the test is skipped and says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nextflow_helpers as nfh  # noqa: E402
+
+REPO = nfh.REPO
+SNAKEYAML = [p for p in ("/usr/share/java/snakeyaml.jar",) if Path(p).exists()]
+
+CHECKS = r'''
+def cols = samplesheetColumns("${projectDir}/assets/schema_input.json")
+assert cols.containsAll(['spaceranger_dir', 'h5ad', 'counts', 'coordinates'])
+assert !cols.contains('sample') && !cols.contains('batch')
+def order = schemaOrder
+assert cols == order.findAll { it in cols } : "columns ${cols} not in schema order ${order}"
+
+def meta = [id: 's1', batch: 'b1']
+def row = { Map v -> [meta] + cols.collect { c -> v.containsKey(c) ? Paths.get(v[c]) : [] } }
+assert sampleFromRow(row(spaceranger_dir: '/x/outs'), cols) == [meta, Paths.get('/x/outs'), []]
+assert sampleFromRow(row(h5ad: '/x/a.h5ad'), cols) == [meta, Paths.get('/x/a.h5ad'), []]
+assert sampleFromRow(row(counts: '/x/c.csv', coordinates: '/x/xy.csv'), cols) == [meta, Paths.get('/x/c.csv'), Paths.get('/x/xy.csv')]
+for (bad in [row(spaceranger_dir: '/x/outs', h5ad: '/x/a.h5ad'), row([:])]) {
+    try { sampleFromRow(bad, cols); assert false : "accepted ${bad}" }
+    catch (IllegalStateException e) { assert e.message.startsWith("spotmap: samplesheet row 's1'") }
+}
+
+def v = File.createTempFile('versions', '.yml')
+v.text = '"SPOTMAP:QC":\n    spotmap: "0.1.0"\n    torch: "2.13.0+cpu"\n'
+def y = new org.yaml.snakeyaml.Yaml().load(processVersionsFromYAML(v.toPath()))
+assert y == [QC: [spotmap: '0.1.0', torch: '2.13.0+cpu']]
+def w = new org.yaml.snakeyaml.Yaml().load(workflowVersionToYAML())
+assert w == [Workflow: [spotmap: '0.1.0', Nextflow: '24.04.0']]
+
+def doc = new groovy.json.JsonSlurper().parseText(paramsJson())
+assert doc.params.keySet() == doc.defaults.keySet()
+assert doc.params.restarts == 2 && doc.defaults.restarts == 3
+assert doc.params.reference == '/data/ref.h5ad' && doc.defaults.reference == null
+println "GROOVY CHECKS OK"
+'''
+
+
+def _functions() -> str:
+    out = []
+    for f in [REPO / "main.nf", REPO / "workflows" / "spotmap.nf"]:
+        text = f.read_text()
+        for m in re.finditer(r"^def\s+\w+\s*\([^)]*\)\s*\{", text, re.M):
+            out.append(text[m.start():nfh._matching_brace_code(text, m.end() - 1) + 1])
+    return "\n\n".join(out)
+
+
+def _java_home() -> str | None:
+    if os.environ.get("JAVA_HOME") and Path(os.environ["JAVA_HOME"], "bin", "java").exists():
+        return os.environ["JAVA_HOME"]
+    java = shutil.which("java")
+    return str(Path(java).resolve().parents[1]) if java else None
+
+
+@pytest.mark.skipif(not (shutil.which("groovy") and SNAKEYAML and _java_home()),
+                    reason="needs groovy, java and SnakeYAML (apt-get install groovy libyaml-snake-java)")
+def test_groovy_helpers(tmp_path):
+    import json
+
+    props = json.loads((REPO / "assets" / "schema_input.json").read_text())["items"]["properties"]
+    order = ", ".join(f"'{k}'" for k in props)  # Python keeps the file's order
+    funcs = _functions()
+    for name in ["samplesheetColumns", "sampleFromRow", "processVersionsFromYAML", "workflowVersionToYAML",
+                 "paramsJson", "checkInputParams"]:
+        assert f"def {name}(" in funcs, name
+    script = "\n".join([
+        "import java.nio.file.Path", "import java.nio.file.Paths",
+        "def file(p) { Paths.get(p.toString()) }",
+        "def error(String msg) { throw new IllegalStateException(msg) }",
+        f"projectDir = '{REPO}'",
+        "params = [input: 'sheet.csv', reference: Paths.get('/data/ref.h5ad'), restarts: 2, outdir: 'r', seed: 0]",
+        "workflow = [manifest: [name: 'spotmap', version: '0.1.0'], nextflow: [version: '24.04.0']]",
+        f"schemaOrder = [{order}]",
+        funcs, CHECKS])
+    (tmp_path / "check.groovy").write_text(script)
+    env = dict(os.environ, JAVA_HOME=_java_home())
+    r = subprocess.run(["groovy", "-cp", SNAKEYAML[0], str(tmp_path / "check.groovy")], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "GROOVY CHECKS OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
