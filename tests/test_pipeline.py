@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
     r = CliRunner().invoke(cli, ["run", "--samplesheet", str(sim / "samplesheet.csv"),
                                  "--reference", str(sim / "reference.h5ad"), "--batch-key", "batch",
                                  "--outdir", str(out), "--restarts", "2", "--signatures-max-epochs", "30",
-                                 "--map-max-epochs", "150"], catch_exceptions=False)
+                                 "--map-max-epochs", "150", "--qc-min-genes", "50", "--qc-min-counts", "100"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return out, sim
 

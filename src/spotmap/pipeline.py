@@ -37,6 +37,9 @@ class RunParams:
     cell_types: str | None = None
     batch_key: str | None = None
     restarts: int = 3
+    qc_min_counts: int = 500
+    qc_min_genes: int = 250
+    qc_max_mt_fraction: float = 0.2
     seed: int = 0
     mapping_mode: str = "joint"
     n_cells_per_location: float = 8.0
@@ -54,10 +57,11 @@ class RunParams:
 
 def _invoke(command: click.Command, args: list[str], step: str) -> None:
     """Run one step's click command in this process; errors keep their one-line message."""
+    args = [str(a) for a in args]
     log.info("[%s] spotmap %s %s", step, command.name, " ".join(args))
     t0 = time.perf_counter()
     try:
-        command.main(args=[str(a) for a in args], prog_name=f"spotmap {command.name}", standalone_mode=False)
+        command.main(args=args, prog_name=f"spotmap {command.name}", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         raise SpotmapError(f"{step}: {exc.format_message()}") from None
     log.info("[%s] done in %.1f s", step, time.perf_counter() - t0)
@@ -108,6 +112,8 @@ def run_pipeline(params: RunParams) -> Path:
     qc_files = []
     for sample, path, extra in _sample_inputs(sheet):
         _invoke(qc_cli.command, ["--sample", sample, "--input", path, "--outdir", out / "qc" / sample,
+                                 "--min-counts", params.qc_min_counts, "--min-genes", params.qc_min_genes,
+                                 "--max-mt-fraction", params.qc_max_mt_fraction,
                                  *extra, *params.extra_qc_args], f"qc {sample}")
         qc_files.append(out / "qc" / sample / f"{sample}.h5ad")
     if len(qc_files) > 1:

@@ -21,6 +21,10 @@ import click
 @click.option("--cell-types", type=click.Path(dir_okay=False, path_type=Path),
               help="For a count-table reference: a table of cell barcode → cell-type label.")
 @click.option("--batch-key", default=None, help="Reference column with batches (e.g. batch).  [default: none]")
+@click.option("--qc-min-counts", default=500, show_default=True, help="QC: minimum total counts per spot.")
+@click.option("--qc-min-genes", default=250, show_default=True, help="QC: minimum genes detected per spot.")
+@click.option("--qc-max-mt-fraction", default=0.2, show_default=True,
+              help="QC: maximum fraction of mitochondrial counts per spot (0–1).")
 @click.option("--restarts", default=3, show_default=True, help="Independent mapping restarts (seeds seed … seed+n-1).")
 @click.option("--seed", default=0, show_default=True, help="First restart's seed (also the signatures' seed).")
 @click.option("--mapping-mode", type=click.Choice(["joint", "per_sample"]), default="joint", show_default=True,
@@ -34,7 +38,8 @@ import click
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train.")
 def command(samplesheet: Path, reference: Path | None, signatures: Path | None, outdir: Path, labels_key: str,
-            cell_types: Path | None, batch_key: str | None, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float,
+            cell_types: Path | None, batch_key: str | None, qc_min_counts: int, qc_min_genes: int,
+            qc_max_mt_fraction: float, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float,
             detection_alpha: float, signatures_max_epochs: int | None, map_max_epochs: int | None,
             device: str) -> None:
     """Run QC → signatures → map (one per restart) → aggregate → report into OUTDIR.
@@ -47,6 +52,7 @@ def command(samplesheet: Path, reference: Path | None, signatures: Path | None, 
     run_pipeline(RunParams(
         samplesheet=str(samplesheet), reference=str(reference) if reference else None,
         signatures=str(signatures) if signatures else None, outdir=str(outdir), labels_key=labels_key,
-        cell_types=str(cell_types) if cell_types else None, batch_key=batch_key, restarts=restarts, seed=seed, mapping_mode=mapping_mode,
+        cell_types=str(cell_types) if cell_types else None, batch_key=batch_key, qc_min_counts=qc_min_counts, qc_min_genes=qc_min_genes,
+        qc_max_mt_fraction=qc_max_mt_fraction, restarts=restarts, seed=seed, mapping_mode=mapping_mode,
         n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha,
         signatures_max_epochs=signatures_max_epochs, map_max_epochs=map_max_epochs, device=device))
