@@ -100,3 +100,31 @@ def test_groovy_helpers(tmp_path):
     r = subprocess.run(["groovy", "-cp", SNAKEYAML[0], str(tmp_path / "check.groovy")], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode == 0 and "GROOVY CHECKS OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+PARSE = r'''
+import org.codehaus.groovy.control.CompilerConfiguration
+def failed = []
+args.each { f ->
+    try { new GroovyShell(new CompilerConfiguration()).parse(new File(f)) }
+    catch (Throwable e) { failed << "${f}: ${e.message.readLines().take(3).join(' | ')}" }
+}
+println(failed ? "FAILED\n" + failed.join('\n') : "ALL PARSED")
+'''
+
+
+@pytest.mark.skipif(not (shutil.which("groovy") and SNAKEYAML and _java_home()),
+                    reason="needs groovy, java and SnakeYAML (apt-get install groovy libyaml-snake-java)")
+def test_nf_and_config_files_compile_as_groovy(tmp_path):
+    """Nextflow scripts and configs are Groovy syntax: Groovy's own compiler must accept each file
+    (a second parser beside reftrace), and must reject a broken one."""
+    files = nfh.nf_files() + [REPO / "nextflow.config", *sorted((REPO / "conf").glob("*.config"))]
+    (tmp_path / "broken.nf").write_text("workflow {\n    def x = [1, 2\n}\n")
+    (tmp_path / "parse.groovy").write_text(PARSE)
+    env = dict(os.environ, JAVA_HOME=_java_home())
+    r = subprocess.run(["groovy", "-cp", SNAKEYAML[0], str(tmp_path / "parse.groovy"), *map(str, files),
+                        str(tmp_path / "broken.nf")], capture_output=True, text=True, env=env, timeout=300)
+    out = r.stdout
+    assert "FAILED" in out and out.count("\n") >= 2, out + r.stderr
+    failures = [ln for ln in out.splitlines()[1:] if ln.strip()]
+    assert len(failures) == 1 and failures[0].startswith(str(tmp_path / "broken.nf")), out

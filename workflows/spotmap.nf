@@ -132,6 +132,6 @@ def paramsJson() {
     schema['$defs'].each { _group, spec ->
         spec['properties'].each { name, prop -> defaults[name] = prop.containsKey('default') ? prop['default'] : null }
     }
-    def values = defaults.keySet().collectEntries { name -> [ name, params[name] instanceof Path ? params[name].toString() : params[name] ] }
+    def values = defaults.keySet().collectEntries { name -> [ name, params[name] instanceof java.nio.file.Path ? params[name].toString() : params[name] ] }
     return groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson([ params: values, defaults: defaults ]))
 }
