@@ -22,7 +22,6 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import click
@@ -35,7 +34,9 @@ import nextflow_helpers as nfh  # noqa: E402
 REPO = nfh.REPO
 SCHEMA = json.loads((REPO / "nextflow_schema.json").read_text())
 INPUT_SCHEMA_PATH = REPO / "assets" / "schema_input.json"
-VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+PYPROJECT = (REPO / "pyproject.toml").read_text()
+VERSION = re.search(r'^version\s*=\s*"([^"]+)"', PYPROJECT, re.M).group(1)
+TORCH = re.search(r'"torch==([^"]+)"', PYPROJECT).group(1)
 GPU_PROCESSES = {"SIGNATURES", "MAP"}
 # Params that only the pipeline has (no CLI option behind them)
 PIPELINE_ONLY = {"input", "outdir", "simulate", "publish_dir_mode", "skip_multiqc", "container_cpu",
@@ -652,7 +653,9 @@ def test_profiles_exist():
     cfg = (REPO / "nextflow.config").read_text()
     for prof in ["test", "docker", "singularity", "apptainer", "conda", "gpu"]:
         assert re.search(rf"^\s{{4}}{prof}\s*\{{", cfg, re.M), f"profile {prof} missing"
-    assert (REPO / "containers" / "environment.yml").is_file()
+    env = yaml.safe_load((REPO / "containers" / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert f"torch=={TORCH}" in pip and ".." in pip, pip  # CPU torch as pinned, spotmap from the checkout
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.cuda"])
@@ -670,8 +673,7 @@ def test_dockerfile_lints_clean(dockerfile):
     assert "HEALTHCHECK" not in text
     assert f"ARG SPOTMAP_VERSION={VERSION}" in text
     assert 'org.opencontainers.image.version="${SPOTMAP_VERSION}"' in text
-    assert "torch==" + tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"][0] \
-        .split("==")[1] in text
+    assert f"torch=={TORCH}" in text, "the image's torch must be the version pyproject.toml pins"
     if dockerfile.endswith("cuda"):
         assert base.startswith(("nvidia/cuda:", "pytorch/pytorch:")) and "runtime" in base
 
