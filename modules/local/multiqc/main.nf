@@ -1,3 +1,9 @@
+/*
+ * The MultiQC report through `spotmap report`, not a bare `multiqc` call: the report's sections, order,
+ * config (assets/multiqc_config.yml), cell abundance maps, versions and workflow summary are built in
+ * one place, the same for `spotmap run` and this pipeline. Inputs are staged one per numbered folder
+ * (nf-core's `?/*`), so files of the same name from different tasks do not collide.
+ */
 process MULTIQC {
     tag "report"
     label 'process_single'
