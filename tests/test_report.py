@@ -460,3 +460,21 @@ def test_deviating_step_files_are_placed_and_noted(tmp_path):
     assert len(series) == 2 and "joint" in series
     table = next((tmp_path / "content").rglob("s1_qc_summary_mqc.tsv")).read_text()
     assert "# parent_id: spotmap_qc_section" in table and table.rstrip().endswith("s1\t10")
+
+
+def test_inputs_staged_as_symlinks_are_found(tmp_path, sim_report):
+    """Nextflow stages the steps' folders as symlinks (``stageAs: '?/*'``): they are followed."""
+    from spotmap.report.build import choose_mapping_result, collect
+
+    stage = tmp_path / "work"
+    stage.mkdir()
+    (stage / "1").mkdir()
+    (stage / "1" / "consensus").symlink_to(sim_report["results"] / "mapping" / "consensus", target_is_directory=True)
+    (stage / "2").mkdir()
+    (stage / "2" / "sample1_qc_summary_mqc.tsv").symlink_to(
+        sim_report["results"] / "qc" / "sample1" / "sample1_qc_summary_mqc.tsv")
+    (stage / "loop").symlink_to(stage, target_is_directory=True)  # a loop must not hang the walk
+    files = collect(stage)
+    names = {p.name for v in files.values() for p in v}
+    assert {"sample1_qc_summary_mqc.tsv", "stability_mqc.tsv", "restarts_mqc.tsv", "summary.txt", "sp.h5ad"} <= names
+    assert [p.parent.name for p in choose_mapping_result(files["h5ad"])] == ["consensus"]

@@ -496,7 +496,14 @@ def collect(results: Path, exclude: Path | None = None) -> dict[str, list[Path]]
     out: dict[str, list[Path]] = {"table": [], "structured": [], "image": [], "html": [], "versions": [],
                                   "params": [], "summary_txt": [], "workflow_summary": [], "h5ad": []}
     skip_dirs = {"multiqc_data", "report_content", ".nextflow", "work"}
-    for root, dirs, files in os.walk(results):
+    seen: set[str] = set()
+    # followlinks: Nextflow stages inputs as symlinks, folders included; `seen` guards against loops
+    for root, dirs, files in os.walk(results, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if d not in skip_dirs and not d.startswith(".")
                          and (excluded is None or (Path(root) / d).resolve() != excluded))
         for fn in sorted(files):
