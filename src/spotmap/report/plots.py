@@ -62,6 +62,20 @@ def spatial_scatter(adata: ad.AnnData, values: np.ndarray, ax: plt.Axes, title: 
 OVERLAY_COLOURS = ["#ffd700", "#00e5ff", "#ff3df5", "#7CFC00", "#ff8c00", "#4d7cff", "#ff2a2a"]
 
 
+def _wrap(name, width: int) -> str:
+    """A cell-type name on at most two lines (long names would run into the next panel)."""
+    import textwrap
+
+    text = str(name)
+    if len(text) <= width:
+        return text
+    # break after underscores too (cell-type names rarely have spaces)
+    lines = [ln.replace("_ ", "_") for ln in textwrap.wrap(text.replace("_", "_ "), width)] or [text]
+    if len(lines) > 2:
+        lines = [lines[0], (" ".join(lines[1:]))[: width - 1] + "…"]
+    return "\n".join(lines)
+
+
 def _library_id(adata: ad.AnnData, sample: str | None) -> str | None:
     spatial = adata.uns.get("spatial", {})
     if sample is not None and sample in spatial:
@@ -159,7 +173,7 @@ def abundance_grid(adata: ad.AnnData, sample: str, abundance, ncols: int = 4, pa
     size = fill_spot_size(_display_xy(adata, lib), panel_inches * 0.78, panel_inches * 0.78)
     for i, t in enumerate(types):
         ax = axes[i // ncols][i % ncols]
-        spatial_scatter(adata, np.asarray(abundance[t], dtype=float), ax, title=str(t),
+        spatial_scatter(adata, np.asarray(abundance[t], dtype=float), ax, title=_wrap(t, 32),
                         cbar_label=f"cells per spot ({summary_label})", library_id=lib, cmap=cmap,
                         spot_size=size)
         ax.title.set_fontsize(10)
@@ -242,7 +256,7 @@ def abundance_overlay(adata: ad.AnnData, sample: str, abundance, types: list[str
         cm = LinearSegmentedColormap.from_list(f"c{i}", [(0, 0, 0), tuple(c)])
         cb = fig.colorbar(plt.cm.ScalarMappable(norm=Normalize(0, float(vmax[i])), cmap=cm), cax=cax,
                           orientation="horizontal")
-        cb.ax.set_title(str(t), color="white", fontsize=9, loc="left", pad=2)
+        cb.ax.set_title(_wrap(t, 26), color="white", fontsize=9, loc="left", pad=2)
         cb.ax.tick_params(colors="white", labelsize=7)
         cb.outline.set_edgecolor("white")
         cb.locator = matplotlib.ticker.MaxNLocator(3)
