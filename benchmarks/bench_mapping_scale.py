@@ -107,7 +107,7 @@ def measure(case: str, workdir: Path, epochs: int, batch_size: int | None, threa
     # first epoch includes one-off work (allocations); report the median of the later ones
     per_epoch = float(np.median(np.diff(np.r_[0.0, secs])[1:])) if len(secs) > 1 else float(secs[0])
     t1 = time.perf_counter()
-    mapper.export_posterior()
+    mapper.export_posterior(adata)
     t_export = time.perf_counter() - t1
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     return {"case": case, "spots": S, "genes": G, "types": g.shape[1], "nnz": int(mapper.X.nnz),

@@ -43,9 +43,9 @@ class MappingSettings:
     clip_norm: float = 10.0           #: ClippedAdam gradient clipping
     batch_size: int | None = None     #: spots per step; None = all spots (full batch)
     seed: int = 0
-    min_epochs: int = 300             #: the convergence rule is not checked before this epoch
+    min_epochs: int = 200             #: the convergence rule is not checked before this epoch
     window: int = 100                 #: epochs per smoothing window of the convergence rule
-    tol: float = 2e-5                 #: relative change of the smoothed -ELBO that counts as converged
+    tol: float = 1e-4                 #: relative change of the smoothed -ELBO that counts as converged
     device: str = "auto"              #: auto | cpu | cuda
     batch_key: str = "sample"         #: obs column whose levels are the batches e
     init_scale: float = 0.1           #: initial sd of every log-normal guide factor (log scale)
@@ -65,22 +65,34 @@ class MappingSettings:
 # ------------------------------------------------------------------------------------------------------------
 # data preparation
 # ------------------------------------------------------------------------------------------------------------
-def _counts_matrix(adata: ad.AnnData, source: str) -> sp.csr_matrix:
+def _counts_matrix(adata: ad.AnnData, source: str, block: int = 1 << 24) -> sp.csr_matrix:
+    """``adata.X`` as float32 CSR with sorted indices, checked to hold raw counts (shares memory when possible)."""
     X = adata.X
-    X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
-    if X.nnz:
-        data = X.data
-        if not np.all(np.isfinite(data)):
-            raise input_error(source, "counts must be finite", field="X", value=float(data[~np.isfinite(data)][0]))
-        if data.min() < 0:
-            raise input_error(source, "counts must be non-negative raw counts", field="X", value=float(data.min()))
-        frac = np.abs(data - np.rint(data))
+    if not sp.issparse(X):
+        X = sp.csr_matrix(np.asarray(X, dtype=np.float32))
+    else:
+        X = X.tocsr(copy=False)
+        if X.dtype != np.float32:
+            X = X.astype(np.float32)
+    data = X.data
+    for i in range(0, data.size, block):  # in blocks: no nnz-sized temporaries
+        part = data[i:i + block]
+        if not np.all(np.isfinite(part)):
+            raise input_error(source, "counts must be finite", field="X", value=float(part[~np.isfinite(part)][0]))
+        if part.min() < 0:
+            raise input_error(source, "counts must be non-negative raw counts", field="X", value=float(part.min()))
+        frac = np.abs(part - np.rint(part))
         if frac.max() > 1e-3:
             raise input_error(source, "counts must be raw integer counts (not normalised or log-transformed)",
-                              field="X", value=float(data[np.argmax(frac)]))
-        X.data = np.rint(data).astype(np.float32)
-    X.eliminate_zeros()
-    X.sort_indices()
+                              field="X", value=float(part[np.argmax(frac)]))
+        if frac.max() > 0:
+            part[:] = np.rint(part)
+    if data.size and (data == 0).any():
+        X = X.copy()
+        X.eliminate_zeros()
+    if not X.has_sorted_indices:
+        X = X.copy()
+        X.sort_indices()
     return X
 
 

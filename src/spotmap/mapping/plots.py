@@ -71,7 +71,7 @@ def plot_spatial_qc(adata: ad.AnnData, batch_key: str = "sample", name: str = ""
             values = np.asarray(sub.obs[key], dtype=float)
             if has_xy:
                 lib = sample if sample in sub.uns.get("spatial", {}) else None
-                spatial_scatter(sub, values, ax, f"{sample}: {title}", unit, library_id=lib)
+                spatial_scatter(sub, values, ax, f"{sample}: {title}", unit, library_id=lib, img_key="lowres")
             else:  # no coordinates: show the distribution instead
                 ax.hist(values, bins=40, color="C0")
                 ax.set_title(f"{sample}: {title} (no spatial coordinates)", fontsize=9)
