@@ -267,8 +267,8 @@ def _parse_inputs(text: str) -> list[Input]:
         line = line.split("//")[0].strip()
         if not line:
             continue
-        for m in re.finditer(r"\b(val|path|each|env|stdin)\s*\(?\s*([A-Za-z_][A-Za-z0-9_]*)\s*(,\s*stageAs:\s*'([^']*)')?",
-                             line):
+        decl = r"\b(val|path|each|env|stdin)\s*\(?\s*([A-Za-z_][A-Za-z0-9_]*)\s*(,\s*stageAs:\s*'([^']*)')?"
+        for m in re.finditer(decl, line):
             inputs.append(Input(m.group(1), m.group(2), m.group(4)))
     return inputs
 

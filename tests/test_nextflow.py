@@ -38,6 +38,7 @@ PYPROJECT = (REPO / "pyproject.toml").read_text()
 VERSION = re.search(r'^version\s*=\s*"([^"]+)"', PYPROJECT, re.M).group(1)
 TORCH = re.search(r'"torch==([^"]+)"', PYPROJECT).group(1)
 GPU_PROCESSES = {"SIGNATURES", "MAP"}
+JOINT = {"id": "joint", "joint": True}  # the meta of the all-samples model (workflows/spotmap.nf)
 # Params that only the pipeline has (no CLI option behind them)
 PIPELINE_ONLY = {"input", "outdir", "simulate", "publish_dir_mode", "skip_multiqc", "container_cpu",
                  "container_gpu", "validate_params"}
@@ -168,7 +169,8 @@ def test_gpu_label_follows_nf_core():
     assert "accelerator = { workflow.profile.contains('gpu') ? 1 : null }" in block
     cfg = (REPO / "nextflow.config").read_text()
     gpu = cfg[cfg.index("    gpu {"):]
-    assert "--gpus all" in gpu and "singularity.runOptions  = '--nv'" in gpu and "apptainer.runOptions    = '--nv'" in gpu
+    assert "--gpus all" in gpu
+    assert "singularity.runOptions  = '--nv'" in gpu and "apptainer.runOptions    = '--nv'" in gpu
     assert "container       = params.container_gpu" in gpu
 
 
@@ -258,7 +260,7 @@ def test_gpu_processes_choose_device(use_gpu, device):
     sig = _render("SIGNATURES", {"meta": {"id": "reference", "labels_key": "cell_type", "batch_key": None},
                                  "reference": "ref.h5ad", "cell_types": ""}, ext)
     assert f"--device {device}" in sig and "--batch-key" not in sig and "--threads 4" in sig
-    mp = _render("MAP", {"meta": {"id": "joint"}, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv",
+    mp = _render("MAP", {"meta": JOINT, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv",
                          "seed": 3}, ext)
     assert f"--device {device}" in mp and "--outdir restart_3" in mp and "--name restart_3" in mp
 
@@ -338,12 +340,12 @@ class Contract:
     def map(self, seed: int):
         spatial = self.qc_files()
         sig = self.need("SIGNATURES", self.signatures()).outputs["signatures"][0]
-        return self.run(f"MAP_{seed}", "MAP", {"meta": {"id": "joint"}, "spatial": spatial, "signatures": sig,
+        return self.run(f"MAP_{seed}", "MAP", {"meta": JOINT, "spatial": spatial, "signatures": sig,
                                                "seed": seed})
 
     def aggregate(self):
         dirs = [self.need(f"MAP seed {s}", self.map(s)).outputs["restart"][0] for s in (0, 1)]
-        return self.run("AGGREGATE", "AGGREGATE", {"meta": {"id": "joint"}, "restarts": dirs})
+        return self.run("AGGREGATE", "AGGREGATE", {"meta": JOINT, "restarts": dirs})
 
     def qc_batch(self):
         return self.run("QC_BATCH", "QC_BATCH", {"meta": {"id": "all_samples"}, "spatial": self.qc_files()})
@@ -448,8 +450,8 @@ STUB_INPUTS = {
     "QC": {"meta": {"id": "s1"}, "input": "outs/", "coordinates": []},
     "QC_BATCH": {"meta": {"id": "all_samples"}, "spatial": ["a.h5ad", "b.h5ad"]},
     "SIGNATURES": {"meta": {"id": "reference", "labels_key": "cell_type"}, "reference": "ref.h5ad", "cell_types": []},
-    "MAP": {"meta": {"id": "joint"}, "spatial": ["a.h5ad", "b.h5ad"], "signatures": "sig.csv", "seed": 7},
-    "AGGREGATE": {"meta": {"id": "joint"}, "restarts": ["restart_0/", "restart_1/"]},
+    "MAP": {"meta": JOINT, "spatial": ["a.h5ad", "b.h5ad"], "signatures": "sig.csv", "seed": 7},
+    "AGGREGATE": {"meta": JOINT, "restarts": ["restart_0/", "restart_1/"]},
     "MULTIQC": {"mqc_files": ["x_mqc.tsv", "y_mqc.png"]},
 }
 

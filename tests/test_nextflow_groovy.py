@@ -38,7 +38,8 @@ def meta = [id: 's1', batch: 'b1']
 def row = { Map v -> [meta] + cols.collect { c -> v.containsKey(c) ? Paths.get(v[c]) : [] } }
 assert sampleFromRow(row(spaceranger_dir: '/x/outs'), cols) == [meta, Paths.get('/x/outs'), []]
 assert sampleFromRow(row(h5ad: '/x/a.h5ad'), cols) == [meta, Paths.get('/x/a.h5ad'), []]
-assert sampleFromRow(row(counts: '/x/c.csv', coordinates: '/x/xy.csv'), cols) == [meta, Paths.get('/x/c.csv'), Paths.get('/x/xy.csv')]
+assert sampleFromRow(row(counts: '/x/c.csv', coordinates: '/x/xy.csv'), cols) ==
+    [meta, Paths.get('/x/c.csv'), Paths.get('/x/xy.csv')]
 for (bad in [row(spaceranger_dir: '/x/outs', h5ad: '/x/a.h5ad'), row([:])]) {
     try { sampleFromRow(bad, cols); assert false : "accepted ${bad}" }
     catch (IllegalStateException e) { assert e.message.startsWith("spotmap: samplesheet row 's1'") }

@@ -14,7 +14,7 @@ include { MULTIQC    } from '../modules/local/multiqc/main'
 workflow SPOTMAP {
 
     take:
-    ch_samples     // channel: [ val(meta), path(spaceranger_dir or h5ad) ], one item per sample
+    ch_samples     // channel: [ val(meta), path(spaceranger_dir, h5ad or counts), path(coordinates) or [] ]
     ch_reference   // channel: [ val(meta), path(reference), path(cell_types) or [] ]; empty with --signatures
     ch_signatures  // channel: path(signatures.csv); empty unless --signatures is given
     seeds          // list of restart seeds, one MAP task per seed (and per sample in per_sample mode)
@@ -54,7 +54,7 @@ workflow SPOTMAP {
     if (params.mapping_mode == 'per_sample') {
         ch_map_in = QC.out.h5ad.map { meta, h5ad -> [ meta, [ h5ad ] ] }
     } else {
-        ch_map_in = ch_qc_files.map { files -> [ [ id: 'joint' ], files ] }
+        ch_map_in = ch_qc_files.map { files -> [ [ id: 'joint', joint: true ], files ] }
     }
     MAP(ch_map_in, ch_sig, seeds)
     ch_versions = ch_versions.mix(MAP.out.versions)

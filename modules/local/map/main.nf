@@ -25,7 +25,7 @@ process MAP {
     script:
     def args   = task.ext.args ?: ''
     def device = task.ext.use_gpu ? 'cuda' : 'cpu'
-    def name   = meta.id == 'joint' ? "restart_${seed}" : "${meta.id}_restart_${seed}"
+    def name   = meta.joint ? "restart_${seed}" : "${meta.id}_restart_${seed}"
     """
     inputs=()
     for f in spatial/*; do inputs+=(--spatial "\$f"); done
