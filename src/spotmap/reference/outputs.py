@@ -20,7 +20,7 @@ FILTER_ID = "spotmap_gene_filter"
 def compute_umap(adata: ad.AnnData, seed: int = 0, n_top_genes: int = 2000, layer: str | None = None) -> np.ndarray:
     """UMAP of the reference cells (cells × 2) as in the cell2location tutorial.
 
-    Normalise to 10,000 counts per cell, log1p, highly variable genes, PCA, 15-NN graph, UMAP;
+    Normalise to 10,000 counts per cell, log1p, highly variable genes, PCA, exact 15-NN graph, UMAP;
     on a copy, so the counts in ``adata`` stay raw.
     """
     import scanpy as sc
@@ -33,7 +33,13 @@ def compute_umap(adata: ad.AnnData, seed: int = 0, n_top_genes: int = 2000, laye
         sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, subset=True)
     n_comps = int(min(50, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
-    sc.pp.neighbors(tmp, n_neighbors=min(15, tmp.n_obs - 1), random_state=seed)
+    from sklearn.neighbors import KNeighborsTransformer
+
+    # exact neighbours via scikit-learn: scanpy 1.11's default (pynndescent, > 4,096 cells) fails with
+    # scipy ≥ 1.15 sparse arrays ('csr_array' object has no attribute 'getnnz')
+    k = int(min(15, tmp.n_obs - 1))
+    sc.pp.neighbors(tmp, n_neighbors=k, random_state=seed,
+                    transformer=KNeighborsTransformer(n_neighbors=k, mode="distance"))
     sc.tl.umap(tmp, random_state=seed)
     return np.asarray(tmp.obsm["X_umap"], dtype=np.float32)
 
