@@ -193,43 +193,44 @@ class FusedNBMean(torch.autograd.Function):
         g_a = torch.zeros_like(alpha_eg) if grads else None
         log_a = torch.log(alpha_eg)
         mg_t = mg_fg.T.contiguous()
-        # four chunk-sized work buffers, reused by every chunk: no allocation (and no page faults) per chunk
+        # three chunk-sized work buffers, reused by every chunk: no allocation (and no page faults) per chunk
         rows = max((ch.r1 - ch.r0) for ch in counts.chunks) if counts.chunks else 0
-        work = torch.empty((4, rows, G), dtype=w_sf.dtype, device=w_sf.device)
+        work = torch.empty((3 if grads else 2, rows, G), dtype=w_sf.dtype, device=w_sf.device)
         for ch in counts.chunks:
             e, r0, r1 = ch.e, ch.r0, ch.r1
             n = r1 - r0
-            base, mu, t, rinv = work[0, :n], work[1, :n], work[2, :n], work[3, :n]
+            base, t = work[0, :n], work[1, :n]
             a, la = alpha_eg[e], log_a[e]
             wc, yc = w_sf[r0:r1], y_s[r0:r1]
             torch.addmm(s_eg[e], wc, mg_fg, out=base)       # (n, G) expected counts before detection
-            torch.mul(base, yc, out=mu)                     # (n, G) mu
-            torch.add(mu, a, out=t)                         # alpha + mu
+            torch.mul(base, yc, out=t)                      # (n, G) mu = base · y
+            if ch.d.numel():
+                mu_nz = torch.take(t, ch.flat)              # gathered before adding alpha: no cancellation
+                a_nz = a.index_select(0, ch.gene)
+                t_nz = mu_nz + a_nz
+            t.add_(a)                                       # alpha + mu
             if grads:
-                torch.reciprocal(t, out=rinv)
+                dmu = torch.div(-a, t, out=work[2, :n])     # d/d mu of the dense part: -alpha/(alpha+mu)
+                g_a[e] += n * (la + 1.0) + dmu.sum(0)      # n(log alpha + 1) - Σ_s alpha/(alpha+mu); log part below
             col_logt = t.log_().sum(0)
             part = n * torch.dot(a, la) - torch.dot(a, col_logt)
             if grads:
-                # d/d alpha of -alpha·log((alpha+mu)/alpha), summed over the chunk's spots
-                g_a[e] += n * (la + 1.0) - col_logt - a * rinv.sum(0)
-                dmu = rinv.mul_(-a)                         # d/d mu of the dense part: -alpha/(alpha+mu)
+                g_a[e] -= col_logt                          # d/d alpha of -alpha·log((alpha+mu)/alpha)
             if ch.d.numel():
                 d = ch.d
-                mu_nz = torch.take(mu, ch.flat)
-                t_nz = mu_nz + a.index_select(0, ch.gene)
                 part = part + torch.dot(d, torch.log(mu_nz / t_nz))
                 if grads:
                     d_over_t = d / t_nz
                     g_a[e].index_add_(0, ch.gene, d_over_t, alpha=-1.0)
                     # d/mu - d/(alpha+mu) = (d/(alpha+mu)) · alpha/mu, added at the nonzeros
-                    dmu.view(-1).index_add_(0, ch.flat, d_over_t.mul_(t_nz.sub_(mu_nz)).div_(mu_nz))
+                    dmu.view(-1).index_add_(0, ch.flat, d_over_t.mul_(a_nz).div_(mu_nz))
             total += part.double()
             if grads:
-                dmu_y = dmu.mul_(yc)                        # d loglik / d base
-                torch.mm(dmu_y, mg_t, out=g_w[r0:r1])
-                g_mg.addmm_(wc.T, dmu_y)
-                g_s[e] += dmu_y.sum(0)
-                g_y[r0:r1] = torch.mul(dmu_y, base, out=t).sum(1, keepdim=True) / yc
+                # d loglik / d base = dmu · y: y is applied to the small factors, not to the (n, G) array
+                torch.mm(dmu, mg_t, out=g_w[r0:r1]).mul_(yc)
+                g_mg.addmm_((wc * yc).T, dmu)
+                g_s[e] += (yc.T @ dmu).squeeze(0)
+                g_y[r0:r1] = torch.mul(dmu, base, out=t).sum(1, keepdim=True)  # t is free after its log
         del work
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (g_w, g_mg, g_s, g_y, g_a)))
         return total.to(w_sf.dtype)
