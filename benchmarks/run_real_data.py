@@ -8,7 +8,8 @@ figures are computed from the result folders and printed (and written to OUTDIR/
     python benchmarks/run_real_data.py --outdir /tmp/real --seeds 0 1 2 --figures examples/figures
 
 Defaults: the steps' own default epochs (signatures: min(400, 20000/cells·400); map: up to 3000 with the
-convergence rule). ``--signatures-max-epochs`` / ``--map-max-epochs`` shorten them (the tests use 250 / 600).
+convergence rule). ``--signatures-max-epochs`` / ``--map-max-epochs`` fix them instead (the mapping then runs
+exactly that many epochs, ``--min-epochs`` too; the tests use 200 / 500).
 
 Parameters per set (see examples/real_data.md for the reasons):
 
@@ -98,7 +99,8 @@ def run_set(name: str, spec: dict, out: Path, seeds: list[int], sig_epochs: int 
         args = ["map", "--spatial", out / "qc" / f"{name}.h5ad", "--signatures", out / "signatures" / "signatures.csv",
                 "--outdir", out / f"map_{seed}", "--seed", seed, "--n-cells-per-location", spec["n_cells"],
                 "--detection-alpha", spec["alpha"], "--checkpoint-every", 0]
-        times["map"].append(spotmap(*args, *(["--max-epochs", map_epochs] if map_epochs else [])))
+        fixed = ["--max-epochs", map_epochs, "--min-epochs", map_epochs] if map_epochs else []  # exactly map_epochs
+        times["map"].append(spotmap(*args, *fixed))
     return times
 
 
