@@ -111,6 +111,8 @@ def main(argv=None) -> int:
                 write(torch.exp(loc + scale * float(ndtri(0.05))).numpy(), f"q05_{epoch}")
                 write(torch.exp(loc + 0.5 * scale**2).numpy(), f"means_{epoch}")
             legs.append({"epochs": epoch, "train_seconds_cumulative": t - self.t_start - self.spent})
+            # progress so far, so a run stopped early still tells its checkpoints' timings
+            (out / "checkpoints.json").write_text(json.dumps({"threads": a.threads, "checkpoints": legs}, indent=2))
             self.spent += time.perf_counter() - t
 
     cb = Checkpoints()

@@ -180,12 +180,20 @@ def run_c2l(adata, sig, truth, workdir: Path, epochs: int, python: str, threads:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     total = time.perf_counter() - t
     (workdir / f"c2l_{epochs}.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    rows = []
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"cell2location runner failed (exit {proc.returncode}); log {workdir}/c2l_{epochs}.log:\n{tail}")
+        log(f"cell2location runner failed or was stopped (exit {proc.returncode}); log {workdir}/c2l_{epochs}.log:\n{tail}")
+        done = json.loads((out / "checkpoints.json").read_text())["checkpoints"] if (out / "checkpoints.json").exists() else []
+        for leg in done:  # checkpoints it reached before stopping
+            est = pd.read_csv(out / f"q05_{leg['epochs']}.csv", index_col=0)
+            rows.append({"method": "cell2location", "summary": "q05", "epochs": leg["epochs"], "wall_s": None,
+                         "train_s": leg["train_seconds_cumulative"],
+                         "s_per_epoch": leg["train_seconds_cumulative"] / leg["epochs"], "checkpoint": True,
+                         "incomplete_run": True, **score(est, truth)})
+        return rows
     timing = json.loads((out / "timing.json").read_text())
     fit = timing["setup_seconds"] + timing["train_seconds"] + timing["export_seconds"]
-    rows = []
     for summary in ("q05", "means", "q50"):
         if not (out / f"{summary}.csv").exists():
             continue
