@@ -299,7 +299,15 @@ def main(argv=None) -> int:
     outdir = Path(a.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     load1 = os.getloadavg()[0]
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return ""
+
     meta = {"started": dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+            "git_head": git("rev-parse", "--short", "HEAD"),
+            "src_uncommitted": git("status", "--short", "--", "src/spotmap").splitlines(),
             "cpus": os.cpu_count(), "threads": a.threads, "loadavg_1min_at_start": load1,
             "python": sys.version.split()[0], "torch": torch.__version__, "argv": sys.argv[1:]}
     all_rows: list[dict] = []
