@@ -6,6 +6,7 @@ figures are computed from the result folders and printed (and written to OUTDIR/
 ``--figures`` also draws the PNGs used by examples/real_data.md.
 
     python benchmarks/run_real_data.py --outdir /tmp/real --seeds 0 1 2 --figures examples/figures
+    python benchmarks/run_real_data.py --outdir /tmp/real_run --seeds 0 1 2 --via-run   # through `spotmap run`
 
 Defaults: the steps' own default epochs (signatures: min(400, 20000/cells·400); map: up to 3000 with the
 convergence rule). ``--signatures-max-epochs`` / ``--map-max-epochs`` fix them instead (the mapping then runs
@@ -104,6 +105,32 @@ def run_set(name: str, spec: dict, out: Path, seeds: list[int], sig_epochs: int 
     return times
 
 
+def run_set_pipeline(name: str, spec: dict, out: Path, seeds: list[int], sig_epochs: int | None,
+                     map_epochs: int | None, qc_zero: bool) -> dict:
+    """The same set through ``spotmap run`` (restarts = seeds, consensus included); map_<seed> links to the
+    restart folders and ``consensus`` to the consensus, so the figure functions read either."""
+    out.mkdir(parents=True, exist_ok=True)
+    sheet = out / "samplesheet.csv"
+    sheet.write_text(f"sample,counts,coordinates\n{name},{spec['counts']},{spec['coordinates']}\n")
+    args = ["run", "--samplesheet", sheet, "--reference", spec["reference"], "--cell-types", spec["cell_types"],
+            "--labels-key", spec["labels_key"], "--outdir", out / "run", "--restarts", len(seeds), "--seed", seeds[0],
+            "--n-cells-per-location", spec["n_cells"], "--detection-alpha", spec["alpha"]]
+    if qc_zero:
+        args += ["--qc-min-counts", 0, "--qc-min-genes", 0]
+    if sig_epochs:
+        args += ["--signatures-max-epochs", sig_epochs]
+    if map_epochs:
+        args += ["--map-max-epochs", map_epochs]
+    t = spotmap(*args)
+    for s in seeds:
+        link = out / f"map_{s}"
+        if not link.exists():
+            link.symlink_to(out / "run" / "mapping" / f"restart_{s}")
+    if not (out / "consensus").exists():
+        (out / "consensus").symlink_to(out / "run" / "mapping" / "consensus")
+    return {"run": t}
+
+
 # ------------------------------------------------------------------------------------------------ figures
 def load(result: Path):
     import anndata as ad
@@ -133,7 +160,7 @@ def cerebellum_figures(result: Path, data: Path) -> dict:
     rank_q05 = q05.sum().rank(ascending=False, method="min")
     rank_means = means.sum().rank(ascending=False, method="min")
     conf = confident_counts(q05)
-    return {"spots": res.n_obs, "genes": res.n_vars, "epochs": int(res.uns["mod"]["epochs"]),
+    return {"spots": res.n_obs, "genes": res.n_vars, "epochs": res.uns["mod"].get("epochs"),
             "top_q05": q05.sum().idxmax(), "top_means": means.sum().idxmax(),
             "purkinje_rank_q05": int(rank_q05["Purkinje"]), "purkinje_rank_means": int(rank_means["Purkinje"]),
             "total_q05": q05.sum().sort_values(ascending=False).round(2).head(6).to_dict(),
@@ -141,7 +168,7 @@ def cerebellum_figures(result: Path, data: Path) -> dict:
             "confident_q05": {k: int(v) for k, v in conf.items()},
             "dominant_means": {k: int(v) for k, v in means.idxmax(1).value_counts().items()},
             "detection_y_s_mean": float(res.obs["detection_y_s"].mean()),
-            "detection_mean_prior": float(res.uns["mod"]["globals"]["detection_mean_prior"])}
+            "detection_mean_prior": res.uns["mod"].get("globals", {}).get("detection_mean_prior")}
 
 
 def hippocampus_props(result: Path) -> pd.DataFrame:
@@ -164,7 +191,7 @@ def hippocampus_figures(result: Path) -> dict:
 
 def merfish_figures(result: Path) -> dict:
     res, means, q05 = load(result)
-    out = {"cells": res.n_obs, "genes": res.n_vars, "epochs": int(res.uns["mod"]["epochs"]),
+    out = {"cells": res.n_obs, "genes": res.n_vars, "epochs": res.uns["mod"].get("epochs"),
            "detection_y_s_mean": float(res.obs["detection_y_s"].mean()),
            "total_cell_abundance_median": float(res.obs["total_cell_abundance"].median())}
     for k, w in (("q05", q05), ("means", means)):
@@ -270,6 +297,9 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=["cerebellum", "hippocampus", "merfish"])
     ap.add_argument("--figures", type=Path, default=None, help="write the PNGs here (needs all three sets)")
     ap.add_argument("--skip-run", action="store_true", help="only compute figures from an earlier --outdir")
+    ap.add_argument("--via-run", action="store_true",
+                    help="use `spotmap run` (restarts = --seeds, QC 0/0 for Slide-seq and MERFISH) instead of the steps; "
+                         "also reports the consensus")
     a = ap.parse_args()
     data = shared_data()
     specs = sets(data)
@@ -279,9 +309,16 @@ def main() -> None:
     fig_fn = {"cerebellum": lambda r: cerebellum_figures(r, data), "hippocampus": hippocampus_figures,
               "merfish": merfish_figures}
     for name in a.sets:
-        times = None if a.skip_run else run_set(name, specs[name], a.outdir / name, a.seeds,
-                                                a.signatures_max_epochs, a.map_max_epochs)
+        if a.skip_run:
+            times = None
+        elif a.via_run:
+            times = run_set_pipeline(name, specs[name], a.outdir / name, a.seeds, a.signatures_max_epochs,
+                                     a.map_max_epochs, qc_zero=name != "hippocampus")
+        else:
+            times = run_set(name, specs[name], a.outdir / name, a.seeds, a.signatures_max_epochs, a.map_max_epochs)
         per_seed = {s: fig_fn[name](a.outdir / name / f"map_{s}") for s in a.seeds}
+        if (a.outdir / name / "consensus").exists():
+            per_seed["consensus"] = fig_fn[name](a.outdir / name / "consensus")
         report["sets"][name] = {"times_s": times, "per_seed": per_seed}
         print(f"== {name}  (times: {times})")
         for s, f in per_seed.items():
