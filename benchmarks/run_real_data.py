@@ -203,7 +203,8 @@ def merfish_figures(result: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ plots
-def draw(root: Path, data: Path, figdir: Path, seed: int) -> None:
+def draw(root: Path, data: Path, figdir: Path, which: str) -> None:
+    """The three PNGs of examples/real_data.md from the result folders ``root/<set>/<which>``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +212,7 @@ def draw(root: Path, data: Path, figdir: Path, seed: int) -> None:
 
     figdir.mkdir(parents=True, exist_ok=True)
     # cerebellum: dominant type per bead (q05) and confident-bead counts next to RCTD's
-    res, _, q05 = load(root / "cerebellum" / f"map_{seed}")
+    res, _, q05 = load(root / "cerebellum" / which)
     q05 = q05.rename(columns=cerebellum_names(data))
     xy = res.obsm["spatial"]
     dom = q05.idxmax(1)
@@ -239,8 +240,8 @@ def draw(root: Path, data: Path, figdir: Path, seed: int) -> None:
     plt.close(fig)
 
     # hippocampus: spotmap proportions vs RCTD weights for the six published spots; maps of the two types
-    res, means, _ = load(root / "hippocampus" / f"map_{seed}")
-    p = hippocampus_props(root / "hippocampus" / f"map_{seed}")
+    res, means, _ = load(root / "hippocampus" / which)
+    p = hippocampus_props(root / "hippocampus" / which)
     ours = p.loc[RCTD_HIPPOCAMPUS.index, RCTD_HIPPOCAMPUS.columns]
     fig, ax = plt.subplots(1, 3, figsize=(13, 4))
     for c, mk in zip(RCTD_HIPPOCAMPUS.columns, ("o", "s")):
@@ -263,8 +264,8 @@ def draw(root: Path, data: Path, figdir: Path, seed: int) -> None:
     plt.close(fig)
 
     # MERFISH: top-type share per cell (vs Visium spots), dominant type map
-    res, means, q05 = load(root / "merfish" / f"map_{seed}")
-    hp = hippocampus_props(root / "hippocampus" / f"map_{seed}")
+    res, means, q05 = load(root / "merfish" / which)
+    hp = hippocampus_props(root / "hippocampus" / which)
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.2))
     bins = np.linspace(0, 1, 21)
     for w, lab in ((q05, "MERFISH cells, q05"), (means, "MERFISH cells, means")):
@@ -298,8 +299,8 @@ def main() -> None:
     ap.add_argument("--figures", type=Path, default=None, help="write the PNGs here (needs all three sets)")
     ap.add_argument("--skip-run", action="store_true", help="only compute figures from an earlier --outdir")
     ap.add_argument("--via-run", action="store_true",
-                    help="use `spotmap run` (restarts = --seeds, QC 0/0 for Slide-seq and MERFISH) instead of the steps; "
-                         "also reports the consensus")
+                    help="use `spotmap run` (restarts = --seeds, QC 0/0 for Slide-seq and MERFISH) instead of "
+                         "the steps; also reports the consensus")
     a = ap.parse_args()
     data = shared_data()
     specs = sets(data)
@@ -325,7 +326,8 @@ def main() -> None:
             print(f"  seed {s}: {json.dumps(f, default=float)}")
     (a.outdir / "figures.json").write_text(json.dumps(report, indent=2, default=float))
     if a.figures:
-        draw(a.outdir, data, a.figures, a.seeds[0])
+        which = "consensus" if (a.outdir / "cerebellum" / "consensus").exists() else f"map_{a.seeds[0]}"
+        draw(a.outdir, data, a.figures, which)
         print(f"figures in {a.figures}")
 
 
