@@ -112,7 +112,8 @@ def plot_umap(adata: ad.AnnData, labels_key: str, batch_key: str | None):
     order = rng.permutation(adata.n_obs)  # no category drawn on top of all others
     for ax, (key, what) in zip(axes[0], keys):
         cats = pd.Categorical(adata.obs[key].astype(str))
-        palette = np.vstack([plt.get_cmap(name)(np.arange(20)) for name in ("tab20", "tab20b", "tab20c")])
+        palette = (plt.get_cmap("tab10")(np.arange(10)) if len(cats.categories) <= 10 else
+                   np.vstack([plt.get_cmap(name)(np.arange(20)) for name in ("tab20", "tab20b", "tab20c")]))
         colours = palette[np.arange(len(cats.categories)) % len(palette)]  # 60 distinct colours, then repeats
         codes = cats.codes[order]
         ax.scatter(xy[order, 0], xy[order, 1], c=colours[codes], s=size, linewidths=0, rasterized=True)
