@@ -85,7 +85,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--composition", nargs="+", choices=["confounded", "balanced"],
-                    default=["confounded", "balanced"], help="balanced = spotmap simulate's (types alike in all batches)")
+                    default=["confounded", "balanced"],
+                    help="balanced = spotmap simulate's composition (types alike in all batches)")
     args = ap.parse_args()
 
     from spotmap.reference import estimate_signatures
@@ -100,7 +101,8 @@ def main() -> None:
             _, sig, hist = estimate_signatures(ref.copy(), "cell_type", "batch", method=method, covariate_keys=cov,
                                                max_epochs=args.max_epochs, seed=seed, progress=False, **kw)
             name = method + (" + batch covariate" if cov else "")
-            rows.append({"composition": composition, "seed": seed, "method": name, "cells": ref.n_obs, "genes": sig.shape[0],
+            rows.append({"composition": composition, "seed": seed, "method": name, "cells": ref.n_obs,
+                         "genes": sig.shape[0],
                          "epochs": len(hist), "seconds": round(time.perf_counter() - t0, 1), **score(sig, truth)})
             print(json.dumps(rows[-1]), flush=True)
     df = pd.DataFrame(rows)

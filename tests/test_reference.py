@@ -70,7 +70,8 @@ def test_grouped_likelihood_equals_negative_binomial():
     codes = m.group_codes[m.group]
     lab, bat = torch.as_tensor(codes[:, 0]), torch.as_tensor(codes[:, 1])
     mu = (v["per_cluster_mu_fg"][lab] + v["s_g_gene_add"][bat]) * v["detection_mean_y_e"][bat]
-    mu = mu * v["detection_tech_gene_tg"][torch.as_tensor(codes[:, 2])] * v["detection_tech_gene_tg"][torch.as_tensor(codes[:, 3])]
+    y_tg = v["detection_tech_gene_tg"]
+    mu = mu * y_tg[torch.as_tensor(codes[:, 2])] * y_tg[torch.as_tensor(codes[:, 3])]
     alpha = v["alpha_g_inverse"].pow(-2)
     X = torch.as_tensor(adata.X.toarray(), dtype=torch.float64)
     expected = float(dist.GammaPoisson(alpha, alpha / mu).log_prob(X).sum())

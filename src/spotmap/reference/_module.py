@@ -53,7 +53,7 @@ class RegressionPriors:
     mu_fg: tuple[float, float] = (1.0, 1.0)            #: per-type expression mu_fg ~ Gamma(1, 1) [counts/cell]
     detection_mean: tuple[float, float] = (1.0, 1.0)   #: batch detection y_e ~ Gamma(1, 1) (mean 1)
     gene_tech_mean: float = 1.0                        #: y_tg ~ Gamma(alpha, alpha / mean): mean 1 ...
-    gene_tech_alpha: float = 200.0                     #: ... and shape 200 (sd 0.07: technology effects are small a priori)
+    gene_tech_alpha: float = 200.0                     #: ... and shape 200 (sd 0.07: small effects a priori)
     gene_add_alpha_hyp: tuple[float, float] = (9.0, 3.0)  #: shape of s_eg: 1/Exponential(Gamma(9, 3))²
     gene_add_mean_hyp: tuple[float, float] = (1.0, 100.0)  #: mean of s_eg per batch ~ Gamma(1, 100) (0.01 counts)
     alpha_g_phi_hyp: tuple[float, float] = (9.0, 3.0)  #: overdispersion: 1/alpha_g^½ ~ Exponential(Gamma(9, 3))

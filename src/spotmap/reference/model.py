@@ -26,7 +26,7 @@ SUMMARIES = ("means", "stds", "q05", "q95")
 
 
 def default_max_epochs(n_cells: int) -> int:
-    """scvi-tools' heuristic that cell2location's reference model falls back to: min(round(20000 / cells · 400), 400)."""
+    """scvi-tools' heuristic that cell2location's reference model uses: min(round(20000 / cells · 400), 400)."""
     return int(min(round(20000 / max(n_cells, 1) * 400), 400))
 
 
@@ -52,8 +52,8 @@ def counts_matrix(adata: ad.AnnData, layer: str | None = None, source: str | Non
 
 def _categories(adata: ad.AnnData, key: str, source: str | None, what: str) -> pd.Categorical:
     if key not in adata.obs.columns:
-        raise input_error(source, f"{what} column not found in obs (columns: {', '.join(map(str, adata.obs.columns[:20]))})",
-                          key)
+        columns = ", ".join(map(str, adata.obs.columns[:20]))
+        raise input_error(source, f"{what} column not found in obs (columns: {columns})", key)
     col = adata.obs[key]
     if col.isna().any():
         bad = adata.obs_names[col.isna().to_numpy()][0]
@@ -288,7 +288,7 @@ class RegressionModel:
 
     def export_posterior(self, adata: ad.AnnData | None = None, add_to_varm: Sequence[str] = SUMMARIES,
                          scale_average_detection: bool = True, export_slot: str = "mod") -> ad.AnnData:
-        """Write ``varm['{k}_per_cluster_mu_fg']`` (columns ``'{k}_per_cluster_mu_fg_{type}'``) and ``uns[export_slot]``.
+        """Write ``varm['{k}_per_cluster_mu_fg']`` (columns ``'{k}_per_cluster_mu_fg_{type}'``), ``uns[export_slot]``.
 
         As cell2location, mu_fg is multiplied by the average detection efficiency
         (``scale_average_detection``) so signatures are expected counts per cell of an average batch.

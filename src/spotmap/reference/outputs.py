@@ -63,7 +63,8 @@ def plot_history(history: pd.DataFrame, title: str = "Reference regression: trai
             ax.set_axis_off()
     else:
         start = int(len(history) * 0.1)
-        for ax, part, sub in ((axes[0], history, "all epochs"), (axes[1], history.iloc[start:], f"from epoch {start + 1}")):
+        panels = ((axes[0], history, "all epochs"), (axes[1], history.iloc[start:], f"from epoch {start + 1}"))
+        for ax, part, sub in panels:
             ax.plot(part["epoch"], part["elbo"], lw=0.8, color="0.6", label="per epoch")
             ax.plot(part["epoch"], part["elbo_smoothed"], lw=1.5, color="C0", label="smoothed")
             ax.set_xlabel("epoch")

@@ -77,8 +77,8 @@ def _average_summaries(adata: ad.AnnData, labels_key: str, layer: str | None) ->
 def _check_keys(adata: ad.AnnData, keys: Sequence[str], source: str | None) -> None:
     for key in keys:
         if key not in adata.obs.columns:
-            raise input_error(source, f"column not found in obs (columns: {', '.join(map(str, adata.obs.columns[:20]))})",
-                              key)
+            columns = ", ".join(map(str, adata.obs.columns[:20]))
+            raise input_error(source, f"column not found in obs (columns: {columns})", key)
 
 
 def estimate_signatures(adata: ad.AnnData, labels_key: str, batch_key: str | None = None,
