@@ -7,13 +7,27 @@
 - :func:`cluster_averages` — mean counts per cell of each type
 - :func:`read_signatures` — signatures made elsewhere (CSV/TSV, cell2location .h5ad)
 - :func:`write_signature_outputs` — the files of ``spotmap signatures`` (tables, h5ad, MultiQC, plots)
+
+Names are imported on first use, so ``spotmap --help`` does not load torch and pyro.
 """
 
-from spotmap.reference._module import RegressionModule, RegressionPriors
-from spotmap.reference.filtering import filter_genes
-from spotmap.reference.model import RegressionModel
-from spotmap.reference.outputs import write_signature_outputs
-from spotmap.reference.signatures import cluster_averages, estimate_signatures, load_reference, read_signatures
+from __future__ import annotations
 
-__all__ = ["RegressionModel", "RegressionModule", "RegressionPriors", "cluster_averages", "estimate_signatures",
-           "filter_genes", "load_reference", "read_signatures", "write_signature_outputs"]
+import importlib
+
+_WHERE = {
+    "RegressionModule": "_module", "RegressionPriors": "_module", "filter_genes": "filtering",
+    "RegressionModel": "model", "write_signature_outputs": "outputs", "cluster_averages": "signatures",
+    "estimate_signatures": "signatures", "load_reference": "signatures", "read_signatures": "signatures",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"spotmap.reference.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'spotmap.reference' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
