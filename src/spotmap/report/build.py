@@ -448,8 +448,8 @@ class ContentWriter:
                            self._target(src, f"{sid}_mqc.yaml"), str(src))
 
     def image_section(self, key: str, sid: str, title: str, legend: str, png: bytes, rank: tuple,
-                      target: Path, source: str = "") -> None:
-        b64 = base64.b64encode(compact_png(png)).decode("ascii")
+                      target: Path, source: str = "", compact: bool = True) -> None:
+        b64 = base64.b64encode(compact_png(png) if compact else png).decode("ascii")
         doc = {"id": sid, "section_name": title, "description": legend, "plot_type": "image",
                **_parent_fields(key),
                "data": f'<div class="mqc-custom-content-image"><img src="data:image/png;base64,{b64}" '
@@ -613,8 +613,10 @@ def _abundance_content(w: ContentWriter, h5ads: list[Path], dpi: int) -> None:
                 save_mqc_figure(fig, png, dpi=dpi)
                 plt.close("all")
                 sid = w._unique_id(_slug(f"spotmap_{kind}_{sample}{tag}").lower())
+                # the overlay's colour mixtures and colour bars would band with a 256-colour palette
                 w.image_section("abundance", sid, title, legend, png.read_bytes(), (i, _RANK[kind]),
-                                w.content / "generated" / f"{sid}_mqc.yaml", str(h5))
+                                w.content / "generated" / f"{sid}_mqc.yaml", str(h5),
+                                compact=kind != "abundance_overlay")
 
 
 def _stability_summary(w: ContentWriter, files: list[Path]) -> None:
