@@ -343,7 +343,6 @@ def batch_umap(adatas: Sequence[ad.AnnData] | dict[str, ad.AnnData], n_top_genes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import scanpy as sc
 
     items = list(adatas.items()) if isinstance(adatas, dict) else [
         (str(a.obs["sample"].iloc[0]) if "sample" in a.obs and a.n_obs else f"sample{i + 1}", a)
@@ -367,19 +366,9 @@ def batch_umap(adatas: Sequence[ad.AnnData] | dict[str, ad.AnnData], n_top_genes
     if comb.n_obs < 4:
         raise SpotmapError(f"only {comb.n_obs} spots in all; a UMAP needs more")
     comb.obs["sample"] = pd.Categorical(comb.obs["sample"], categories=names)
-    sc.pp.normalize_total(comb, target_sum=1e4)
-    sc.pp.log1p(comb)
-    keep = np.asarray(comb.X.sum(axis=0)).ravel() > 0
-    comb = comb[:, keep].copy()
-    if comb.n_vars > n_top_genes:
-        # per sample, then combined (scanpy's batch_key): a gene variable in one sample only still counts
-        sc.pp.highly_variable_genes(comb, n_top_genes=n_top_genes, batch_key="sample" if len(names) > 1 else None)
-        comb = comb[:, comb.var["highly_variable"].to_numpy()].copy()
-    n_comps = int(max(2, min(50, comb.n_obs - 1, comb.n_vars - 1)))
-    sc.pp.pca(comb, n_comps=n_comps, random_state=seed)
-    sc.pp.neighbors(comb, n_neighbors=int(min(15, comb.n_obs - 1)), random_state=seed)
-    sc.tl.umap(comb, random_state=seed)
-    xy = comb.obsm["X_umap"]
+    from spotmap.embedding import log_normalised_umap
+
+    xy = log_normalised_umap(comb, seed=seed, n_top_genes=n_top_genes, batch_key="sample" if len(names) > 1 else None)
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
     order = np.random.default_rng(seed).permutation(comb.n_obs)  # no sample hides behind another

@@ -23,25 +23,10 @@ def compute_umap(adata: ad.AnnData, seed: int = 0, n_top_genes: int = 2000, laye
     Normalise to 10,000 counts per cell, log1p, highly variable genes, PCA, exact 15-NN graph, UMAP;
     on a copy, so the counts in ``adata`` stay raw.
     """
-    import scanpy as sc
+    from spotmap.embedding import log_normalised_umap
 
-    tmp = ad.AnnData(X=(adata.X if layer is None else adata.layers[layer]).copy(), obs=adata.obs[[]].copy())
-    tmp.var_names = adata.var_names
-    sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
-    if tmp.n_vars > n_top_genes:
-        sc.pp.highly_variable_genes(tmp, n_top_genes=n_top_genes, subset=True)
-    n_comps = int(min(50, tmp.n_obs - 1, tmp.n_vars - 1))
-    sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
-    from sklearn.neighbors import KNeighborsTransformer
-
-    # exact neighbours via scikit-learn: scanpy 1.11's default (pynndescent, > 4,096 cells) fails with
-    # scipy ≥ 1.15 sparse arrays ('csr_array' object has no attribute 'getnnz')
-    k = int(min(15, tmp.n_obs - 1))
-    sc.pp.neighbors(tmp, n_neighbors=k, random_state=seed,
-                    transformer=KNeighborsTransformer(n_neighbors=k, mode="distance"))
-    sc.tl.umap(tmp, random_state=seed)
-    return np.asarray(tmp.obsm["X_umap"], dtype=np.float32)
+    src = adata if layer is None else ad.AnnData(X=adata.layers[layer], obs=adata.obs[[]], var=adata.var[[]])
+    return log_normalised_umap(src, seed=seed, n_top_genes=n_top_genes)
 
 
 def _plt():
