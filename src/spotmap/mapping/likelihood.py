@@ -211,11 +211,11 @@ class FusedNBMean(torch.autograd.Function):
             t.add_(a)                                       # alpha + mu
             if grads:
                 dmu = torch.div(-a, t, out=work[2, :n])     # d/d mu of the dense part: -alpha/(alpha+mu)
-                g_a[e] += n * (la + 1.0) + dmu.sum(0)      # n(log alpha + 1) - Σ_s alpha/(alpha+mu); log part below
             col_logt = t.log_().sum(0)
             part = n * torch.dot(a, la) - torch.dot(a, col_logt)
             if grads:
-                g_a[e] -= col_logt                          # d/d alpha of -alpha·log((alpha+mu)/alpha)
+                # d/d alpha of -alpha·log((alpha+mu)/alpha): n(log alpha + 1) - Σ_s log(alpha+mu) - Σ_s alpha/(alpha+mu)
+                g_a[e] += n * (la + 1.0) - col_logt + dmu.sum(0)
             if ch.d.numel():
                 d = ch.d
                 part = part + torch.dot(d, torch.log(mu_nz / t_nz))
@@ -227,10 +227,12 @@ class FusedNBMean(torch.autograd.Function):
             total += part.double()
             if grads:
                 # d loglik / d base = dmu · y: y is applied to the small factors, not to the (n, G) array
-                torch.mm(dmu, mg_t, out=g_w[r0:r1]).mul_(yc)
+                gw = torch.mm(dmu, mg_t, out=g_w[r0:r1])   # (n, F) Σ_g dmu mg_fg
+                # d/d y_s = Σ_g dmu · base = Σ_f w_sf (Σ_g dmu mg_fg) + Σ_g dmu s_eg: no (n, G) product needed
+                g_y[r0:r1] = (wc * gw).sum(1, keepdim=True) + dmu @ s_eg[e].unsqueeze(1)
+                gw.mul_(yc)
                 g_mg.addmm_((wc * yc).T, dmu)
                 g_s[e] += (yc.T @ dmu).squeeze(0)
-                g_y[r0:r1] = torch.mul(dmu, base, out=t).sum(1, keepdim=True)  # t is free after its log
         del work
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (g_w, g_mg, g_s, g_y, g_a)))
         return total.to(w_sf.dtype)
