@@ -37,7 +37,7 @@ _S, _P = MappingSettings(), MappingPriors()
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train (auto: CUDA if torch sees a GPU).")
 @click.option("--checkpoint-every", default=None, type=int,
-              help="Epochs between checkpoints (OUTDIR/checkpoint.pt); rerunning the same command resumes. "
+              help="Epochs between checkpoints (OUTDIR/checkpoint.pt; 0: none); rerunning the same command resumes. "
                    "[default: every 200 epochs]")
 @click.option("--batch-key", default=_S.batch_key, show_default=True,
               help="obs column naming each spot's batch (s_eg, alpha_eg and y_e are per batch).")
