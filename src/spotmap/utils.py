@@ -118,8 +118,6 @@ def software_versions(cuda: bool | None = None) -> dict[str, str]:
     """Versions of spotmap and its main dependencies, as written to ``versions.yml``."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import torch
-
     import spotmap
 
     def _v(dist: str) -> str:
@@ -130,12 +128,18 @@ def software_versions(cuda: bool | None = None) -> dict[str, str]:
 
     out = {
         "spotmap": spotmap.__version__,
-        "torch": torch.__version__,
+        "torch": _v("torch"),
         "pyro-ppl": _v("pyro-ppl"),
         "anndata": _v("anndata"),
         "scanpy": _v("scanpy"),
         "python": ".".join(map(str, __import__("sys").version_info[:3])),
     }
-    if (cuda if cuda is not None else torch.cuda.is_available()) and torch.version.cuda:
-        out["cuda"] = torch.version.cuda
+    # importing torch costs seconds: only do it where a GPU may be present (or when asked)
+    if cuda is None:
+        cuda = os.path.exists("/proc/driver/nvidia") or bool(shutil.which("nvidia-smi"))
+    if cuda:
+        import torch
+
+        if torch.cuda.is_available() and torch.version.cuda:
+            out["cuda"] = torch.version.cuda
     return out
