@@ -18,17 +18,20 @@ the process did, loading the data included) is what is reported. Prints one Mark
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import resource
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
-import scipy.sparse as sp
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spin-waiting on a shared CPU
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
 
 CASES = {
     "seed": dict(n_spots=5563, n_genes=12809, n_types=59, n_samples=1, counts_per_spot=12000),
