@@ -136,14 +136,17 @@ def detection_mean_from_data(X: sp.csr_matrix, g_fg: np.ndarray, n_cells_per_loc
 
 
 def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, priors: MappingPriors,
-                   iterations: int = 30, max_genes: int = 2000) -> dict[str, np.ndarray]:
+                   iterations: int = 30, max_genes: int = 2000,
+                   batch: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Initial values of w_sf, m_g and n_s: a quick Poisson NMF of the counts on the fixed signatures.
 
-    With y_s at ``detection_mean`` and m_g = 1, ``iterations`` multiplicative (Lee–Seung, KL) updates
-    ``w ← w · ((D / (w h)) hᵀ) / (1 hᵀ)`` with ``h = detection_mean · g`` on the ``max_genes`` genes that
-    best separate cell types; then m_g by the ratio of observed to fitted totals per gene, and a second
-    round with ``h = detection_mean · m_g · g``. w_sf is floored at 0.01 cells so that no type starts
-    "dead" in log space. Deterministic; costs a few seconds at 10⁴ spots × 10⁴ genes.
+    Detection starts per batch at ``y_e = detection_mean · (mean total counts of the batch / mean over all
+    spots)`` (so a shallower sample starts with a lower detection, not with fewer cells), y_s at its
+    batch's y_e. With m_g = 1, ``iterations`` multiplicative (Lee–Seung, KL) updates
+    ``w ← w · ((D / (y (w g))) gᵀ) / (1 gᵀ)`` on the ``max_genes`` genes that best separate cell types;
+    then m_g by the ratio of observed to fitted totals per gene, and a second round with ``m_g · g``.
+    w_sf is floored at 0.01 cells so that no type starts "dead" in log space. Deterministic; costs a few
+    seconds at 10⁴ spots × 10⁴ genes.
     """
     S, G = X.shape
     F = g_fg.shape[0]
@@ -156,22 +159,29 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     col_total = torch.as_tensor(np.asarray(X.sum(0, dtype=np.float64)).ravel(), dtype=torch.float32)
     g = torch.as_tensor(g_fg, dtype=torch.float32)
     w = torch.full((S, F), priors.N_cells_per_location / F, dtype=torch.float32)
+    batch = np.zeros(S, dtype=np.int64) if batch is None else np.asarray(batch, dtype=np.int64)
+    totals = np.asarray(X.sum(1, dtype=np.float64)).ravel()
+    E = int(batch.max()) + 1 if S else 1
+    y_e = np.array([detection_mean * totals[batch == e].mean() / totals.mean() if (batch == e).any()
+                    else detection_mean for e in range(E)])
+    y = torch.as_tensor(y_e[batch], dtype=torch.float32)[:, None]                      # (S, 1)
 
     def nmf(h: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
         denom = h.sum(1)[None, :]
         ratio = torch.empty_like(D)
         for _ in range(n):
             torch.mm(w, h, out=ratio)
-            torch.div(D, ratio.clamp_min_(1e-10), out=ratio)
+            torch.div(D, ratio.mul_(y).clamp_min_(1e-10), out=ratio)
             w = w * (ratio @ h.T) / denom
         return w
 
-    w = nmf(detection_mean * g[:, genes], w, iterations // 2)
-    fitted = (w.sum(0) @ (detection_mean * g)).clamp_min(1e-10)
+    w = nmf(g[:, genes], w, iterations // 2)
+    fitted = ((y * w).sum(0) @ g).clamp_min(1e-10)
     m = (col_total / fitted).clamp(0.05, 20.0)
-    w = nmf(detection_mean * m[genes] * g[:, genes], w, iterations - iterations // 2)
+    w = nmf(m[genes] * g[:, genes], w, iterations - iterations // 2)
     w = w.clamp_min(0.01).double().numpy()
-    return {"w_sf": w, "m_g": m.double().numpy()[None, :], "n_s_cells_per_location": w.sum(1, keepdims=True)}
+    return {"w_sf": w, "m_g": m.double().numpy()[None, :], "n_s_cells_per_location": w.sum(1, keepdims=True),
+            "y_e": y_e[:, None], "y_s": y_e[batch][:, None]}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -222,7 +232,7 @@ class SpatialMapper:
     def module(self) -> MappingModule:
         if self._module is None:
             init = initial_values(self.X, self.g_fg, self.detection_mean, self.priors,
-                                  iterations=self.settings.init_iterations)
+                                  iterations=self.settings.init_iterations, batch=self.batch_codes)
             counts = SpotCounts(self.X, self.batch_codes, self.device)
             hist = CountHistogram(self.X, self.batch_codes, len(self.batch_names), self.device)
             g = torch.as_tensor(self.g_fg, dtype=torch.float32, device=self.device)
