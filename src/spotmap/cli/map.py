@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from spotmap.mapping.model import MappingSettings
+from spotmap.mapping.settings import MappingSettings
 from spotmap.mapping.priors import MappingPriors
 
 _S, _P = MappingSettings(), MappingPriors()

@@ -7,14 +7,16 @@
 * :mod:`~spotmap.mapping.plots` — QC figures.
 """
 
-import os
+from spotmap.mapping.priors import MappingPriors
+from spotmap.mapping.settings import MappingSettings
 
-# Threads that wait passively: on a CPU shared with other jobs, OpenMP's default spin-waiting made two torch
-# threads 5-8x slower than one (measured); passive waiting costs little on an idle machine. Only effective
-# when set before torch is first imported (the CLI imports torch earlier; see docs/mapping.md).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from spotmap.mapping.model import MappingSettings, SpatialMapper, map_cell_types  # noqa: E402
-from spotmap.mapping.priors import MappingPriors  # noqa: E402
+def __getattr__(name: str):
+    # torch and pyro load on first use, so `spotmap --help` and the light subcommands start fast
+    if name in {"SpatialMapper", "map_cell_types"}:
+        from spotmap.mapping import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'spotmap.mapping' has no attribute {name!r}")
 
 __all__ = ["MappingPriors", "MappingSettings", "SpatialMapper", "map_cell_types"]

@@ -1,0 +1,37 @@
+"""Training settings of the mapping step (pure Python: the CLI reads its defaults without importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class MappingSettings:
+    """Training settings of :func:`map_cell_types` (units in brackets); priors are in :class:`MappingPriors`.
+
+    Convergence rule (from :mod:`spotmap.training`): after ``min_epochs``, stop when
+    ``|mean(elbo[-w:]) - mean(elbo[-2w:-w])| / |mean(elbo[-w:])| < tol`` with ``w = window`` epochs.
+    """
+
+    max_epochs: int = 3000            #: upper bound on passes over all spots
+    lr: float = 0.02                  #: ClippedAdam learning rate
+    clip_norm: float = 10.0           #: ClippedAdam gradient clipping
+    batch_size: int | None = None     #: spots per step; None = all spots (full batch)
+    seed: int = 0
+    min_epochs: int = 200             #: the convergence rule is not checked before this epoch
+    window: int = 100                 #: epochs per smoothing window of the convergence rule
+    tol: float = 1e-4                 #: relative change of the smoothed -ELBO that counts as converged
+    device: str = "auto"              #: auto | cpu | cuda
+    batch_key: str = "sample"         #: obs column whose levels are the batches e
+    init_scale: float = 0.1           #: initial sd of every log-normal guide factor (log scale)
+    max_scale: float = 2.0            #: upper bound of every guide sd (log scale); see MappingModule
+    init_iterations: int = 30         #: Poisson-NMF iterations of the w_sf initialisation
+    checkpoint_every: int | None = None  #: epochs between checkpoints (None: none)
+    checkpoint_path: str | None = None
+    progress: bool = True
+    min_genes: int = 100              #: fewest shared genes accepted
+
+    def fingerprint(self) -> dict:
+        """Settings that change the result (checkpoints must match them); max_epochs excluded."""
+        skip = {"max_epochs", "checkpoint_every", "checkpoint_path", "progress", "device"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
