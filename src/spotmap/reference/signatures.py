@@ -24,28 +24,10 @@ METHODS = ("regression", "average")
 
 def load_reference(path: str | os.PathLike, labels_key: str = "cell_type",
                    cell_types: str | os.PathLike | None = None) -> ad.AnnData:
-    """Read a labelled reference: ``spotmap.io.read_reference`` when available, else an .h5ad."""
-    try:
-        from spotmap.io import read_reference  # written by the io engineer
-    except ImportError:
-        read_reference = None
-    if read_reference is not None:
-        return read_reference(path, labels_key=labels_key, cell_types=cell_types)
-    path = Path(path)
-    if cell_types is not None:
-        raise SpotmapError(f"{cell_types}: --cell-types needs spotmap.io.read_reference (count-table references), "
-                           "which this installation lacks; give an .h5ad reference instead")
-    if not path.exists():
-        raise input_error(path, "reference file not found")
-    if path.suffix != ".h5ad":
-        raise input_error(path, "the reference must be an .h5ad file", None, path.suffix)
-    try:
-        adata = ad.read_h5ad(path)
-    except Exception as exc:  # not HDF5, truncated...
-        raise input_error(path, f"cannot be read as AnnData ({type(exc).__name__})") from None
-    if labels_key not in adata.obs.columns:
-        raise input_error(path, "cell type column not found in obs", labels_key)
-    return adata
+    """Read a labelled reference (``.h5ad``, or a count table + ``cell_types`` table) via :func:`spotmap.io.read_reference`."""
+    from spotmap.io import read_reference
+
+    return read_reference(path, labels_key=labels_key, cell_types=cell_types)
 
 
 def cluster_averages(adata: ad.AnnData, labels_key: str, layer: str | None = None) -> pd.DataFrame:
