@@ -11,8 +11,7 @@ from click.testing import CliRunner
 from scipy.optimize import brentq
 from scipy.special import ndtr
 
-from spotmap.aggregate import (aggregate, aggregate_restarts, load_restarts, mixture_moments, mixture_quantiles,
-                               write_aggregate)
+from spotmap.aggregate import aggregate, aggregate_restarts, load_restarts, mixture_moments, mixture_quantiles
 from spotmap.errors import SpotmapError
 from spotmap.results import add_posterior, lognormal_summaries, read_results, table, write_results
 

@@ -150,7 +150,7 @@ class RegressionModel:
     # ------------------------------------------------------------------ data
     def group_sums(self, idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Summed counts (K, G) and cell numbers (K,) of each group over cells ``idx`` (all when None)."""
-        K, (N, G) = len(self.group_codes), self.X.shape
+        K, G = len(self.group_codes), self.X.shape[1]
         if idx is None:
             sub, groups = self._keyed, self.group
         else:
