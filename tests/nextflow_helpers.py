@@ -167,26 +167,6 @@ def evaluate(expr: str, env: dict):
     return value
 
 
-def _matching_brace(text: str, start: int) -> int:
-    """Index of the ``}`` closing the ``{`` at ``start`` (strings inside are skipped)."""
-    depth, i = 0, start
-    while i < len(text):
-        c = text[i]
-        if c in "'\"":
-            j = i + 1
-            while text[j] != c:
-                j += 2 if text[j] == "\\" else 1
-            i = j
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    raise GroovyError(f"unbalanced braces in {text[start:start + 60]!r}")
-
-
 def interpolate(text: str, env: dict) -> str:
     """A Groovy GString body: ``${expr}``, ``$name.attr``, ``\\$`` and ``\\\\``."""
     out, i = [], 0
@@ -197,7 +177,7 @@ def interpolate(text: str, env: dict) -> str:
             out.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
             i += 2
         elif c == "$" and text.startswith("${", i):
-            end = _matching_brace(text, i + 1)
+            end = _matching_brace_code(text, i + 1)
             out.append(to_groovy_string(evaluate(text[i + 2:end], env)))
             i = end + 1
         elif c == "$" and i + 1 < len(text) and (text[i + 1].isalpha() or text[i + 1] == "_"):
@@ -312,7 +292,8 @@ def parse_processes(nf_file: Path) -> list[ProcessDef]:
 
 
 def _matching_brace_code(text: str, start: int) -> int:
-    """Closing brace of a code block, skipping ''' / \"\"\" strings, quoted strings and // comments."""
+    """Index of the ``}`` closing the ``{`` at ``start`` (code blocks and ``${...}`` expressions alike),
+    skipping ''' / \"\"\" strings, quoted strings and comments."""
     depth, i = 0, start
     while i < len(text):
         if text.startswith('"""', i) or text.startswith("'''", i):
@@ -342,7 +323,7 @@ def _matching_brace_code(text: str, start: int) -> int:
             if depth == 0:
                 return i
         i += 1
-    raise ValueError("unbalanced process block")
+    raise GroovyError(f"unbalanced braces in {text[start:start + 60]!r}")
 
 
 def render_block(block: str, env: dict) -> str:
