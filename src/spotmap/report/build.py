@@ -337,12 +337,7 @@ class ContentWriter:
         if not cid:
             cid = "spotmap_" + _slug(src.name.split("_mqc")[0]).lower()
             self.note(f"{src.name}: no '# id:' header line; shown as '{cid}'")
-        key = _classify(src, cid)
-        default = KNOWN_IDS.get(cid, (key, src.name.split("_mqc")[0].replace("_", " "), ""))
-        conf["id"] = cid
-        self._section_name(conf, key, default[1])
-        if not conf.get("description"):
-            conf["description"] = default[2]
+        key = self._place(conf, src, cid)
         conf.setdefault("plot_type", "table")
         if src.suffix == ".csv":
             conf.setdefault("format", "csv")
@@ -358,6 +353,16 @@ class ContentWriter:
         with atomic_path(self._target(src)) as tmp:
             tmp.write_text(body + "\n" + "\n".join(lines) + "\n")
 
+    def _place(self, conf: dict, src: Path, cid: str) -> str:
+        """Set id, section name and description of a custom-content file; return its report section key."""
+        key = _classify(src, cid)
+        default = KNOWN_IDS.get(cid, (key, src.name.split("_mqc")[0].replace("_", " "), ""))
+        conf["id"] = cid
+        self._section_name(conf, key, default[1])
+        if not conf.get("description"):
+            conf["description"] = default[2]
+        return key
+
     # -- yaml / json ---------------------------------------------------------------------------
     def structured(self, src: Path) -> None:
         try:
@@ -370,12 +375,7 @@ class ContentWriter:
             self.note(f"{src.name}: no 'data' block; left out")
             return
         cid = str(doc.get("id") or "spotmap_" + _slug(src.name.split("_mqc")[0]).lower())
-        key = _classify(src, cid)
-        default = KNOWN_IDS.get(cid, (key, src.name.split("_mqc")[0].replace("_", " "), ""))
-        doc["id"] = cid
-        self._section_name(doc, key, default[1])
-        if not doc.get("description"):
-            doc["description"] = default[2]
+        key = self._place(doc, src, cid)
         if not doc.get("plot_type"):
             self.note(f"{src.name}: no plot_type; assumed linegraph")
             doc["plot_type"] = "linegraph"
