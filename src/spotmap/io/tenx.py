@@ -19,16 +19,21 @@ import scipy.sparse as sp
 from spotmap.errors import input_error
 from spotmap.utils import atomic_path
 
+_SLICE = 1 << 24  # entries per write/read slice of the large arrays
+
 
 def write_10x_h5(path: str | Path, counts: sp.spmatrix | np.ndarray, barcodes, gene_ids, gene_names,
                  library_id: str = "spotmap", software_version: str = "spaceranger-2.1.0",
-                 genome: str = "simulated", root_attrs: bool = True) -> Path:
+                 genome: str = "simulated", root_attrs: bool = True, chemistry: str = "Spatial 3' v1") -> Path:
     """Write ``counts`` (barcodes × genes, integer) as a Space Ranger ``filtered_feature_bc_matrix.h5``.
 
-    With ``root_attrs=False`` the root attributes are left out, as some converters do.
+    With ``root_attrs=False`` the root attributes are left out, as some converters do. Large matrices
+    are written in slices, without an int64 copy of the whole index array.
     """
-    X = sp.csr_matrix(counts)  # barcodes × genes == CSC of genes × barcodes
-    X.sort_indices()
+    X = counts if sp.isspmatrix_csr(counts) or isinstance(counts, sp.csr_array) else sp.csr_matrix(counts)
+    if not X.has_sorted_indices:
+        X = X.copy()
+        X.sort_indices()  # barcodes × genes == CSC of genes × barcodes
     n_bc, n_genes = X.shape
 
     def _s(values):
@@ -37,7 +42,7 @@ def write_10x_h5(path: str | Path, counts: sp.spmatrix | np.ndarray, barcodes, g
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             if root_attrs:
-                f.attrs["chemistry_description"] = np.bytes_("Spatial 3' v1")
+                f.attrs["chemistry_description"] = np.bytes_(chemistry)
                 f.attrs["filetype"] = np.bytes_("matrix")
                 f.attrs["library_ids"] = np.array([library_id.encode()], dtype="S")
                 f.attrs["original_gem_groups"] = np.array([1], dtype=np.int64)
@@ -45,8 +50,13 @@ def write_10x_h5(path: str | Path, counts: sp.spmatrix | np.ndarray, barcodes, g
                 f.attrs["version"] = np.int64(2)
             m = f.create_group("matrix")
             m.create_dataset("barcodes", data=_s(barcodes))
-            m.create_dataset("data", data=X.data.astype(np.int32), compression="gzip")
-            m.create_dataset("indices", data=X.indices.astype(np.int64), compression="gzip")
+            for name, arr, dtype in (("data", X.data, np.int32), ("indices", X.indices, np.int64)):
+                if arr.size <= _SLICE:
+                    m.create_dataset(name, data=arr.astype(dtype), compression="gzip")
+                    continue
+                dset = m.create_dataset(name, shape=arr.shape, dtype=dtype, compression="gzip")
+                for start in range(0, arr.size, _SLICE):
+                    dset[start:start + _SLICE] = arr[start:start + _SLICE].astype(dtype)
             m.create_dataset("indptr", data=X.indptr.astype(np.int64))
             m.create_dataset("shape", data=np.array([n_genes, n_bc], dtype=np.int32))
             feats = m.create_group("features")
