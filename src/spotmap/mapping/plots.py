@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from spotmap.report.plots import spatial_scatter  # noqa: E402
+from spotmap.report.plots import spatial_layout, spatial_scatter  # noqa: E402
 
 SKIP_FRACTION = 0.2  #: share of the first epochs left out of the training-history plot
 
@@ -56,22 +56,32 @@ def plot_reconstruction(observed: np.ndarray, expected: np.ndarray, name: str = 
     return fig
 
 
-def plot_spatial_qc(adata: ad.AnnData, batch_key: str = "sample", name: str = "") -> plt.Figure:
-    """A row per sample: total counts, total cell abundance (Σ_f mean w_sf) and detection y_s over the tissue."""
+def plot_spatial_qc(adata: ad.AnnData, batch_key: str = "sample", name: str = "",
+                    max_grid_px: int = 400) -> plt.Figure:
+    """A row per sample: total counts, total cell abundance (Σ_f mean w_sf) and detection y_s over the tissue.
+
+    Spots are drawn as dots; the bins of a square grid (Visium HD) as one image per panel, block-averaged
+    to at most ``max_grid_px`` pixels a side, so the figure stays small and fast for 100,000s of bins.
+    """
     samples = [str(s) for s in pd.Categorical(adata.obs[batch_key].astype(str)).categories]
     panels = [("total_counts", "Total counts", "UMI counts per spot"),
               ("total_cell_abundance", "Total cell abundance", "cells per spot (Σ_f mean w_sf)"),
               ("detection_y_s", "Detection efficiency y_s", "y_s (posterior mean)")]
     fig, axes = plt.subplots(len(samples), 3, figsize=(12, 3.6 * len(samples)), squeeze=False)
-    has_xy = "spatial" in adata.obsm
     for i, sample in enumerate(samples):
-        sub = adata[adata.obs[batch_key].astype(str) == sample]
+        sub = adata[(adata.obs[batch_key].astype(str) == sample).to_numpy()]
+        lib = sample if sample in sub.uns.get("spatial", {}) else None
+        # Visium HD bins (a square grid): one image per panel (~ the panel's pixels), not 100,000s of dots
+        layout = spatial_layout(sub, lib, img_key="lowres", max_px=max_grid_px)
+        has_xy = "spatial" in sub.obsm or layout is not None
         for j, (key, title, unit) in enumerate(panels):
             ax = axes[i, j]
             values = np.asarray(sub.obs[key], dtype=float)
+            if layout is not None:
+                unit = unit.replace("per spot", "per bin")
             if has_xy:
-                lib = sample if sample in sub.uns.get("spatial", {}) else None
-                spatial_scatter(sub, values, ax, f"{sample}: {title}", unit, library_id=lib, img_key="lowres")
+                spatial_scatter(sub, values, ax, f"{sample}: {title}", unit, library_id=lib, img_key="lowres",
+                                layout=layout)
             else:  # no coordinates: show the distribution instead
                 ax.hist(values, bins=40, color="C0")
                 ax.set_title(f"{sample}: {title} (no spatial coordinates)", fontsize=9)

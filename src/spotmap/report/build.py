@@ -454,7 +454,9 @@ class ContentWriter:
                **_parent_fields(key),
                "data": f'<div class="mqc-custom-content-image"><img src="data:image/png;base64,{b64}" '
                        f'alt="{html.escape(title)}" style="max-width:100%"/></div>'}
-        _write_yaml(target, doc)
+        # JSON is YAML, and PyYAML's emitter takes seconds over a long base64 string
+        with atomic_path(target) as tmp:
+            tmp.write_text(json.dumps(doc, ensure_ascii=False, indent=1))
         self.add(key, sid, rank, source)
 
     def html_section(self, key: str, sid: str, title: str, body: str, rank: tuple, description: str = "") -> None:
@@ -550,14 +552,47 @@ def _elbo_of(h5ad: Path) -> float:
 
 
 def choose_mapping_result(h5ads: list[Path]) -> list[Path]:
-    """The consensus result(s); without one, the restart with the lowest final loss."""
+    """The consensus result(s); without one, per mapping (the folder holding the restarts: one for
+    joint mapping, one per sample in per-sample mode) the restart with the lowest final loss."""
     consensus = [p for p in h5ads if p.parent.name == "consensus"]
     if consensus:
         return consensus
     restarts = [p for p in h5ads if p.parent.name.startswith("restart")] or h5ads
-    if not restarts:
-        return []
-    return [min(restarts, key=lambda p: (_elbo_of(p), str(p)))]
+    groups: dict[Path, list[Path]] = {}
+    for p in restarts:
+        groups.setdefault(p.parent.parent, []).append(p)
+    return [min(g, key=lambda p: (_elbo_of(p), str(p))) for _, g in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+
+
+def read_map_data(h5ad: Path):
+    """What the maps need of a result's ``sp.h5ad`` — obs, the q05 abundances, coordinates, images and
+    ``uns['mod']``/``uns['spotmap']`` — read element by element, without the count matrix and the other
+    summaries (GBs and seconds for a Visium HD sample)."""
+    import anndata as ad
+    import h5py
+
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+
+    from spotmap.results import obsm_key
+
+    key = obsm_key("q05")
+    try:
+        with h5py.File(h5ad, "r") as f:
+            if f"obsm/{key}" not in f:
+                raise input_error(h5ad, "missing the q05 cell abundance", field=f"obsm['{key}']")
+            if "uns/mod/factor_names" not in f:
+                raise input_error(h5ad, "missing cell-type names", field="uns['mod']['factor_names']")
+            obsm = {k: read_elem(f[f"obsm/{k}"]) for k in (key, "spatial") if f"obsm/{k}" in f}
+            uns = {k: read_elem(f[f"uns/{k}"]) for k in ("spatial", "spotmap", "mod") if f"uns/{k}" in f}
+            obs = read_elem(f["obs"])
+    except SpotmapError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unreadable: one line, the report goes on without the maps
+        raise input_error(h5ad, f"cannot be read as AnnData ({type(exc).__name__}: {exc})") from None
+    return ad.AnnData(obs=obs, obsm=obsm, uns=uns)
 
 
 def abundance_maps(adata, summary: str = "q05", samples=None, n_overlay: int = 6, ncols: int = 4) -> list:
@@ -582,41 +617,55 @@ def _abundance_content(w: ContentWriter, h5ads: list[Path], dpi: int) -> None:
     import matplotlib.pyplot as plt
 
     from spotmap.report.mqc import save_mqc_figure
-    from spotmap.report.plots import _sample_subsets, abundance_grid, abundance_overlay
-    from spotmap.results import read_results, table
+    from spotmap.report.plots import _sample_subsets, abundance_grid, abundance_overlay, grid_layout
+    from spotmap.results import table
 
     chosen = choose_mapping_result(h5ads)
+    loaded = []
     for h5 in chosen:
         try:
-            adata = read_results(h5.parent)
+            adata = read_map_data(h5)
             ab = table(adata, "q05")
         except (SpotmapError, KeyError, OSError) as exc:
             w.note(f"{h5}: cannot draw abundance maps ({str(exc).splitlines()[0]})")
             continue
+        loaded.append((h5, adata, ab, _sample_subsets(adata)))
+    # a sample in several results (e.g. two mapping folders) gets its folder in the title
+    seen: dict[str, int] = {}
+    for _, _, _, subsets in loaded:
+        for sample, _ in subsets:
+            seen[sample] = seen.get(sample, 0) + 1
+    i = -1  # the maps of every sample in turn, in the order of the results
+    for h5, adata, ab, subsets in loaded:
         origin = ("consensus of all restarts" if h5.parent.name == "consensus"
                   else f"{h5.parent.name.replace('_', ' ')} (no consensus found; the restart with the lowest loss)")
-        tag = "" if len(chosen) == 1 else f" ({h5.parent.parent.name})"
-        for i, (sample, sub) in enumerate(_sample_subsets(adata)):
+        for sample, sub in subsets:
+            i += 1
+            tag = f" ({h5.parent.parent.name})" if seen[sample] > 1 else ""
+            unit = "bin" if grid_layout(sub) is not None else "spot"
             sub_ab = ab.loc[sub.obs_names]
             for kind, fig, title, legend in (
                 ("abundance_grid", abundance_grid(sub, sample, sub_ab, ncols=4 if ab.shape[1] <= 16 else 5),
                  f"Cell abundance per type: {sample}{tag}",
                  f"Sample {sample}, {origin}: for each cell type, the 5% quantile of the posterior of w_sf "
-                 "(q05, the number of cells the model is confident are present) in each spot, over the tissue "
-                 "image. Each panel has its own colour scale (saturated at the 99.2% quantile)."),
+                 f"(q05, the number of cells the model is confident are present) in each {unit}, over the tissue "
+                 "image. Each panel has its own colour scale (saturated at the 99.2% quantile)."
+                 + (" Visium HD bins are drawn as an image on the bin grid (a pixel is the mean of a block of "
+                    "bins when the grid is larger than the panel)." if unit == "bin" else "")),
                 ("abundance_overlay", abundance_overlay(sub, sample, sub_ab), f"Most abundant types together: "
                  f"{sample}{tag}",
                  f"Sample {sample}, {origin}: the most abundant cell types in one map, one colour each "
-                 "(as cell2location's plot_spatial). A spot's colour mixes the types present; brightness "
+                 f"(as cell2location's plot_spatial). A {unit}'s colour mixes the types present; brightness "
                  "follows abundance relative to each type's own maximum.")):
                 png = w.content / "abundance_maps" / f"{_slug(sample + tag)}_{kind}.png"
                 save_mqc_figure(fig, png, dpi=dpi)
                 plt.close("all")
                 sid = w._unique_id(_slug(f"spotmap_{kind}_{sample}{tag}").lower())
-                # the overlay's colour mixtures and colour bars would band with a 256-colour palette
+                # the overlay's colour mixtures and colour bars would band with a 256-colour palette on
+                # Visium's smooth spots; an HD raster is noisy bin to bin and full colour triples its size
                 w.image_section("abundance", sid, title, legend, png.read_bytes(), (i, _RANK[kind]),
                                 w.content / "generated" / f"{sid}_mqc.yaml", str(h5),
-                                compact=kind != "abundance_overlay")
+                                compact=kind != "abundance_overlay" or unit == "bin")
 
 
 def _stability_summary(w: ContentWriter, files: list[Path]) -> None:
