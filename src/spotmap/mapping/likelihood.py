@@ -178,64 +178,101 @@ class FusedNBMean(torch.autograd.Function):
     dispersion; ``counts`` a :class:`CountBatch` for the same B spots in the same order.
     Returns the scalar ``Σ_sg [-alpha · log(1 + mu/alpha)] + Σ_nz d · log(mu/(alpha + mu))``.
     Gradients are computed during the forward pass (SVI always needs them) chunk by chunk.
+
+    The detection y and the background are folded into augmented small factors, so that each (n, G) chunk
+    needs exactly three matrix products and no separate scaling pass::
+
+        mu              = [w·y, y] @ [mg; s_e]              (n, F+1) @ (F+1, G)
+        [dL/d(w·y), ·]  = dmu @ [mg; s_e]ᵀ                  (n, G) @ (G, F+1): d/dw and d/dy
+        [g_mg; g_s; Σ]  += [w·y, y, 1]ᵀ @ dmu               (F+2, n) @ (n, G): d/dmg, d/ds_e, Σ_s dmu
     """
 
     @staticmethod
     def forward(ctx, w_sf, mg_fg, s_eg, y_s, alpha_eg, counts: CountBatch):  # noqa: D102
         need = ctx.needs_input_grad
         grads = need[0] or need[1] or need[2] or need[3] or need[4]
-        G = mg_fg.shape[1]
-        total = torch.zeros((), dtype=torch.float64, device=w_sf.device)
+        F, G = mg_fg.shape
+        B = w_sf.shape[0]
+        dt, dev = w_sf.dtype, w_sf.device
+        total = torch.zeros((), dtype=torch.float64, device=dev)
         g_w = torch.empty_like(w_sf) if grads else None
-        g_mg = torch.zeros_like(mg_fg) if grads else None
         g_s = torch.zeros_like(s_eg) if grads else None
         g_y = torch.empty_like(y_s) if grads else None
         g_a = torch.zeros_like(alpha_eg) if grads else None
         log_a = torch.log(alpha_eg)
-        mg_t = mg_fg.T.contiguous()
-        # three chunk-sized work buffers, reused by every chunk: no allocation (and no page faults) per chunk
+        # augmented factors: rows of A = [w·y, y, 1] (the last column only for the g_mg/g_s/Σ product),
+        # M = [mg; s_e] (row F is refilled when the batch changes)
+        A = torch.empty((B, F + 2), dtype=dt, device=dev)
+        torch.mul(w_sf, y_s, out=A[:, :F])
+        A[:, F:F + 1] = y_s
+        A[:, F + 1] = 1.0
+        M = torch.empty((F + 1, G), dtype=dt, device=dev)
+        M[:F] = mg_fg
+        acc = torch.zeros((F + 2, G), dtype=dt, device=dev) if grads else None   # [g_mg; g_s[e]; Σ_s dmu]
+        gw_aug = torch.empty((B, F + 1), dtype=dt, device=dev) if grads else None
+        # chunk-sized work buffers, reused by every chunk: no allocation (and no page faults) per chunk
         rows = max((ch.r1 - ch.r0) for ch in counts.chunks) if counts.chunks else 0
-        work = torch.empty((3 if grads else 2, rows, G), dtype=w_sf.dtype, device=w_sf.device)
+        work = torch.empty((2 if grads else 1, rows, G), dtype=dt, device=dev)
+        cur = -1
+
+        def flush(e):  # per-batch rows of the accumulator
+            g_s[e] += acc[F]
+            # Σ_s dmu (the nonzero corrections included, see below) + the other d/d alpha terms
+            g_a[e] += acc[F + 1]
+            acc[F:].zero_()
+
         for ch in counts.chunks:
             e, r0, r1 = ch.e, ch.r0, ch.r1
             n = r1 - r0
-            base, t = work[0, :n], work[1, :n]
+            if e != cur:
+                if grads and cur >= 0:
+                    flush(cur)
+                M[F] = s_eg[e]
+                cur = e
+            t = work[0, :n]
             a, la = alpha_eg[e], log_a[e]
-            wc, yc = w_sf[r0:r1], y_s[r0:r1]
-            torch.addmm(s_eg[e], wc, mg_fg, out=base)       # (n, G) expected counts before detection
-            torch.mul(base, yc, out=t)                      # (n, G) mu = base · y
-            if ch.d.numel():
+            torch.mm(A[r0:r1, :F + 1], M, out=t)             # (n, G) mu = (w mg + s_e) · y
+            nz = ch.d.numel() > 0
+            if nz:
                 mu_nz = torch.take(t, ch.flat)              # gathered before adding alpha: no cancellation
                 a_nz = a.index_select(0, ch.gene)
                 t_nz = mu_nz + a_nz
             t.add_(a)                                       # alpha + mu
             if grads:
-                dmu = torch.div(-a, t, out=work[2, :n])     # d/d mu of the dense part: -alpha/(alpha+mu)
+                dmu = torch.div(-a, t, out=work[1, :n])     # d/d mu of the dense part: -alpha/(alpha+mu)
             col_logt = t.log_().sum(0)
             part = n * torch.dot(a, la) - torch.dot(a, col_logt)
             if grads:
-                # d/d alpha of -alpha·log((alpha+mu)/alpha): n(log alpha + 1) - Σ_s log(alpha+mu) - Σ_s alpha/(alpha+mu)
-                g_a[e] += n * (la + 1.0) - col_logt + dmu.sum(0)
-            if ch.d.numel():
+                # d/d alpha of -alpha·log((alpha+mu)/alpha): n(log alpha + 1) - Σ_s log(alpha+mu) - Σ_s alpha/(alpha+mu);
+                # the last sum comes out of the accumulator product (row F+1)
+                g_a[e] += n * (la + 1.0) - col_logt
+            if nz:
                 d = ch.d
                 part = part + torch.dot(d, torch.log(mu_nz / t_nz))
                 if grads:
-                    d_over_t = d / t_nz
-                    g_a[e].index_add_(0, ch.gene, d_over_t, alpha=-1.0)
-                    # d/mu - d/(alpha+mu) = (d/(alpha+mu)) · alpha/mu, added at the nonzeros
-                    dmu.view(-1).index_add_(0, ch.flat, d_over_t.mul_(a_nz).div_(mu_nz))
+                    # at the nonzeros dmu = -alpha/(alpha+mu) + d/mu - d/(alpha+mu) = (d/mu - 1) · alpha/(alpha+mu):
+                    # written, not added. The accumulator's Σ_s dmu then holds, beyond the dense sum, Σ_nz (d/mu - d/(alpha+mu)),
+                    # while d/d alpha of the nonzero part is -Σ_nz d/(alpha+mu): subtract Σ_nz d/mu in all
+                    d_over_mu = d / mu_nz
+                    g_a[e].index_add_(0, ch.gene, d_over_mu, alpha=-1.0)
+                    dmu.view(-1).index_copy_(0, ch.flat, (d_over_mu - 1.0).mul_(a_nz.div_(t_nz)))
             total += part.double()
             if grads:
-                # d loglik / d base = dmu · y: y is applied to the small factors, not to the (n, G) array
-                gw = torch.mm(dmu, mg_t, out=g_w[r0:r1])   # (n, F) Σ_g dmu mg_fg
-                # d/d y_s = Σ_g dmu · base = Σ_f w_sf (Σ_g dmu mg_fg) + Σ_g dmu s_eg: no (n, G) product needed
-                g_y[r0:r1] = (wc * gw).sum(1, keepdim=True) + dmu @ s_eg[e].unsqueeze(1)
-                gw.mul_(yc)
-                g_mg.addmm_((wc * yc).T, dmu)
-                g_s[e] += (yc.T @ dmu).squeeze(0)
+                torch.mm(dmu, M.T, out=gw_aug[r0:r1])       # (n, F+1): Σ_g dmu mg_fg | Σ_g dmu s_eg
+                acc.addmm_(A[r0:r1].T, dmu)                 # g_mg, g_s[e] and Σ_s dmu
         del work
+        if grads:
+            if cur >= 0:
+                flush(cur)
+            gw_f = gw_aug[:, :F]
+            # d/d y_s = Σ_g dmu · (w mg + s_e) = Σ_f w_sf (Σ_g dmu mg_fg) + Σ_g dmu s_eg
+            torch.add((w_sf * gw_f).sum(1, keepdim=True), gw_aug[:, F:], out=g_y)
+            torch.mul(gw_f, y_s, out=g_w)                   # d/d w_sf = y_s Σ_g dmu mg_fg
+            g_mg = acc[:F].clone()
+        else:
+            g_mg = None
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (g_w, g_mg, g_s, g_y, g_a)))
-        return total.to(w_sf.dtype)
+        return total.to(dt)
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
