@@ -3,7 +3,8 @@
 Follows the cell2location tutorial: mitochondrial genes are removed from the counts used for
 mapping (their counts kept in ``obsm['mt']``), raw counts are never normalised in place, and the
 across-sample view is a UMAP of a log-normalised copy. Default thresholds are nf-core/spatialvi's
-(``qc_min_counts=500``, ``qc_min_genes=250``, ``qc_mito_threshold=20`` %).
+(``qc_min_counts=500``, ``qc_min_genes=250``, ``qc_mito_threshold=20`` %) for Visium spots; Visium HD
+bins hold a few hundred UMIs, so their defaults are platform-aware (:func:`default_thresholds`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,55 @@ DEFAULT_MIN_COUNTS = 500
 DEFAULT_MIN_GENES = 250
 DEFAULT_MAX_MT_FRACTION = 0.20
 MT_PREFIXES = ("mt-", "MT-")
+# Visium HD, 8 µm bins (median ~300 genes, ~380 UMIs; a bin with no cell holds ~10-30 ambient UMIs).
+# Other bin sizes scale the count thresholds with the bin's area: (bin / 8)².
+HD_MIN_COUNTS_8UM = 50
+HD_MIN_GENES_8UM = 30
+HD_MAX_MT_FRACTION = 0.20
 QC_COLUMNS = ["total_counts", "n_genes_by_counts", "mt_counts", "mt_frac"]
 MQC_SUMMARY_ID = "spotmap_qc"
 MQC_SECTION = "Samples and QC"
+
+
+# ---------------------------------------------------------------------------- thresholds
+def platform_of(adata: ad.AnnData) -> tuple[str, int | None]:
+    """``(platform, bin_size_um)`` as the reader recorded them in ``uns['spotmap']`` (Visium HD), else
+    ``('visium', None)`` (Visium and every other input)."""
+    meta = adata.uns.get("spotmap", {}) if hasattr(adata, "uns") else {}
+    if isinstance(meta, dict) and meta.get("platform") == "visium-hd":
+        b = meta.get("bin_size_um")
+        return "visium-hd", int(b) if b is not None else 8
+    return "visium", None
+
+
+def default_thresholds(platform: str = "visium", bin_size_um: float | None = None) -> dict:
+    """Default QC thresholds of a platform: ``min_counts``, ``min_genes``, ``max_mt_fraction``.
+
+    * ``visium`` (and any non-HD input): 500 UMIs, 250 genes, 0.2 (nf-core/spatialvi).
+    * ``visium-hd``: at 8 µm, 50 UMIs, 30 genes, 0.2. Bins of another size scale the count thresholds
+      with their area, ``(bin_size / 8)²``, rounded and at least 1: 16 µm → 200 UMIs, 120 genes;
+      2 µm → 3 UMIs, 2 genes.
+    """
+    if platform != "visium-hd":
+        return {"min_counts": float(DEFAULT_MIN_COUNTS), "min_genes": int(DEFAULT_MIN_GENES),
+                "max_mt_fraction": float(DEFAULT_MAX_MT_FRACTION)}
+    area = (float(bin_size_um or 8) / 8.0) ** 2
+    return {"min_counts": float(max(1, round(HD_MIN_COUNTS_8UM * area))),
+            "min_genes": int(max(1, round(HD_MIN_GENES_8UM * area))),
+            "max_mt_fraction": float(HD_MAX_MT_FRACTION)}
+
+
+def resolve_thresholds(adata: ad.AnnData, min_counts=None, min_genes=None, max_mt_fraction=None) -> dict:
+    """The thresholds to use for ``adata``: each ``None`` or ``'auto'`` replaced by the platform's default."""
+    defaults = default_thresholds(*platform_of(adata))
+    given = {"min_counts": min_counts, "min_genes": min_genes, "max_mt_fraction": max_mt_fraction}
+    out = {}
+    for key, value in given.items():
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            out[key] = defaults[key]
+        else:
+            out[key] = int(value) if key == "min_genes" else float(value)
+    return out
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -76,7 +123,10 @@ def compute_qc_metrics(adata: ad.AnnData, mt_genes: Iterable[str] | None = None)
     total = np.asarray(X.sum(axis=1)).ravel()
     mt = np.asarray(X[:, mask].sum(axis=1)).ravel() if mask.any() else np.zeros(adata.n_obs)
     out.obs["total_counts"] = total
-    out.obs["n_genes_by_counts"] = np.asarray((X > 0).sum(axis=1)).ravel()  # explicit zeros do not count
+    if X.nnz == 0 or X.data.min() > 0:  # no explicit zeros: stored entries per row (no copy of X)
+        out.obs["n_genes_by_counts"] = np.diff(X.indptr).astype(np.int64)
+    else:
+        out.obs["n_genes_by_counts"] = np.asarray((X > 0).sum(axis=1)).ravel()  # explicit zeros do not count
     out.obs["mt_counts"] = mt
     out.obs["mt_frac"] = np.divide(mt, total, out=np.zeros_like(total, dtype=float), where=total > 0)
     out.var["mt"] = mask
@@ -120,12 +170,15 @@ def remove_mt_genes(adata: ad.AnnData) -> ad.AnnData:
     return out
 
 
-def run_qc(adata: ad.AnnData, sample: str, min_counts: float = DEFAULT_MIN_COUNTS,
-           min_genes: int = DEFAULT_MIN_GENES, max_mt_fraction: float = DEFAULT_MAX_MT_FRACTION,
+def run_qc(adata: ad.AnnData, sample: str, min_counts: float | str | None = DEFAULT_MIN_COUNTS,
+           min_genes: int | str | None = DEFAULT_MIN_GENES,
+           max_mt_fraction: float | str | None = DEFAULT_MAX_MT_FRACTION,
            mt_genes: Iterable[str] | None = None, min_spots: int = 1) -> tuple[ad.AnnData, dict]:
     """QC one sample: metrics, spot filter, mitochondrial genes out of the counts.
 
     ``adata.obs`` gets the QC columns and ``pass_qc`` in place (every spot, for the metrics table).
+    A threshold given as ``None`` or ``'auto'`` takes the platform's default (:func:`default_thresholds`:
+    Visium HD bins, recorded by the reader in ``uns['spotmap']``, get lower count thresholds).
 
     Returns
     -------
@@ -137,13 +190,16 @@ def run_qc(adata: ad.AnnData, sample: str, min_counts: float = DEFAULT_MIN_COUNT
     SpotmapError
         Fewer than ``min_spots`` spots pass (the message gives the medians to choose thresholds by).
     """
+    t = resolve_thresholds(adata, min_counts, min_genes, max_mt_fraction)
+    min_counts, min_genes, max_mt_fraction = t["min_counts"], t["min_genes"], t["max_mt_fraction"]
+    platform, bin_um = platform_of(adata)
     with_metrics = compute_qc_metrics(adata, mt_genes)
     for c in QC_COLUMNS:
         adata.obs[c] = with_metrics.obs[c].to_numpy()
     adata.var["mt"] = with_metrics.var["mt"].to_numpy()
     flags = qc_pass(with_metrics, min_counts, min_genes, max_mt_fraction)
     adata.obs["pass_qc"] = flags["pass_qc"].to_numpy()
-    kept = with_metrics[flags["pass_qc"].to_numpy()].copy()
+    kept = with_metrics[flags["pass_qc"].to_numpy()]  # a view: remove_mt_genes makes the one copy
     o = adata.obs
     if kept.n_obs < max(min_spots, 1):
         raise SpotmapError(
@@ -170,6 +226,8 @@ def run_qc(adata: ad.AnnData, sample: str, min_counts: float = DEFAULT_MIN_COUNT
     }
     filtered.uns["qc"] = {"min_counts": float(min_counts), "min_genes": int(min_genes),
                           "max_mt_fraction": float(max_mt_fraction), **{k: v for k, v in summary.items()}}
+    if platform == "visium-hd":
+        filtered.uns["qc"] |= {"platform": platform, "bin_size_um": int(bin_um)}
     log.info("sample %s: %d of %d spots pass QC; %d mitochondrial genes moved to obsm['mt']", sample,
              summary["spots_after"], summary["spots_before"], summary["mt_genes"])
     return filtered, summary
@@ -185,21 +243,22 @@ def plot_qc_histograms(adata: ad.AnnData, sample: str, min_counts: float, min_ge
     import matplotlib.pyplot as plt
 
     o = adata.obs
+    unit = "bin" if platform_of(adata)[0] == "visium-hd" else "spot"
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    panels = [("total_counts", "UMI counts per spot", min_counts, "min"),
-              ("n_genes_by_counts", "genes detected per spot", min_genes, "min"),
-              ("mt_frac", "mitochondrial fraction of counts per spot", max_mt_fraction, "max")]
+    panels = [("total_counts", f"UMI counts per {unit}", min_counts, "min"),
+              ("n_genes_by_counts", f"genes detected per {unit}", min_genes, "min"),
+              ("mt_frac", f"mitochondrial fraction of counts per {unit}", max_mt_fraction, "max")]
     for ax, (col, label, thr, kind) in zip(axes, panels):
         v = o[col].to_numpy(dtype=float)
         ax.hist(v, bins=min(50, max(5, len(v) // 5)), color="#4c72b0", edgecolor="white", linewidth=0.3)
         ax.axvline(thr, color="#c44e52", ls="--", lw=1.2, label=f"{kind} {thr:g}")
         n_fail = int((v < thr).sum() if kind == "min" else (v > thr).sum())
-        ax.set_title(f"{label}\n{n_fail} of {len(v)} spots outside the threshold", fontsize=9)
+        ax.set_title(f"{label}\n{n_fail} of {len(v)} {unit}s outside the threshold", fontsize=9)
         ax.set_xlabel(label, fontsize=8)
-        ax.set_ylabel("spots", fontsize=8)
+        ax.set_ylabel(f"{unit}s", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, frameon=False)
-    fig.suptitle(f"{sample}: spot QC before filtering ({adata.n_obs} spots)", fontsize=10)
+    fig.suptitle(f"{sample}: {unit} QC before filtering ({adata.n_obs} {unit}s)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -214,6 +273,8 @@ def plot_qc_spatial(adata: ad.AnnData, sample: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if platform_of(adata)[0] == "visium-hd" and {"array_row", "array_col"} <= set(adata.obs.columns):
+        return _plot_qc_bins(adata, sample)
     from spotmap.report.plots import spatial_scatter
 
     o = adata.obs
@@ -243,6 +304,50 @@ def plot_qc_spatial(adata: ad.AnnData, sample: str):
         axes[0].legend(fontsize=7, loc="lower left", frameon=True)
     mt_note = "" if len(panels) == 3 else "; no mitochondrial genes found"
     fig.suptitle(f"{sample}: spots before QC ({adata.n_obs}; {n_fail} removed{mt_note})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_qc_bins(adata: ad.AnnData, sample: str):
+    """The spatial QC panels for Visium HD: one raster image on the bin grid (fast and small at any
+    number of bins), failing bins painted cyan on a second layer."""
+    import matplotlib.pyplot as plt
+
+    o = adata.obs
+    _, bin_um = platform_of(adata)
+    r, c = o["array_row"].to_numpy(dtype=np.int64), o["array_col"].to_numpy(dtype=np.int64)
+    r0, c0 = r.min(), c.min()
+    shape = (int(r.max() - r0 + 1), int(c.max() - c0 + 1))
+    panels = [("total_counts", "total counts per bin", "UMI counts per bin", "magma", 0.992),
+              ("n_genes_by_counts", "genes detected per bin", "genes with ≥1 count", "magma", 0.992)]
+    if "mt_counts" in o and o["mt_counts"].sum() > 0:
+        panels.append(("mt_frac", "mitochondrial fraction", "mitochondrial fraction of counts (0–1)", "viridis", 1.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    axes = axes[0]
+    fail = ~o["pass_qc"].to_numpy(dtype=bool) if "pass_qc" in o else np.zeros(adata.n_obs, dtype=bool)
+    overlay = np.zeros(shape + (4,), dtype=np.float32)
+    overlay[r[fail] - r0, c[fail] - c0] = (0.0, 0.9, 1.0, 0.7)
+    for ax, (col, title, label, cmap, q) in zip(axes, panels):
+        v = o[col].to_numpy(dtype=float)
+        img = np.full(shape, np.nan, dtype=np.float32)
+        img[r - r0, c - c0] = v
+        vmax = float(np.quantile(v, q)) if len(v) else 1.0
+        im = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax if vmax > 0 else None, interpolation="nearest")
+        if fail.any():
+            ax.imshow(overlay, interpolation="nearest")
+        cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        cb.set_label(label, fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+        ax.set_title(f"{sample}: {title}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{shape[1]} columns of {bin_um} µm bins", fontsize=8)
+    if fail.any():
+        axes[0].scatter([], [], marker="s", color=(0.0, 0.9, 1.0), label=f"fails QC ({int(fail.sum())})")
+        axes[0].legend(fontsize=7, loc="lower left", frameon=True)
+    mt_note = "" if len(panels) == 3 else "; no mitochondrial genes found"
+    fig.suptitle(f"{sample}: {bin_um} µm bins before QC ({adata.n_obs}; {int(fail.sum())} removed{mt_note})",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

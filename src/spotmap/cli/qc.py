@@ -6,7 +6,33 @@ from pathlib import Path
 
 import click
 
-from spotmap.qc import DEFAULT_MAX_MT_FRACTION, DEFAULT_MIN_COUNTS, DEFAULT_MIN_GENES
+from spotmap.qc import (DEFAULT_MAX_MT_FRACTION, DEFAULT_MIN_COUNTS, DEFAULT_MIN_GENES, HD_MAX_MT_FRACTION,
+                        HD_MIN_COUNTS_8UM, HD_MIN_GENES_8UM)
+
+
+class AutoNumber(click.ParamType):
+    """A number, or ``auto`` (the platform's default, resolved once the input is read)."""
+
+    name = "NUMBER|auto"
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        text = str(value).strip()
+        if text.lower() == "auto":
+            return "auto"
+        try:
+            return self.kind(float(text)) if self.kind is int and float(text).is_integer() else self.kind(text)
+        except ValueError:
+            self.fail(f"must be a number or 'auto' (got {value!r})", param, ctx)
+
+
+_AUTO = (f"auto: {DEFAULT_MIN_COUNTS:g} / {DEFAULT_MIN_GENES} / {DEFAULT_MAX_MT_FRACTION:g} for Visium and other "
+         f"inputs, {HD_MIN_COUNTS_8UM} / {HD_MIN_GENES_8UM} / {HD_MAX_MT_FRACTION:g} for Visium HD 8 µm bins "
+         "(counts and genes scaled by (bin size / 8)² for other bin sizes)")
 
 
 @click.command("qc")
@@ -22,12 +48,16 @@ from spotmap.qc import DEFAULT_MAX_MT_FRACTION, DEFAULT_MIN_COUNTS, DEFAULT_MIN_
               "coordinates' barcodes).")
 @click.option("--counts-layer", type=click.Choice(["auto", "X", "counts", "raw"]), default="auto", show_default=True,
               help=".h5ad: where the raw counts are (auto: layers['counts'], then X, then .raw).")
-@click.option("--min-counts", type=float, default=DEFAULT_MIN_COUNTS, show_default=True,
-              help="Remove spots with fewer UMI counts (nf-core/spatialvi qc_min_counts).")
-@click.option("--min-genes", type=int, default=DEFAULT_MIN_GENES, show_default=True,
-              help="Remove spots with fewer genes detected (nf-core/spatialvi qc_min_genes).")
-@click.option("--max-mt-fraction", type=float, default=DEFAULT_MAX_MT_FRACTION, show_default=True,
-              help="Remove spots whose mitochondrial share of counts is higher, 0-1 (spatialvi: 20 %).")
+@click.option("--bin-size", type=click.IntRange(min=1), default=None,
+              help="Visium HD: bin size in µm, picks outs/binned_outputs/square_{bin:03d}um  [default: 8]. "
+              "Ignored for other inputs.")
+@click.option("--min-counts", type=AutoNumber(float), default="auto", show_default=True,
+              help="Remove spots with fewer UMI counts (nf-core/spatialvi qc_min_counts). " + _AUTO + ".")
+@click.option("--min-genes", type=AutoNumber(int), default="auto", show_default=True,
+              help="Remove spots with fewer genes detected (nf-core/spatialvi qc_min_genes); auto as above.")
+@click.option("--max-mt-fraction", type=AutoNumber(float), default="auto", show_default=True,
+              help="Remove spots whose mitochondrial share of counts is higher, 0-1 (spatialvi: 20 %); auto as "
+              "above.")
 @click.option("--mt-genes", type=click.Path(path_type=Path), default=None,
               help="File with mitochondrial genes (symbols or ids, one per line) instead of the mt-/MT- prefix.")
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
@@ -39,7 +69,7 @@ from spotmap.qc import DEFAULT_MAX_MT_FRACTION, DEFAULT_MIN_COUNTS, DEFAULT_MIN_
               help="With --reference: stop if fewer genes are shared (a warning under 5,000).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | None, orientation: str,
-            counts_layer: str, min_counts: float, min_genes: int, max_mt_fraction: float, mt_genes: Path | None,
+            counts_layer: str, bin_size: int | None, min_counts, min_genes, max_mt_fraction, mt_genes: Path | None,
             reference: Path | None, cell_types: Path | None, labels_key: str, min_shared_genes: int,
             no_plots: bool) -> None:
     """QC one spatial sample and write OUTDIR/<SAMPLE>.h5ad (filtered spots, mitochondrial genes
@@ -47,14 +77,17 @@ def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | Non
     and the <SAMPLE>_qc_histograms_mqc.png / <SAMPLE>_qc_spatial_mqc.png plots (MultiQC custom content).
     """
     from spotmap.io import read_reference, read_spatial
-    from spotmap.qc import read_mt_genes, run_qc, shared_gene_report, write_qc_outputs
+    from spotmap.qc import read_mt_genes, resolve_thresholds, run_qc, shared_gene_report, write_qc_outputs
 
     # Check thresholds and every input before reading or writing anything big.
     _check_sample(sample)
-    _check_thresholds(min_counts, min_genes, max_mt_fraction)
+    _check_thresholds(*(1 if v == "auto" else v for v in (min_counts, min_genes)),
+                      0.5 if max_mt_fraction == "auto" else max_mt_fraction)
     mt = read_mt_genes(mt_genes) if mt_genes is not None else None
     adata = read_spatial(input_path, sample=sample, counts_layer=counts_layer, coordinates=coordinates,
-                         orientation=orientation)
+                         orientation=orientation, bin_size=bin_size)
+    t = resolve_thresholds(adata, min_counts, min_genes, max_mt_fraction)
+    min_counts, min_genes, max_mt_fraction = t["min_counts"], t["min_genes"], t["max_mt_fraction"]
     filtered, summary = run_qc(adata, sample, min_counts=min_counts, min_genes=min_genes,
                                max_mt_fraction=max_mt_fraction, mt_genes=mt)
     if reference is not None:

@@ -28,7 +28,7 @@ from spotmap.io.counts import (
     read_reference,
 )
 from spotmap.io.mtx import read_10x_mtx
-from spotmap.io.spaceranger import read_spaceranger
+from spotmap.io.spaceranger import hd_binned_dir, hd_sample_name, read_spaceranger
 from spotmap.io.tenx import read_10x_h5, write_10x_h5
 from spotmap.utils import log
 
@@ -48,10 +48,12 @@ def _is_table(path: Path) -> bool:
 
 def _is_spaceranger(folder: Path) -> bool:
     outs = folder / "outs" if (folder / "outs").is_dir() else folder
-    return any((outs / n).exists() for n in _MATRIX_NAMES)
+    return any((outs / n).exists() for n in _MATRIX_NAMES) or hd_binned_dir(folder) is not None
 
 
 def _default_sample(path: Path) -> str:
+    if path.is_dir() and hd_binned_dir(path) is not None:
+        return hd_sample_name(hd_binned_dir(path))
     if path.is_dir():
         return path.parent.name if path.name == "outs" else path.name
     name = path.name
@@ -61,10 +63,13 @@ def _default_sample(path: Path) -> str:
 
 
 def read_spatial(path: str | Path, sample: str | None = None, counts_layer: str = "auto",
-                 coordinates: str | Path | None = None, orientation: str = "auto") -> ad.AnnData:
+                 coordinates: str | Path | None = None, orientation: str = "auto",
+                 bin_size: int | None = None) -> ad.AnnData:
     """Read one spatial sample, whatever its format, into spots × genes AnnData.
 
-    ``path`` may be a Space Ranger ``outs/`` folder (or its parent), a 10x mtx folder or ``.h5``
+    ``path`` may be a Space Ranger ``outs/`` folder (or its parent), a Visium HD ``outs/`` (or its
+    parent, ``binned_outputs/`` or one ``square_XXXum`` folder; ``bin_size`` in µm picks
+    ``square_{bin_size:03d}um``, default 8, and is ignored for other inputs), a 10x mtx folder or ``.h5``
     (with ``coordinates``), an ``.h5ad`` (``counts_layer`` picks ``X``/``layers['counts']``/``.raw``)
     or a count table (``.csv``/``.tsv``, optionally ``.gz``, with ``coordinates``; ``orientation``
     as in :func:`read_count_table`).
@@ -74,7 +79,8 @@ def read_spatial(path: str | Path, sample: str | None = None, counts_layer: str 
     Raw integer counts in sparse float32 ``X`` (spots × genes); ``obs_names`` ``<sample>_<barcode>``;
     ``obs['sample']``, ``obs['barcode']``; ``obsm['spatial']`` (x, y; full-resolution pixels for
     Space Ranger); ``uns['spatial'][sample]`` (images, scale factors) when the input has them;
-    ``var['gene_ids']`` when known; in-tissue spots only.
+    ``var['gene_ids']`` when known; in-tissue spots only. Visium HD adds ``uns['spotmap']``
+    (``platform`` ``'visium-hd'``, ``bin_size_um``).
 
     Raises
     ------
@@ -91,7 +97,7 @@ def read_spatial(path: str | Path, sample: str | None = None, counts_layer: str 
     coords = read_coordinates(coordinates) if coordinates is not None else None
     if path.is_dir():
         if _is_spaceranger(path):
-            adata = read_spaceranger(path, sample=sample)
+            adata = read_spaceranger(path, sample=sample, bin_size=bin_size)
             if coords is not None:
                 log.warning("%s: --coordinates ignored, the Space Ranger positions are used", path)
                 coords = None
@@ -105,7 +111,7 @@ def read_spatial(path: str | Path, sample: str | None = None, counts_layer: str 
         adata = read_h5ad_counts(path, counts_layer)
     elif path.suffix == ".h5":
         if coords is None and _is_spaceranger(path.parent) and (path.parent / "spatial").is_dir():
-            return read_spatial(path.parent, given_sample, counts_layer, None, orientation)
+            return read_spatial(path.parent, given_sample, counts_layer, None, orientation, bin_size)
         adata = read_10x_h5(path)
         if coords is None:
             raise input_error(path, "a 10x .h5 outside a Space Ranger outs/ folder needs --coordinates")

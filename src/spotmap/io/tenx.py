@@ -99,7 +99,12 @@ def read_10x_h5(path: str | Path, gene_expression_only: bool = True) -> ad.AnnDa
                 ids, names, ftype = _decode(g["genes"][:]), _decode(g["gene_names"][:]), None
             barcodes = _decode(g["barcodes"][:])
             shape = tuple(int(x) for x in g["shape"][:])
-            data, indices, indptr = g["data"][:], g["indices"][:], g["indptr"][:]
+            # Read straight into the dtypes of the result (float32 values, int32 indices when they fit):
+            # no int64 copy of a Visium HD matrix's hundred million entries.
+            small = g["indices"].shape[0] < 2**31 - 1 and max(shape, default=0) < 2**31 - 1
+            idx_dtype = np.int32 if small else np.int64
+            data = g["data"].astype(np.float32)[:] if g["data"].dtype.kind in "iuf" else g["data"][:]
+            indices, indptr = g["indices"].astype(idx_dtype)[:], g["indptr"].astype(idx_dtype)[:]
     except OSError as exc:  # truncated or not HDF5 at all
         raise input_error(path, f"cannot be read as 10x HDF5 (corrupt or truncated?): {exc}".split("\n")[0]) from None
     except KeyError as exc:
@@ -114,8 +119,9 @@ def read_10x_h5(path: str | Path, gene_expression_only: bool = True) -> ad.AnnDa
     dup = pd.Index(barcodes)[pd.Index(barcodes).duplicated()]
     if len(dup):  # duplicated barcodes would silently merge two spots' positions
         raise input_error(path, f"{len(dup)} duplicate barcode(s)", field="barcodes", value=str(dup[0]))
-    adata = ad.AnnData(X=X.astype(np.float32), obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
-    if ftype is not None and gene_expression_only:
+    X = X if X.dtype == np.float32 else X.astype(np.float32)
+    adata = ad.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
+    if ftype is not None and gene_expression_only and not (ftype == "Gene Expression").all():
         adata = adata[:, adata.var["feature_types"] == "Gene Expression"].copy()
     adata.var_names_make_unique()
     return adata
