@@ -72,8 +72,8 @@ def checkInputParams() {
     if (!params.simulate && !params.reference && !params.signatures) {
         error("spotmap: give --reference <reference.h5ad> (signatures are estimated) or --signatures <signatures.csv>")
     }
-    if (!(params.mapping_mode in [ 'joint', 'per_sample' ])) {
-        error("spotmap: --mapping_mode must be 'joint' or 'per_sample' (got '${params.mapping_mode}')")
+    if (!(params.mapping_mode in [ 'auto', 'joint', 'per_sample' ])) {
+        error("spotmap: --mapping_mode must be 'auto', 'joint' or 'per_sample' (got '${params.mapping_mode}')")
     }
     if ((params.restarts as int) < 1) {
         error("spotmap: --restarts must be at least 1 (got ${params.restarts})")

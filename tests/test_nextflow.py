@@ -275,7 +275,23 @@ def test_per_sample_restart_names_and_optional_inputs():
     qc = _render("QC", {"meta": {"id": "s1"}, "input": "counts.csv", "coordinates": "xy.csv"})
     assert "--coordinates xy.csv" in qc and "--outdir qc/s1" in qc
     qc = _render("QC", {"meta": {"id": "s1"}, "input": "outs", "coordinates": ""})
-    assert "--coordinates" not in qc
+    assert "--coordinates" not in qc and "--bin-size" not in qc
+    # Visium HD: the samplesheet's bin_size (meta.bin_size) reaches `spotmap qc --bin-size`
+    qc = _render("QC", {"meta": {"id": "hd1", "bin_size": 8}, "input": "outs", "coordinates": ""})
+    assert "--bin-size 8" in qc
+
+
+def test_mapping_mode_auto_everywhere():
+    """--mapping_mode auto (per sample when any sample is Visium HD) is the default of the pipeline and of
+    `spotmap run`, and the workflow branches on all three modes."""
+    assert CONFIG_PARAMS["mapping_mode"] == "auto" == SCHEMA_PARAMS["mapping_mode"]["default"]
+    assert SCHEMA_PARAMS["mapping_mode"]["enum"] == ["auto", "joint", "per_sample"]
+    opt = next(p for p in cli_command("run").params if p.name == "mapping_mode")
+    assert opt.default == "auto" and list(opt.type.choices) == ["auto", "joint", "per_sample"]
+    wf = (REPO / "workflows" / "spotmap.nf").read_text()
+    assert "params.mapping_mode == 'per_sample'" in wf and "params.mapping_mode == 'joint'" in wf
+    assert "isVisiumHd(meta, input)" in wf
+    assert "'auto', 'joint', 'per_sample'" in (REPO / "main.nf").read_text()
 
 
 def test_renderer_fails_on_unknown_names():

@@ -45,6 +45,19 @@ for (bad in [row(spaceranger_dir: '/x/outs', h5ad: '/x/a.h5ad'), row([:])]) {
     catch (IllegalStateException e) { assert e.message.startsWith("spotmap: samplesheet row 's1'") }
 }
 
+// Visium HD samples (mapped per sample with --mapping_mode auto): bin_size, or binned Space Ranger output
+def tmp = java.nio.file.Files.createTempDirectory('hd')
+java.nio.file.Files.createDirectories(tmp.resolve('hd/outs/binned_outputs/square_008um'))
+java.nio.file.Files.createDirectories(tmp.resolve('visium/outs/spatial'))
+assert isVisiumHd([id: 's1', bin_size: 8], Paths.get('/x/a.h5ad'))
+assert !isVisiumHd([id: 's1'], Paths.get('/x/a.h5ad'))
+assert isVisiumHd([id: 's1'], tmp.resolve('hd/outs'))
+assert isVisiumHd([id: 's1'], tmp.resolve('hd'))
+assert isVisiumHd([id: 's1'], tmp.resolve('hd/outs/binned_outputs/square_008um'))
+assert isVisiumHd([id: 's1'], tmp.resolve('hd/outs/binned_outputs/square_008um').toString() + '/')
+assert !isVisiumHd([id: 's1'], tmp.resolve('visium/outs'))
+assert !isVisiumHd([id: 's1'], tmp.resolve('visium'))
+
 def v = File.createTempFile('versions', '.yml')
 v.text = '"SPOTMAP:QC":\n    spotmap: "0.1.0"\n    torch: "2.13.0+cpu"\n'
 def y = new org.yaml.snakeyaml.Yaml().load(processVersionsFromYAML(v.toPath()))
@@ -94,7 +107,7 @@ def test_groovy_helpers(tmp_path):
     order = ", ".join(f"'{k}'" for k in props)  # Python keeps the file's order
     funcs = _functions()
     for name in ["samplesheetColumns", "sampleFromRow", "processVersionsFromYAML", "workflowVersionToYAML",
-                 "paramsJson", "checkInputParams"]:
+                 "paramsJson", "checkInputParams", "isVisiumHd"]:
         assert f"def {name}(" in funcs, name
     script = "\n".join([
         "import java.nio.file.Path", "import java.nio.file.Paths",

@@ -1,6 +1,7 @@
 /*
  * SPOTMAP: QC per sample -> SIGNATURES once per reference -> MAP once per restart seed
- * (all samples jointly, or each on its own with --mapping_mode per_sample) -> AGGREGATE -> MULTIQC.
+ * (all samples jointly, or each on its own with --mapping_mode per_sample, and by default when any
+ * sample is Visium HD) -> AGGREGATE -> MULTIQC.
  * Every step is one `spotmap` CLI call (modules/local/<step>/main.nf).
  */
 
@@ -14,7 +15,7 @@ include { MULTIQC    } from '../modules/local/multiqc/main'
 workflow SPOTMAP {
 
     take:
-    ch_samples     // channel: [ val(meta), path(spaceranger_dir, h5ad or counts), path(coordinates) or [] ]
+    ch_samples     // channel: [ val(meta), path(spaceranger_dir, h5ad or counts), path(coordinates) or [] ]; meta.bin_size for Visium HD
     ch_reference   // channel: [ val(meta), path(reference), path(cell_types) or [] ]; empty with --signatures
     ch_signatures  // channel: path(signatures.csv); empty unless --signatures is given
     seeds          // list of restart seeds, one MAP task per seed (and per sample in per_sample mode)
@@ -49,12 +50,30 @@ workflow SPOTMAP {
 
     //
     // Mapping, one task per restart seed: all samples in one model (joint, as cell2location does)
-    // or each sample on its own (per_sample)
+    // or each sample on its own (per_sample); auto: per_sample when any sample is Visium HD
+    // (100,000s of bins each), joint otherwise
     //
+    ch_per_sample = QC.out.h5ad.map { meta, h5ad -> [ meta, [ h5ad ] ] }
+    ch_joint      = ch_qc_files.map { files -> [ [ id: 'joint', joint: true ], files ] }
     if (params.mapping_mode == 'per_sample') {
-        ch_map_in = QC.out.h5ad.map { meta, h5ad -> [ meta, [ h5ad ] ] }
+        ch_map_in = ch_per_sample
+    } else if (params.mapping_mode == 'joint') {
+        ch_map_in = ch_joint
     } else {
-        ch_map_in = ch_qc_files.map { files -> [ [ id: 'joint', joint: true ], files ] }
+        ch_any_hd = ch_samples
+            .map { meta, input, _coordinates -> isVisiumHd(meta, input) }
+            .collect()
+            .map { flags -> flags.any() }
+        ch_map_in = ch_per_sample
+            .combine(ch_any_hd)
+            .filter { _meta, _files, any_hd -> any_hd }
+            .map { meta, files, _any_hd -> [ meta, files ] }
+            .mix(
+                ch_joint
+                    .combine(ch_any_hd)
+                    .filter { _meta, _files, any_hd -> !any_hd }
+                    .map { meta, files, _any_hd -> [ meta, files ] }
+            )
     }
     MAP(ch_map_in, ch_sig, seeds)
     ch_versions = ch_versions.mix(MAP.out.versions)
@@ -94,6 +113,24 @@ workflow SPOTMAP {
     restarts  = MAP.out.restart           // channel: [ val(meta), path(restart_<seed>/) ]
     report    = ch_report                 // channel: path(multiqc_report.html)
     versions  = ch_versions_yml           // channel: path(spotmap_software_mqc_versions.yml)
+}
+
+/*
+ * A Visium HD sample (mapped on its own with --mapping_mode auto): a bin_size in its samplesheet row, or
+ * a Space Ranger folder of binned output (outs/ or its parent holding binned_outputs/, or one of its
+ * square_<size>um folders).
+ */
+def isVisiumHd(meta, input) {
+    if (meta.bin_size) {
+        return true
+    }
+    def path = input.toString().replaceAll('/+$', '')
+    if (path ==~ /.*\/square_\d+um$/ || path.contains('/binned_outputs/') || path.endsWith('/binned_outputs')) {
+        return true
+    }
+    def dir = input instanceof java.nio.file.Path ? input : file(path)
+    return java.nio.file.Files.isDirectory(dir) &&
+        (java.nio.file.Files.isDirectory(dir.resolve('binned_outputs')) || java.nio.file.Files.isDirectory(dir.resolve('outs/binned_outputs')))
 }
 
 /*

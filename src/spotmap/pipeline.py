@@ -8,6 +8,7 @@ layout::
     OUTDIR/signatures/                  spotmap signatures (skipped when --signatures is given)
     OUTDIR/mapping/restart_<seed>/      spotmap map, one per restart seed (samples mapped jointly)
     OUTDIR/mapping/consensus/           spotmap aggregate
+    OUTDIR/mapping/<sample>/...         the same per sample (--mapping-mode per_sample; auto with Visium HD)
     OUTDIR/multiqc/multiqc_report.html  spotmap report
     OUTDIR/pipeline_info/params.json    parameters and their defaults (for the report's workflow summary)
 """
@@ -37,11 +38,11 @@ class RunParams:
     cell_types: str | None = None
     batch_key: str | None = None
     restarts: int = 3
-    qc_min_counts: int = 500
-    qc_min_genes: int = 250
-    qc_max_mt_fraction: float = 0.2
+    qc_min_counts: float | None = None  # None: spotmap qc's auto (by platform: Visium or Visium HD)
+    qc_min_genes: int | None = None
+    qc_max_mt_fraction: float | None = None
     seed: int = 0
-    mapping_mode: str = "joint"
+    mapping_mode: str = "auto"
     n_cells_per_location: float = 8.0
     detection_alpha: float = 20.0
     signatures_max_epochs: int | None = None
@@ -67,8 +68,15 @@ def _invoke(command: click.Command, args: list[str], step: str) -> None:
     log.info("[%s] done in %.1f s", step, time.perf_counter() - t0)
 
 
+MAPPING_MODES = ("auto", "joint", "per_sample")
+HD_PLATFORM = "visium-hd"
+
+
 def _sample_inputs(sheet) -> list[tuple[str, str, list[str]]]:
-    """(sample, input path, extra qc args) per samplesheet row."""
+    """(sample, input path, extra qc args) per samplesheet row: ``--coordinates`` and ``--bin-size``
+    (Visium HD bin size in µm) when the row has them."""
+    import pandas as pd
+
     rows = []
     for _, row in sheet.iterrows():
         path = next((row[c] for c in ("spaceranger_dir", "h5ad", "counts") if c in row and isinstance(row[c], str) and row[c]),
@@ -76,8 +84,36 @@ def _sample_inputs(sheet) -> list[tuple[str, str, list[str]]]:
         extra = []
         if "coordinates" in row and isinstance(row.get("coordinates"), str) and row["coordinates"]:
             extra += ["--coordinates", row["coordinates"]]
+        bin_size = row.get("bin_size") if "bin_size" in row else None
+        if bin_size is not None and not (isinstance(bin_size, float) and pd.isna(bin_size)) and bin_size != "":
+            extra += ["--bin-size", int(bin_size)]
         rows.append((str(row["sample"]), str(path), extra))
     return rows
+
+
+def qc_platform(h5ad: Path) -> str | None:
+    """``uns['spotmap']['platform']`` of a QC output (e.g. ``'visium-hd'``), read without the counts."""
+    import h5py
+
+    try:
+        with h5py.File(h5ad, "r") as f:
+            node = f.get("uns/spotmap/platform")
+            if node is None:
+                return None
+            value = node[()]
+            return value.decode() if isinstance(value, bytes) else str(value)
+    except OSError:
+        return None
+
+
+def resolve_mapping_mode(mode: str, hd_samples: list[str]) -> str:
+    """``auto`` → ``per_sample`` when any sample is Visium HD (100,000s of bins each: one model per
+    sample), ``joint`` otherwise (as cell2location); ``joint`` and ``per_sample`` stay as given."""
+    if mode not in MAPPING_MODES:
+        raise SpotmapError(f"--mapping-mode must be one of {', '.join(MAPPING_MODES)} (got {mode!r})")
+    if mode != "auto":
+        return mode
+    return "per_sample" if hd_samples else "joint"
 
 
 def write_params(params: RunParams, path: Path) -> None:
@@ -100,8 +136,8 @@ def run_pipeline(params: RunParams) -> Path:
 
     if params.reference is None and params.signatures is None:
         raise SpotmapError("give --reference (to estimate signatures) or --signatures (computed elsewhere)")
-    if params.mapping_mode not in {"joint", "per_sample"}:
-        raise SpotmapError(f"--mapping-mode must be joint or per_sample (got {params.mapping_mode!r})")
+    if params.mapping_mode not in MAPPING_MODES:
+        raise SpotmapError(f"--mapping-mode must be one of {', '.join(MAPPING_MODES)} (got {params.mapping_mode!r})")
     if params.restarts < 1:
         raise SpotmapError(f"--restarts must be at least 1 (got {params.restarts})")
     out = Path(params.outdir)
@@ -109,13 +145,20 @@ def run_pipeline(params: RunParams) -> Path:
     write_params(params, out / "pipeline_info" / "params.json")
 
     # 1. QC per sample
-    qc_files = []
+    qc_files, hd_samples = [], []
     for sample, path, extra in _sample_inputs(sheet):
+        thresholds = [a for flag, v in (("--min-counts", params.qc_min_counts), ("--min-genes", params.qc_min_genes),
+                                        ("--max-mt-fraction", params.qc_max_mt_fraction)) if v is not None
+                      for a in (flag, v)]
         _invoke(qc_cli.command, ["--sample", sample, "--input", path, "--outdir", out / "qc" / sample,
-                                 "--min-counts", params.qc_min_counts, "--min-genes", params.qc_min_genes,
-                                 "--max-mt-fraction", params.qc_max_mt_fraction,
-                                 *extra, *params.extra_qc_args], f"qc {sample}")
+                                 *thresholds, *extra, *params.extra_qc_args], f"qc {sample}")
         qc_files.append(out / "qc" / sample / f"{sample}.h5ad")
+        if "--bin-size" in extra or qc_platform(qc_files[-1]) == HD_PLATFORM:
+            hd_samples.append(sample)
+    mapping_mode = resolve_mapping_mode(params.mapping_mode, hd_samples)
+    if params.mapping_mode == "auto":
+        log.info("mapping mode auto: %s (%s)", mapping_mode,
+                 f"Visium HD sample(s): {', '.join(hd_samples)}" if hd_samples else "no Visium HD sample")
     if len(qc_files) > 1:
         _invoke(qc_batch_cli.command, [a for f in qc_files for a in ("--spatial", f)]
                 + ["--outdir", out / "qc" / "qc_batch"], "qc-batch")
@@ -136,7 +179,7 @@ def run_pipeline(params: RunParams) -> Path:
         signatures = out / "signatures" / "signatures.csv"
 
     # 3. Map, once per restart seed (and per sample in per_sample mode)
-    groups = ([("", qc_files)] if params.mapping_mode == "joint"
+    groups = ([("", qc_files)] if mapping_mode == "joint"
               else [(f.stem, [f]) for f in qc_files])
     consensus_dirs = []
     for group, files in groups:

@@ -17,11 +17,13 @@ process QC {
     script:
     def args        = task.ext.args ?: ''
     def coords      = coordinates ? "--coordinates ${coordinates}" : ''
+    def bin_size    = meta.bin_size ? "--bin-size ${meta.bin_size}" : ''
     """
     spotmap qc \\
         --sample ${meta.id} \\
         --input ${input} \\
         ${coords} \\
+        ${bin_size} \\
         --outdir qc/${meta.id} \\
         ${args}
 

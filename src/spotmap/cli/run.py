@@ -21,14 +21,18 @@ import click
 @click.option("--cell-types", type=click.Path(dir_okay=False, path_type=Path),
               help="For a count-table reference: a table of cell barcode → cell-type label.")
 @click.option("--batch-key", default=None, help="Reference column with batches (e.g. batch).  [default: none]")
-@click.option("--qc-min-counts", default=500, show_default=True, help="QC: minimum total counts per spot.")
-@click.option("--qc-min-genes", default=250, show_default=True, help="QC: minimum genes detected per spot.")
-@click.option("--qc-max-mt-fraction", default=0.2, show_default=True,
-              help="QC: maximum fraction of mitochondrial counts per spot (0–1).")
+@click.option("--qc-min-counts", type=float, default=None,
+              help="QC: minimum total counts per spot.  [default: auto: 500 for Visium, 50 for Visium HD 8 µm bins]")
+@click.option("--qc-min-genes", type=int, default=None,
+              help="QC: minimum genes detected per spot.  [default: auto: 250 for Visium, 30 for Visium HD 8 µm bins]")
+@click.option("--qc-max-mt-fraction", type=float, default=None,
+              help="QC: maximum fraction of mitochondrial counts per spot (0–1).  [default: auto: 0.2]")
 @click.option("--restarts", default=3, show_default=True, help="Independent mapping restarts (seeds seed … seed+n-1).")
 @click.option("--seed", default=0, show_default=True, help="First restart's seed (also the signatures' seed).")
-@click.option("--mapping-mode", type=click.Choice(["joint", "per_sample"]), default="joint", show_default=True,
-              help="joint: all samples in one model (as cell2location); per_sample: one model per sample.")
+@click.option("--mapping-mode", type=click.Choice(["auto", "joint", "per_sample"]), default="auto", show_default=True,
+              help="joint: all samples in one model (as cell2location); per_sample: one model per sample; "
+                   "auto: per_sample when any sample is Visium HD (a bin_size in the samplesheet, or read as HD), "
+                   "joint otherwise.")
 @click.option("--n-cells-per-location", default=8.0, show_default=True,
               help="Expected cells per spot (N); count nuclei in a few spots of your images to set it.")
 @click.option("--detection-alpha", default=20.0, show_default=True,
@@ -38,13 +42,14 @@ import click
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train.")
 def command(samplesheet: Path, reference: Path | None, signatures: Path | None, outdir: Path, labels_key: str,
-            cell_types: Path | None, batch_key: str | None, qc_min_counts: int, qc_min_genes: int,
-            qc_max_mt_fraction: float, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float,
+            cell_types: Path | None, batch_key: str | None, qc_min_counts: float | None, qc_min_genes: int | None,
+            qc_max_mt_fraction: float | None, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float,
             detection_alpha: float, signatures_max_epochs: int | None, map_max_epochs: int | None,
             device: str) -> None:
     """Run QC → signatures → map (one per restart) → aggregate → report into OUTDIR.
 
-    Writes OUTDIR/qc/, OUTDIR/signatures/, OUTDIR/mapping/restart_<seed>/, OUTDIR/mapping/consensus/,
+    Writes OUTDIR/qc/, OUTDIR/signatures/, OUTDIR/mapping/restart_<seed>/, OUTDIR/mapping/consensus/
+    (per-sample mapping: OUTDIR/mapping/<sample>/restart_<seed>/ and .../consensus/),
     OUTDIR/multiqc/multiqc_report.html and OUTDIR/pipeline_info/params.json.
     """
     from spotmap.pipeline import RunParams, run_pipeline
