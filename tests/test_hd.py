@@ -337,3 +337,21 @@ def test_bad_bin_size_option(hd_tiny, tmp_path):
     r = run_cli("qc", "--sample", "S1", "--input", hd_tiny / "samples/sample1", "--outdir", tmp_path / "o",
                 "--min-counts", "lots")
     assert r.exit_code == 2 and "--min-counts" in r.output and not (tmp_path / "o").exists()
+
+
+def test_batch_umap_subsamples_large_samples(hd):
+    from spotmap.qc import batch_umap, run_qc
+
+    kept = {s: run_qc(read_spatial(hd / "samples" / s), s)[0] for s in ("sample1", "sample2")}
+    assert min(a.n_obs for a in kept.values()) > 600
+    fig = batch_umap(kept, n_top_genes=200, max_spots_per_sample=300)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [f"{s} (300 of {kept[s].n_obs} spots)" for s in ("sample1", "sample2")]
+    assert len(fig.axes[0].collections[0].get_offsets()) == 600
+
+
+def test_run_qc_api_defaults_follow_the_platform(hd):
+    from spotmap.qc import run_qc
+
+    kept, summary = run_qc(read_spatial(hd / "samples/sample1"), "sample1")
+    assert kept.uns["qc"]["min_counts"] == 50 and summary["spots_after"] > 0.5 * summary["spots_before"]

@@ -170,15 +170,15 @@ def remove_mt_genes(adata: ad.AnnData) -> ad.AnnData:
     return out
 
 
-def run_qc(adata: ad.AnnData, sample: str, min_counts: float | str | None = DEFAULT_MIN_COUNTS,
-           min_genes: int | str | None = DEFAULT_MIN_GENES,
-           max_mt_fraction: float | str | None = DEFAULT_MAX_MT_FRACTION,
+def run_qc(adata: ad.AnnData, sample: str, min_counts: float | str | None = None,
+           min_genes: int | str | None = None, max_mt_fraction: float | str | None = None,
            mt_genes: Iterable[str] | None = None, min_spots: int = 1) -> tuple[ad.AnnData, dict]:
     """QC one sample: metrics, spot filter, mitochondrial genes out of the counts.
 
     ``adata.obs`` gets the QC columns and ``pass_qc`` in place (every spot, for the metrics table).
-    A threshold given as ``None`` or ``'auto'`` takes the platform's default (:func:`default_thresholds`:
-    Visium HD bins, recorded by the reader in ``uns['spotmap']``, get lower count thresholds).
+    A threshold left out (``None``) or given as ``'auto'`` takes the platform's default
+    (:func:`default_thresholds`: 500 / 250 / 0.2 for Visium and other inputs, as before; Visium HD bins,
+    recorded by the reader in ``uns['spotmap']``, get lower count thresholds).
 
     Returns
     -------
@@ -435,12 +435,19 @@ def write_qc_outputs(adata: ad.AnnData, filtered: ad.AnnData, summary: dict, out
 
 
 # ---------------------------------------------------------------------------- across samples
-def batch_umap(adatas: Sequence[ad.AnnData] | dict[str, ad.AnnData], n_top_genes: int = 2000, seed: int = 0):
+BATCH_UMAP_MAX_SPOTS = 20_000  #: spots per sample in the batch-effect UMAP (Visium HD: a random subset)
+
+
+def batch_umap(adatas: Sequence[ad.AnnData] | dict[str, ad.AnnData], n_top_genes: int = 2000, seed: int = 0,
+               max_spots_per_sample: int = BATCH_UMAP_MAX_SPOTS):
     """The cell2location tutorial's batch-effect view: UMAP of spots coloured by sample.
 
     On a copy: counts normalised per spot and log1p-transformed, highly variable genes chosen per
     sample (``batch_key='sample'``), PCA, neighbour graph, UMAP. Inputs keep their raw counts.
     Samples are named by ``obs['sample']`` (or the dict keys); only genes shared by all are used.
+    A sample with more than ``max_spots_per_sample`` spots (Visium HD bins) is represented by a random
+    subset of that many (drawn with ``seed``), which keeps the UMAP to a minute; Visium samples (≤ 4,992
+    spots) are used whole.
 
     Returns a matplotlib Figure.
     """
@@ -458,8 +465,11 @@ def batch_umap(adatas: Sequence[ad.AnnData] | dict[str, ad.AnnData], n_top_genes
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise SpotmapError(f"duplicate sample id across the inputs (got {dup!r})")
-    parts = []
+    parts, n_total, sub_rng = [], {}, np.random.default_rng(seed)
     for name, a in items:
+        n_total[name] = a.n_obs
+        if max_spots_per_sample and a.n_obs > max_spots_per_sample:
+            a = a[np.sort(sub_rng.choice(a.n_obs, size=max_spots_per_sample, replace=False))]
         b = ad.AnnData(X=sp.csr_matrix(a.X, dtype=np.float32), obs=pd.DataFrame(index=a.obs_names.astype(str)),
                        var=pd.DataFrame(index=a.var_names.astype(str)))
         b.obs["sample"] = name
@@ -481,7 +491,9 @@ def batch_umap(adatas: Sequence[ad.AnnData] | dict[str, ad.AnnData], n_top_genes
     size = max(2.0, min(30.0, 3.0e4 / comb.n_obs))
     ax.scatter(xy[order, 0], xy[order, 1], c=[cmap(c % cmap.N) for c in codes], s=size, linewidths=0, rasterized=True)
     for k, name in enumerate(names):
-        ax.scatter([], [], color=cmap(k % cmap.N), label=f"{name} ({int((comb.obs['sample'] == name).sum())} spots)")
+        shown = int((comb.obs["sample"] == name).sum())
+        label = f"{name} ({shown} spots)" if shown == n_total[name] else f"{name} ({shown} of {n_total[name]} spots)"
+        ax.scatter([], [], color=cmap(k % cmap.N), label=label)
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5), title="sample",
               title_fontsize=8)
     ax.set_xlabel("UMAP 1", fontsize=8)
