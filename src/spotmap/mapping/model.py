@@ -22,7 +22,8 @@ from spotmap.io.genes import match_genes
 from spotmap.mapping.likelihood import CountHistogram, SpotCounts
 from spotmap.mapping.module import GLOBAL_SITES, MappingModule
 from spotmap.mapping.priors import MappingPriors
-from spotmap.mapping.settings import MappingSettings
+from spotmap.mapping.settings import LIKELIHOODS, SPARSE_DENSITY, MappingSettings
+from spotmap.mapping.sparse import SparseLikelihood, approximation_check, choose_exact_genes, sparse_nmf
 from spotmap.results import add_posterior
 from spotmap.training import TrainConfig, fingerprint_of, train_svi
 from spotmap.utils import log, resolve_device
@@ -106,7 +107,7 @@ def detection_mean_from_data(X: sp.csr_matrix, g_fg: np.ndarray, n_cells_per_loc
 
 def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, priors: MappingPriors,
                    iterations: int = 30, max_genes: int = 2000,
-                   batch: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   batch: np.ndarray | None = None, sparse: bool = False) -> dict[str, np.ndarray]:
     """Initial values of w_sf, m_g and n_s: a quick Poisson NMF of the counts on the fixed signatures.
 
     Detection starts per batch at ``y_e = detection_mean · (mean total counts of the batch / mean over all
@@ -115,7 +116,9 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     ``w ← w · ((D / (y (w g))) gᵀ) / (1 gᵀ)`` on the ``max_genes`` genes that best separate cell types;
     then m_g by the ratio of observed to fitted totals per gene, and a second round with ``m_g · g``.
     w_sf is floored at 0.01 cells so that no type starts "dead" in log space. Deterministic; costs a few
-    seconds at 10⁴ spots × 10⁴ genes.
+    seconds at 10⁴ spots × 10⁴ genes. With ``sparse=True`` the same updates run on every gene with the
+    ratio evaluated at the non-zero counts only (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the
+    non-zeros; for Visium HD).
     """
     S, G = X.shape
     F = g_fg.shape[0]
@@ -123,8 +126,8 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     # genes separating types: largest log ratio of the top type to the mean, among expressed genes
     mean_g = g_fg.mean(0)
     score = np.log((g_fg.max(0) + 1e-12) / (mean_g + 1e-12)) + 0.25 * np.log(mean_g + 1e-12)
-    genes = np.arange(G) if G <= max_genes else np.sort(np.argsort(-score, kind="stable")[:max_genes])
-    D = torch.as_tensor(X[:, genes].toarray(), dtype=torch.float32)
+    genes = np.arange(G) if (G <= max_genes or sparse) else np.sort(np.argsort(-score, kind="stable")[:max_genes])
+    D = None if sparse else torch.as_tensor(X[:, genes].toarray(), dtype=torch.float32)
     col_total = torch.as_tensor(np.asarray(X.sum(0, dtype=np.float64)).ravel(), dtype=torch.float32)
     g = torch.as_tensor(g_fg, dtype=torch.float32)
     w = torch.full((S, F), priors.N_cells_per_location / F, dtype=torch.float32)
@@ -136,6 +139,8 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     y = torch.as_tensor(y_e[batch], dtype=torch.float32)[:, None]                      # (S, 1)
 
     def nmf(h: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+        if sparse:
+            return sparse_nmf(X, h, w, y, n)
         denom = h.sum(1)[None, :]
         ratio = torch.empty_like(D)
         for _ in range(n):
@@ -196,13 +201,32 @@ class SpatialMapper:
         self.history: pd.DataFrame | None = None
         self.params: dict[str, torch.Tensor] = {}
         self._module: MappingModule | None = None
+        self.exact_genes = np.zeros(0, dtype=np.int64)   #: genes computed exactly by the sparse likelihood
 
     # -- building ----------------------------------------------------------------------------------------------
+    @property
+    def sparse(self) -> bool:
+        """Whether the sparse likelihood (:mod:`spotmap.mapping.sparse`) is used."""
+        choice = self.settings.likelihood
+        if choice == "auto":
+            S, G = self.X.shape
+            return self.X.nnz < SPARSE_DENSITY * S * G
+        return choice == "sparse"
+
     def module(self) -> MappingModule:
         if self._module is None:
             init = initial_values(self.X, self.g_fg, self.detection_mean, self.priors,
-                                  iterations=self.settings.init_iterations, batch=self.batch_codes)
-            counts = SpotCounts(self.X, self.batch_codes, self.device)
+                                  iterations=self.settings.init_iterations, batch=self.batch_codes,
+                                  sparse=self.sparse)
+            if self.sparse:
+                self.exact_genes = choose_exact_genes(init["w_sf"], init["y_s"], init["m_g"] * self.g_fg,
+                                                      mu_max=self.settings.sparse_mu_max)
+                counts = SparseLikelihood(self.X, self.batch_codes, self.exact_genes, self.device)
+                log.info("sparse likelihood: %d of %d genes exact (expected count may exceed %g), %d by the "
+                         "quadratic zero term", len(self.exact_genes), self.X.shape[1], self.settings.sparse_mu_max,
+                         self.X.shape[1] - len(self.exact_genes))
+            else:
+                counts = SpotCounts(self.X, self.batch_codes, self.device)
             hist = CountHistogram(self.X, self.batch_codes, len(self.batch_names), self.device)
             g = torch.as_tensor(self.g_fg, dtype=torch.float32, device=self.device)
             self._module = MappingModule(counts, hist, g, len(self.batch_names), self.detection_mean, self.priors,
@@ -290,6 +314,20 @@ class SpatialMapper:
             "k_r": quant(pm["k_r"].ravel()),
         }
 
+    def sparse_check(self, max_spots: int = 20_000) -> dict:
+        """How much the sparse likelihood's quadratic zero term differs from the exact one at the posterior means
+        (:func:`spotmap.mapping.sparse.approximation_check`, on up to ``max_spots`` spots)."""
+        alpha = 1.0 / np.exp(2 * self.loc_scale("alpha_eg_inv")[0])
+        check = approximation_check(self.X, self.posterior_mean("w_sf"), self.posterior_mean("m_g") * self.g_fg,
+                                    self.posterior_mean("s_eg"), self.posterior_mean("y_s"), alpha,
+                                    self.batch_codes, self.exact_genes, max_spots=max_spots, seed=self.settings.seed)
+        check["mu_max"] = float(self.settings.sparse_mu_max)
+        if check["relative_error"] > 0.01:
+            log.warning("sparse likelihood: the expanded zero term is off by %.1f %% of its size at the posterior "
+                        "(largest mu/alpha at a zero count %.2f); lower --sparse-mu-max or use --likelihood dense",
+                        100 * check["relative_error"], check["max_mu_over_alpha_at_zeros"])
+        return check
+
     def export_posterior(self, adata: ad.AnnData | None = None) -> ad.AnnData:
         """Write every result into ``adata`` (default: a copy of the training data) and return it.
 
@@ -321,7 +359,10 @@ class SpatialMapper:
             "batch_names": list(self.batch_names),
             "var_names": [str(v) for v in out.var_names],
             "globals": self.global_summary(),
+            "likelihood": "sparse" if self.sparse else "dense",
         })
+        if self.sparse:
+            mod["sparse_likelihood"] = self.sparse_check()
         out.uns["mod"] = mod
         return out
 
@@ -370,6 +411,10 @@ def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_l
         raise SpotmapError(f"max_epochs must be at least 1 (got {cfg.max_epochs})")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise SpotmapError(f"lr must be a positive number (got {cfg.lr})")
+    if cfg.likelihood not in LIKELIHOODS:
+        raise SpotmapError(f"likelihood must be one of {', '.join(LIKELIHOODS)} (got {cfg.likelihood!r})")
+    if not (cfg.sparse_mu_max > 0 and math.isfinite(cfg.sparse_mu_max)):
+        raise SpotmapError(f"sparse_mu_max must be a positive number (got {cfg.sparse_mu_max})")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise SpotmapError(f"batch_size must be at least 1 (got {cfg.batch_size})")
     sig = validate_signatures(signatures)

@@ -53,6 +53,7 @@ from pyro.distributions import constraints
 
 from spotmap.mapping.likelihood import CountBatch, CountHistogram, SpotCounts, nb_mean_loglik
 from spotmap.mapping.priors import MappingPriors
+from spotmap.mapping.sparse import SparseCountBatch, SparseLikelihood
 
 #: global sites in model order, with their shapes as functions of (G, E, R, F)
 GLOBAL_SITES = ("m_g_mean", "m_g_alpha_e_inv", "m_g", "k_r", "x_fr", "y_e", "s_eg_alpha_hyp", "s_e_mean",
@@ -87,7 +88,8 @@ class MappingModule:
     Parameters
     ----------
     counts
-        :class:`SpotCounts` (sparse counts on the device, batch index per spot).
+        :class:`SpotCounts` (sparse counts on the device, batch index per spot, dense likelihood) or
+        :class:`~spotmap.mapping.sparse.SparseLikelihood` (likelihood whose cost grows with the non-zeros).
     hist
         :class:`CountHistogram` of the same counts (the count-only likelihood terms).
     g_fg
@@ -109,7 +111,7 @@ class MappingModule:
         ``exp(loc + 30 ε)`` overflow the ELBO; sd 2 of log x (a factor 7 per sd) loses nothing a user reads.
     """
 
-    def __init__(self, counts: SpotCounts, hist: CountHistogram, g_fg: torch.Tensor, n_batches: int,
+    def __init__(self, counts: SpotCounts | SparseLikelihood, hist: CountHistogram, g_fg: torch.Tensor, n_batches: int,
                  detection_mean: float, priors: MappingPriors, init: dict[str, np.ndarray],
                  init_scale: float = 0.1, max_scale: float = 2.0) -> None:
         self.counts = counts
@@ -173,12 +175,12 @@ class MappingModule:
         return {"idx": idx, "batch": self.counts.batch_rows(idx)}
 
     # -- model ---------------------------------------------------------------------------------------------
-    def model(self, idx: torch.Tensor, batch: CountBatch) -> None:
+    def model(self, idx: torch.Tensor, batch: CountBatch | SparseCountBatch) -> None:
         """The generative model as a pyro program (sites as in the module docstring)."""
         with_plate = pyro.plate("spots", self.dims.S, subsample=idx, dim=-2)
         self._generative(idx, batch, lambda name, fn, local: pyro.sample(name, fn), with_plate, pyro.factor)
 
-    def _generative(self, idx: torch.Tensor, batch: CountBatch, site, spots_plate, factor) -> None:
+    def _generative(self, idx: torch.Tensor, batch: CountBatch | SparseCountBatch, site, spots_plate, factor) -> None:
         """The model body, shared by the pyro program and the fast ELBO: ``site(name, distribution, local)``
         draws or looks up a site, ``spots_plate`` is the context of the spot-level sites, ``factor(name,
         log_factor)`` adds the likelihood."""
@@ -233,11 +235,15 @@ class MappingModule:
         # likelihood: the mu-dependent terms of this (mini)batch scaled to all S spots, plus the exact
         # count-only terms of the full data
         mg_fg = m_g * self.g_fg                                                                  # (F, G)
-        ll = nb_mean_loglik(w_sf, mg_fg, s_eg, y_s, alpha_eg, batch) * (S / B) + self.hist.loglik(alpha_eg)
+        if isinstance(batch, SparseCountBatch):
+            ll = self.counts.loglik(w_sf, mg_fg, s_eg, y_s, alpha_eg, batch)
+        else:
+            ll = nb_mean_loglik(w_sf, mg_fg, s_eg, y_s, alpha_eg, batch)
+        ll = ll * (S / B) + self.hist.loglik(alpha_eg)
         factor("D_sg", ll)
 
     # -- guide ---------------------------------------------------------------------------------------------
-    def guide(self, idx: torch.Tensor, batch: CountBatch) -> None:
+    def guide(self, idx: torch.Tensor, batch: CountBatch | SparseCountBatch) -> None:
         """Mean-field log-normal guide as a pyro program."""
         for site in GLOBAL_SITES:
             loc, scale = self._params(site)
@@ -248,7 +254,7 @@ class MappingModule:
                 pyro.sample(site, dist.LogNormal(loc[idx], scale[idx]))                        # (B, k)
 
     # -- fast ELBO -----------------------------------------------------------------------------------------
-    def elbo_loss(self, model, guide, idx: torch.Tensor, batch: CountBatch,
+    def elbo_loss(self, model, guide, idx: torch.Tensor, batch: CountBatch | SparseCountBatch,
                   eps: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """-ELBO of ``model`` / ``guide`` without pyro's tracing machinery (a loss callable for ``pyro.infer.SVI``).
 

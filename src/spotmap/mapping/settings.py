@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+#: ``likelihood="auto"`` uses the sparse likelihood when fewer than this fraction of counts are non-zero
+#: (Visium HD 8 µm bins: ~2 %; Slide-seq beads: a few %; Visium spots: 10–40 %)
+SPARSE_DENSITY = 0.05
+LIKELIHOODS = ("auto", "dense", "sparse")
+
 
 @dataclass
 class MappingSettings:
@@ -30,6 +35,8 @@ class MappingSettings:
     checkpoint_path: str | None = None
     progress: bool = True
     min_genes: int = 100              #: fewest shared genes accepted
+    likelihood: str = "auto"          #: dense | sparse | auto (sparse when under SPARSE_DENSITY of counts are non-zero)
+    sparse_mu_max: float = 1.0        #: sparse likelihood: genes whose expected count may exceed this are exact
 
     def fingerprint(self) -> dict:
         """Settings that change the result (checkpoints must match them); max_epochs excluded."""

@@ -1,0 +1,336 @@
+"""A likelihood whose cost grows with the non-zero counts, not with spots × genes (Visium HD).
+
+The mu-dependent NB terms of :mod:`spotmap.mapping.likelihood` are, per (s, g)::
+
+    zero term   z(mu) = -alpha · log(1 + mu/alpha)            every entry, zero counts included
+    count term        d · log(mu / (alpha + mu))              non-zero entries only
+
+With 8 µm bins ~98 % of entries are zero, yet the zero term is what makes the dense likelihood cost
+S × G per epoch. Here the genes are split in two sets:
+
+* **exact genes** (``exact_genes``): those whose expected count can get large in some bin (bound below).
+  Their terms are computed exactly by the dense fused kernel (:class:`~spotmap.mapping.likelihood.FusedNBMean`)
+  on the (S, |exact|) block;
+* **sparse genes** (all others): the zero term is replaced by its second-order expansion in mu,
+  ``q(mu) = -mu + mu² / (2 alpha)``, whose sum over *all* spots and genes is exact and cheap thanks to
+  the model's low rank (mu_sg = y_s (Σ_f w_sf mg_fg + s_eg))::
+
+      Σ_sg mu_sg          = Σ_s y_s (w_s · M_e + Σ_g s_eg)                 M_e = Σ_g mg_fg            (F,)
+      Σ_sg mu_sg²/alpha_eg = Σ_s y_s² (w_sᵀ Q_e w_s + 2 w_s · q_e + c_e)   Q_e = mg diag(1/alpha_e) mgᵀ (F, F)
+
+  (O(S F² + E G F²) instead of O(S G F)); at the **non-zero** entries q is then swapped for the exact
+  z (:class:`SparseNBTerms`, computed with sampled sparse-dense products, O(nnz · F)). So the only
+  approximation is z ≈ q at **zero counts of sparse genes**, where the error per entry is
+  ``alpha · (log(1 + x) - x + x²/2) ∈ [0, alpha · x³/3]`` with ``x = mu/alpha``.
+
+Sparse genes are those whose expected count stays below ``mu_max`` in every bin under the bound
+``max_s mu_sg ≤ Σ_f (max_s y_s w_sf) · mg_fg + (max_s y_s) · s_eg`` evaluated at the initial values (with a
+safety factor, see :func:`choose_exact_genes`); the error actually incurred is measured after training
+by :func:`approximation_check` (exact vs approximate zero term at the fitted posterior) and written to
+``uns['mod']['sparse_likelihood']``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from spotmap.mapping.likelihood import CountBatch, SpotCounts, nb_mean_loglik
+
+# torch's CSR tensors work as documented here; its "beta" notice would be printed at every step
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+#: default bound on the expected count of a sparse gene in any bin (x = mu/alpha ≲ 0.1–0.3 for usual alpha)
+DEFAULT_MU_MAX = 1.0
+#: the bound of choose_exact_genes is multiplied by this (the posterior may move away from the initial values)
+SAFETY = 2.0
+
+
+@dataclass
+class SparseBatch:
+    """Non-zeros of a set of spots (ordered by batch e) in sparse genes, as CSR and transposed CSR tensors.
+
+    ``crow``/``col``/``d``: CSR of the (B, Gz) block; ``row``: spot of each non-zero; ``perm``: the order of
+    the non-zeros sorted by gene (stable), with ``tcrow``/``trow`` the CSR of the transposed (Gz, B) block;
+    ``segments``: (e, r0, r1) row ranges of one batch each; ``flat_eg``: e · Gz + g of each non-zero.
+    """
+
+    n_rows: int
+    n_genes: int
+    crow: torch.Tensor
+    col: torch.Tensor
+    d: torch.Tensor
+    row: torch.Tensor
+    perm: torch.Tensor
+    tcrow: torch.Tensor
+    trow: torch.Tensor
+    flat_eg: torch.Tensor
+    segments: list[tuple[int, int, int]]
+
+    @classmethod
+    def from_csr(cls, X: sp.csr_matrix, batch: np.ndarray, device: torch.device) -> "SparseBatch":
+        """From rows already ordered by ``batch`` (int codes per row)."""
+        X = sp.csr_matrix(X)
+        if not X.has_sorted_indices:
+            X.sort_indices()
+        B, Gz = X.shape
+        batch = np.asarray(batch, dtype=np.int64)
+        lens = np.diff(X.indptr)
+        row = np.repeat(np.arange(B, dtype=np.int64), lens)
+        # transpose by scipy's O(nnz + G) counting sort; the data carry each non-zero's position
+        P = sp.csr_matrix((np.arange(X.nnz, dtype=np.int64), X.indices, X.indptr), shape=X.shape).tocsc()
+        perm = P.data if P.has_sorted_indices else P.sorted_indices().data
+        segments = []
+        r0 = 0
+        while r0 < B:
+            r1 = r0 + int(np.searchsorted(batch[r0:], batch[r0], side="right"))
+            segments.append((int(batch[r0]), r0, r1))
+            r0 = r1
+
+        def t(a, dtype):
+            return torch.as_tensor(np.ascontiguousarray(a).astype(dtype, copy=False), device=device)
+
+        return cls(n_rows=B, n_genes=Gz, crow=t(X.indptr, np.int64), col=t(X.indices, np.int64),
+                   d=t(X.data, np.float32), row=t(row, np.int64), perm=t(perm, np.int64),
+                   tcrow=t(P.indptr, np.int64), trow=t(row[perm], np.int64),
+                   flat_eg=t(batch[row] * Gz + X.indices, np.int64), segments=segments)
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, Gz) sparse CSR tensor with these values at the non-zeros."""
+        return torch.sparse_csr_tensor(self.crow, self.col, values, size=(self.n_rows, self.n_genes),
+                                       check_invariants=False)
+
+    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
+        """(Gz, B) sparse CSR tensor of the transpose, ``values`` given in the (B, Gz) order."""
+        return torch.sparse_csr_tensor(self.tcrow, self.trow, values[self.perm],
+                                       size=(self.n_genes, self.n_rows), check_invariants=False)
+
+
+class SampledBase(torch.autograd.Function):
+    """``base_sg = Σ_f w_sf mg_fg + s_eg`` at the non-zeros of a :class:`SparseBatch` only: (nnz,).
+
+    Forward: one sampled dense-dense product (``torch.sparse.sampled_addmm``); backward: two sparse-dense
+    products (CSR and transposed CSR) and an index-add, so nothing (B, Gz) is ever formed.
+    """
+
+    @staticmethod
+    def forward(ctx, w_sf, mg_fg, s_eg, nz: SparseBatch):  # noqa: D102
+        ctx.nz = nz
+        ctx.save_for_backward(w_sf, mg_fg)
+        ctx.s_shape = s_eg.shape
+        prod = torch.sparse.sampled_addmm(nz.csr(torch.zeros_like(nz.d)), w_sf, mg_fg, beta=0.0).values()
+        return prod + s_eg.reshape(-1).index_select(0, nz.flat_eg)
+
+    @staticmethod
+    def backward(ctx, g_base):  # noqa: D102
+        nz = ctx.nz
+        w_sf, mg_fg = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_w = torch.sparse.mm(nz.csr(g_base), mg_fg.T.contiguous()) if need[0] else None          # (B, F)
+        g_mg = torch.sparse.mm(nz.csr_t(g_base), w_sf).T if need[1] else None                     # (F, Gz)
+        g_s = None
+        if need[2]:
+            g_s = torch.zeros(ctx.s_shape[0] * ctx.s_shape[1], dtype=g_base.dtype, device=g_base.device)
+            g_s = g_s.index_add_(0, nz.flat_eg, g_base).reshape(ctx.s_shape)                       # (E, Gz)
+        return g_w, g_mg, g_s, None
+
+
+def expansion(mu0: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Value, first and second derivative in mu of ``z(mu) = -alpha log(1 + mu/alpha)`` at ``mu0``."""
+    apm = alpha + mu0
+    return -alpha * torch.log1p(mu0 / alpha), -alpha / apm, alpha / (apm * apm)
+
+
+def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tensor, y_s: torch.Tensor,
+                       alpha_eg: torch.Tensor, nz: SparseBatch) -> torch.Tensor:
+    """The mu-dependent NB terms of the sparse genes of a batch of spots (see the module docstring).
+
+    Zero term, per batch e and gene g, by its second-order expansion around the batch mean
+    ``mu0_eg = Σ_s mu_sg / n`` (held fixed within a step)::
+
+        Σ_s z(mu_sg) ≈ n z(mu0) + z'(mu0) (m1 - n mu0) + ½ z''(mu0) (m2 - 2 mu0 m1 + n mu0²)
+
+    with the exact moments ``m1_eg = Σ_s mu_sg`` and ``m2_eg = Σ_s mu_sg²`` from the low-rank structure
+    (``P = Σ_s y_s² w_s w_sᵀ``, (F, F)). At the non-zeros the expansion is swapped for the exact terms.
+    Shapes: ``w_sf`` (B, F), ``mg_fg`` (F, Gz), ``s_eg`` / ``alpha_eg`` (E, Gz), ``y_s`` (B, 1).
+    """
+    total = torch.zeros((), dtype=w_sf.dtype, device=w_sf.device)
+    E, Gz = alpha_eg.shape
+    mu0_eg = torch.zeros((E, Gz), dtype=w_sf.dtype, device=w_sf.device)
+    for e, r0, r1 in nz.segments:
+        w, y = w_sf[r0:r1], y_s[r0:r1]                                                          # (n, F), (n, 1)
+        n = r1 - r0
+        s, a = s_eg[e], alpha_eg[e]                                                             # (Gz,)
+        yw = (y * w).sum(0)                                                                     # (F,)
+        yyw = (y * y * w).sum(0)                                                                # (F,)
+        P = (w * (y * y)).T @ w                                                                 # (F, F)
+        sy, syy = y.sum(), (y * y).sum()
+        m1 = yw @ mg_fg + sy * s                                                                # (Gz,)
+        m2 = ((P @ mg_fg) * mg_fg).sum(0) + 2.0 * s * (yyw @ mg_fg) + syy * s * s               # (Gz,)
+        mu0 = (m1 / n).detach()
+        mu0_eg[e] = mu0
+        z0, z1, z2 = expansion(mu0, a)
+        total = total + (n * z0 + z1 * (m1 - n * mu0) + 0.5 * z2 * (m2 - 2.0 * mu0 * m1 + n * mu0 * mu0)).sum()
+    if nz.d.numel() == 0:
+        return total
+    d = nz.d
+    mu = SampledBase.apply(w_sf, mg_fg, s_eg, nz) * y_s.reshape(-1).index_select(0, nz.row)    # (nnz,)
+    a = alpha_eg.reshape(-1).index_select(0, nz.flat_eg)
+    mu0 = mu0_eg.reshape(-1).index_select(0, nz.flat_eg)
+    z0, z1, z2 = expansion(mu0, a)
+    dm = mu - mu0
+    # exact: d log mu - (d + alpha) log(alpha + mu) + alpha log alpha; minus the expansion at these entries
+    exact = d * torch.log(mu) - (d + a) * torch.log(a + mu) + a * torch.log(a)
+    return total + (exact - (z0 + z1 * dm + 0.5 * z2 * dm * dm)).double().sum().to(total.dtype)
+
+
+@dataclass
+class SparseCountBatch:
+    """A (mini)batch for :class:`SparseLikelihood`: the exact genes' :class:`CountBatch` and the sparse genes'
+    :class:`SparseBatch`, for the same spots in the same order."""
+
+    exact: CountBatch | None
+    sparse: SparseBatch
+
+
+class SparseLikelihood:
+    """Counts split into exact and sparse genes (see the module docstring), with (mini)batch builders.
+
+    ``X`` (S, G) CSR counts, ``batch`` (S,) batch codes, ``exact_genes`` sorted gene indices computed exactly.
+    """
+
+    def __init__(self, X: sp.csr_matrix, batch: np.ndarray, exact_genes: np.ndarray, device: torch.device) -> None:
+        X = sp.csr_matrix(X)
+        self.n_obs, self.n_genes = X.shape
+        self.device = device
+        self.batch_np = np.asarray(batch, dtype=np.int64)
+        self.batch = torch.as_tensor(self.batch_np, device=device)
+        exact = np.zeros(self.n_genes, dtype=bool)
+        exact[np.asarray(exact_genes, dtype=np.int64)] = True
+        self.exact_idx = torch.as_tensor(np.flatnonzero(exact), device=device)
+        self.sparse_idx = torch.as_tensor(np.flatnonzero(~exact), device=device)
+        self.X_sparse = X[:, np.flatnonzero(~exact)].tocsr()
+        self.exact_counts = (SpotCounts(X[:, np.flatnonzero(exact)].tocsr(), self.batch_np, device)
+                             if exact.any() else None)
+        self.order = torch.as_tensor(np.argsort(self.batch_np, kind="stable"), device=device)
+        self._full: SparseCountBatch | None = None
+
+    @property
+    def n_exact(self) -> int:
+        return int(self.exact_idx.numel())
+
+    def sort_by_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        key = self.batch[idx] * self.n_obs + idx
+        return idx[torch.argsort(key)]
+
+    def full(self) -> SparseCountBatch:
+        if self._full is None:
+            self._full = self.batch_rows(self.order)
+        return self._full
+
+    def batch_rows(self, idx: torch.Tensor) -> SparseCountBatch:
+        """Rows ``idx`` (sorted by batch)."""
+        rows = idx.cpu().numpy()
+        exact = self.exact_counts.batch_rows(idx) if self.exact_counts is not None else None
+        return SparseCountBatch(exact, SparseBatch.from_csr(self.X_sparse[rows], self.batch_np[rows], self.device))
+
+    def loglik(self, w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tensor, y_s: torch.Tensor,
+               alpha_eg: torch.Tensor, batch: SparseCountBatch) -> torch.Tensor:
+        """The mu-dependent NB terms of ``batch`` (exact genes exactly, sparse genes as in the module docstring)."""
+        zi = self.sparse_idx
+        mg_z, s_z, a_z = mg_fg.index_select(1, zi), s_eg.index_select(1, zi), alpha_eg.index_select(1, zi)
+        ll = sparse_gene_loglik(w_sf, mg_z, s_z, y_s, a_z, batch.sparse)
+        if batch.exact is not None:
+            xi = self.exact_idx
+            ll = ll + nb_mean_loglik(w_sf, mg_fg.index_select(1, xi), s_eg.index_select(1, xi), y_s,
+                                     alpha_eg.index_select(1, xi), batch.exact)
+        return ll
+
+
+def choose_exact_genes(w_sf: np.ndarray, y_s: np.ndarray, mg_fg: np.ndarray, mu_max: float = DEFAULT_MU_MAX,
+                       safety: float = SAFETY, s_g: float = 0.0) -> np.ndarray:
+    """Genes whose expected count may exceed ``mu_max`` in some spot: computed exactly.
+
+    Uses the bound ``max_s mu_sg ≤ Σ_f (max_s y_s w_sf) mg_fg + (max_s y_s) s_g`` at the given (initial)
+    values, times ``safety``. ``w_sf`` (S, F), ``y_s`` (S,) or (S, 1), ``mg_fg`` (F, G). Returns sorted indices.
+    """
+    a_f = (np.asarray(y_s).reshape(-1, 1) * w_sf).max(0)                                       # (F,)
+    bound = a_f @ mg_fg + float(np.max(y_s)) * s_g                                             # (G,)
+    return np.flatnonzero(safety * bound > mu_max)
+
+
+def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s_eg: np.ndarray, y_s: np.ndarray,
+                        alpha_eg: np.ndarray, batch: np.ndarray, exact_genes: np.ndarray,
+                        max_spots: int = 20_000, seed: int = 0, chunk: int = 2048) -> dict:
+    """Exact vs approximate zero term over the sparse genes at given (posterior) values, on up to ``max_spots`` spots.
+
+    Returns JSON-safe figures: the number of exact and sparse genes, spots checked, the largest
+    ``x = mu/alpha`` at a zero count of a sparse gene, the approximation error (nats, |q - z|) summed over
+    the checked spots and scaled to all spots (absolute per entry), and that error relative to the magnitude of the exact zero
+    term. Shapes: ``w_sf`` (S, F), ``mg_fg`` (F, G), ``s_eg`` / ``alpha_eg`` (E, G), ``y_s`` (S,) or (S, 1).
+    """
+    S, G = X.shape
+    sparse_genes = np.setdiff1d(np.arange(G), exact_genes)
+    rng = np.random.default_rng(seed)
+    spots = np.arange(S) if S <= max_spots else np.sort(rng.choice(S, max_spots, replace=False))
+    y = np.asarray(y_s, dtype=np.float64).reshape(-1)
+    batch = np.asarray(batch)
+    mg = mg_fg[:, sparse_genes].astype(np.float64)
+    s_z, a_z = s_eg[:, sparse_genes].astype(np.float64), alpha_eg[:, sparse_genes].astype(np.float64)
+    # the expansion point of training: mean of mu_sg over the spots of each batch (exact, low rank)
+    mu0 = np.stack([(y[batch == e] @ w_sf[batch == e]) @ mg / max((batch == e).sum(), 1)
+                    + y[batch == e].mean() * s_z[e] if (batch == e).any() else np.zeros(len(sparse_genes))
+                    for e in range(len(s_z))])
+    err = exact_abs = 0.0
+    max_x = 0.0
+    for i in range(0, len(spots), chunk):
+        rows = spots[i:i + chunk]
+        e = batch[rows]
+        a, m0 = a_z[e], mu0[e]
+        mu = (w_sf[rows] @ mg + s_z[e]) * y[rows, None]
+        zero = X[rows][:, sparse_genes].toarray() == 0
+        z = -a * np.log1p(mu / a)
+        apm = a + m0
+        q = -a * np.log1p(m0 / a) - a / apm * (mu - m0) + 0.5 * a / apm**2 * (mu - m0) ** 2
+        err += float((np.abs(q - z) * zero).sum())
+        exact_abs += float((-z * zero).sum())
+        if zero.any():
+            max_x = max(max_x, float((mu / a)[zero].max()))
+    scale = S / len(spots)
+    return {"exact_genes": int(len(exact_genes)), "sparse_genes": int(len(sparse_genes)),
+            "spots_checked": int(len(spots)), "max_mu_over_alpha_at_zeros": max_x,
+            "error_nats": err * scale, "relative_error": err / exact_abs if exact_abs > 0 else 0.0}
+
+
+def sparse_nmf(X: sp.csr_matrix, h_fg: torch.Tensor, w_sf: torch.Tensor, y_s: torch.Tensor, iterations: int,
+               block: int = 50_000) -> torch.Tensor:
+    """``iterations`` Poisson-NMF (KL, Lee–Seung) updates of ``w_sf`` with fixed ``h_fg`` and detection ``y_s``.
+
+    ``w ← w · ((D / (y · w h)) hᵀ) / (h 1)``, where the ratio is only needed at the non-zero counts: one sampled
+    product and one sparse-dense product per update, in row blocks of ``block`` spots (memory O(nnz)).
+    Shapes: X (S, G) counts, ``h_fg`` (F, G), ``w_sf`` (S, F), ``y_s`` (S, 1); returns the new (S, F).
+    """
+    h = h_fg.float()
+    denom = h.sum(1)[None, :]                                                                  # (1, F)
+    h_t = h.T.contiguous()                                                                     # (G, F)
+    w = w_sf.float().clone()
+    X = sp.csr_matrix(X, dtype=np.float32)
+    for r0 in range(0, X.shape[0], block):
+        Xb = X[r0:r0 + block]
+        crow = torch.as_tensor(Xb.indptr.astype(np.int64))
+        col = torch.as_tensor(Xb.indices.astype(np.int64))
+        d = torch.as_tensor(Xb.data)
+        row = torch.repeat_interleave(torch.arange(Xb.shape[0]), crow[1:] - crow[:-1])
+        wb, yb = w[r0:r0 + block], y_s[r0:r0 + block].reshape(-1).float()
+        pattern = torch.sparse_csr_tensor(crow, col, torch.zeros_like(d), size=Xb.shape, check_invariants=False)
+        for _ in range(iterations):
+            fit = torch.sparse.sampled_addmm(pattern, wb, h, beta=0.0).values()
+            ratio = d / (fit * yb.index_select(0, row)).clamp_min(1e-10)
+            wb = wb * torch.sparse.mm(torch.sparse_csr_tensor(crow, col, ratio, size=Xb.shape,
+                                                                check_invariants=False), h_t) / denom
+        w[r0:r0 + block] = wb
+    return w
