@@ -32,6 +32,9 @@ import torch
 
 #: Target number of spots × genes elements per chunk (float32: 4 MiB per work buffer, cache-friendly).
 CHUNK_ELEMENTS = 1 << 20
+#: Column block of the mu product (n, F+1) @ (F+1, G) on the CPU: MKL's sgemm is far from its peak for this
+#: very wide, short-K shape and runs faster on column blocks (0: one product).
+MU_BLOCK_COLS = 1024
 
 
 @dataclass
@@ -202,24 +205,27 @@ class FusedNBMean(torch.autograd.Function):
         log_a = torch.log(alpha_eg)
         # augmented factors: rows of A = [w·y, y, 1] (the last column only for the g_mg/g_s/Σ product),
         # M = [mg; s_e] (row F is refilled when the batch changes)
-        A = torch.empty((B, F + 2), dtype=dt, device=dev)
+        P = F + 2 if dev.type != "cpu" else -(-(F + 2) // 16) * 16   # zero-padded: MKL is faster with 16k columns
+        A = torch.zeros((B, P), dtype=dt, device=dev)
         torch.mul(w_sf, y_s, out=A[:, :F])
         A[:, F:F + 1] = y_s
         A[:, F + 1] = 1.0
         M = torch.empty((F + 1, G), dtype=dt, device=dev)
         M[:F] = mg_fg
-        acc = torch.zeros((F + 2, G), dtype=dt, device=dev) if grads else None   # [g_mg; g_s[e]; Σ_s dmu]
+        # accumulator, transposed: [g_mg; g_s[e]; Σ_s dmu; 0]ᵀ (this layout is the faster one for MKL)
+        acc_t = torch.zeros((G, P), dtype=dt, device=dev) if grads else None
         gw_aug = torch.empty((B, F + 1), dtype=dt, device=dev) if grads else None
         # chunk-sized work buffers, reused by every chunk: no allocation (and no page faults) per chunk
         rows = max((ch.r1 - ch.r0) for ch in counts.chunks) if counts.chunks else 0
         work = torch.empty((2 if grads else 1, rows, G), dtype=dt, device=dev)
         cur = -1
+        blk = MU_BLOCK_COLS if (MU_BLOCK_COLS > 0 and dev.type == "cpu") else G
 
         def flush(e):  # per-batch rows of the accumulator
-            g_s[e] += acc[F]
+            g_s[e] += acc_t[:, F]
             # Σ_s dmu (the nonzero corrections included, see below) + the other d/d alpha terms
-            g_a[e] += acc[F + 1]
-            acc[F:].zero_()
+            g_a[e] += acc_t[:, F + 1]
+            acc_t[:, F:F + 2].zero_()
 
         for ch in counts.chunks:
             e, r0, r1 = ch.e, ch.r0, ch.r1
@@ -231,7 +237,9 @@ class FusedNBMean(torch.autograd.Function):
                 cur = e
             t = work[0, :n]
             a, la = alpha_eg[e], log_a[e]
-            torch.mm(A[r0:r1, :F + 1], M, out=t)             # (n, G) mu = (w mg + s_e) · y
+            Ac = A[r0:r1, :F + 1]
+            for j in range(0, G, blk):                      # (n, G) mu = (w mg + s_e) · y
+                torch.mm(Ac, M[:, j:j + blk], out=t[:, j:j + blk])
             nz = ch.d.numel() > 0
             if nz:
                 mu_nz = torch.take(t, ch.flat)              # gathered before adding alpha: no cancellation
@@ -259,7 +267,7 @@ class FusedNBMean(torch.autograd.Function):
             total += part.double()
             if grads:
                 torch.mm(dmu, M.T, out=gw_aug[r0:r1])       # (n, F+1): Σ_g dmu mg_fg | Σ_g dmu s_eg
-                acc.addmm_(A[r0:r1].T, dmu)                 # g_mg, g_s[e] and Σ_s dmu
+                acc_t.addmm_(dmu.T, A[r0:r1])               # (G, P): g_mg, g_s[e] and Σ_s dmu
         del work
         if grads:
             if cur >= 0:
@@ -268,7 +276,7 @@ class FusedNBMean(torch.autograd.Function):
             # d/d y_s = Σ_g dmu · (w mg + s_e) = Σ_f w_sf (Σ_g dmu mg_fg) + Σ_g dmu s_eg
             torch.add((w_sf * gw_f).sum(1, keepdim=True), gw_aug[:, F:], out=g_y)
             torch.mul(gw_f, y_s, out=g_w)                   # d/d w_sf = y_s Σ_g dmu mg_fg
-            g_mg = acc[:F].clone()
+            g_mg = acc_t[:, :F].T.contiguous()
         else:
             g_mg = None
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (g_w, g_mg, g_s, g_y, g_a)))
