@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from spotmap.mapping.settings import MappingSettings
+from spotmap.mapping.settings import LIKELIHOODS, SPARSE_DENSITY, MappingSettings
 from spotmap.mapping.priors import MappingPriors
 
 _S, _P = MappingSettings(), MappingPriors()
@@ -47,10 +47,16 @@ _S, _P = MappingSettings(), MappingPriors()
 @click.option("--tol", default=_S.tol, show_default=True, type=float,
               help="Convergence: relative change of the smoothed -ELBO between two windows.")
 @click.option("--window", default=_S.window, show_default=True, type=int, help="Convergence: epochs per window.")
+@click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default=_S.likelihood, show_default=True,
+              help="dense: exact NB over every spot × gene; sparse: cost grows with the non-zero counts (Visium "
+                   "HD; zero counts of low-expressed genes by a checked second-order expansion); auto: sparse "
+                   f"when under {SPARSE_DENSITY:.0%} of counts are non-zero.")
+@click.option("--sparse-mu-max", default=_S.sparse_mu_max, show_default=True, type=float,
+              help="Sparse likelihood: genes whose expected count may exceed this in some spot are computed exactly.")
 def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_per_location: float,
             detection_alpha: float, n_groups: int, max_epochs: int, lr: float, batch_size: int | None, seed: int,
             device: str, checkpoint_every: int | None, batch_key: str, name: str | None, min_epochs: int, tol: float,
-            window: int) -> None:
+            window: int, likelihood: str, sparse_mu_max: float) -> None:
     """Map cell types onto spatial data with the cell2location model (one restart = one seed).
 
     Writes OUTDIR/sp.h5ad (all results, cell2location names), W_cell_density.csv, W_cell_density_q05.csv,
@@ -63,4 +69,4 @@ def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_p
                 n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, n_groups=n_groups,
                 max_epochs=max_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
                 checkpoint_every=checkpoint_every, batch_key=batch_key, min_epochs=min_epochs, tol=tol,
-                window=window)
+                window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max)
