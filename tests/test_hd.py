@@ -355,3 +355,42 @@ def test_run_qc_api_defaults_follow_the_platform(hd):
 
     kept, summary = run_qc(read_spatial(hd / "samples/sample1"), "sample1")
     assert kept.uns["qc"]["min_counts"] == 50 and summary["spots_after"] > 0.5 * summary["spots_before"]
+
+
+def test_qc_plot_of_a_large_grid_is_block_means():
+    from spotmap.qc import QC_PLOT_MAX_PX, plot_qc_spatial
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    obs = pd.DataFrame({"array_row": rng.integers(0, 800, n), "array_col": rng.integers(0, 700, n),
+                        "total_counts": rng.poisson(300, n).astype(float), "n_genes_by_counts": rng.poisson(250, n),
+                        "mt_counts": rng.poisson(5, n).astype(float), "pass_qc": rng.random(n) > 0.2},
+                       index=[f"b{i}" for i in range(n)])
+    obs["mt_frac"] = obs["mt_counts"] / obs["total_counts"]
+    a = ad.AnnData(obs=obs, uns={"spotmap": {"platform": "visium-hd", "bin_size_um": 2}})
+    fig = plot_qc_spatial(a, "big")
+    img = fig.axes[0].images[0].get_array()
+    span = [int(obs[c].max() - obs[c].min() + 1) for c in ("array_row", "array_col")]
+    assert img.shape == (-(-span[0] // 3), -(-span[1] // 3)) and max(img.shape) <= QC_PLOT_MAX_PX
+    assert "mean of 3 × 3 bins" in fig.axes[0].get_xlabel()
+    assert img.max() <= obs["total_counts"].max() and np.ma.getmaskarray(img).any()  # blocks without bins stay empty
+
+
+def test_lean_subset_and_chunked_count_checks(monkeypatch):
+    from spotmap.io import counts
+    from spotmap.qc import _select_csr
+
+    rng = np.random.default_rng(2)
+    X = sp.random(500, 80, density=0.1, format="csr", random_state=3, dtype=np.float32)
+    X.data = np.ceil(X.data * 5)
+    rows, cols = rng.random(500) > 0.3, rng.random(80) > 0.1
+    Y = _select_csr(X, rows, cols, chunk=37)
+    assert Y.shape == (rows.sum(), cols.sum()) and abs(Y - X[rows][:, cols]).sum() == 0
+    monkeypatch.setattr(counts, "_CHUNK", 100)  # force the slice-by-slice path
+    assert counts.count_problem(X) is None
+    bad = X.copy()
+    bad.data[-3] = 2.5
+    assert "not integers (e.g. 2.5)" in counts.count_problem(bad)
+    bad.data[-3] = -1
+    assert "negative (min -1)" in counts.count_problem(bad)
+    assert "negative" in counts.count_problem(sp.csr_matrix(np.r_[np.ones(300), [-2]].astype(np.int64)))

@@ -32,6 +32,7 @@ MT_PREFIXES = ("mt-", "MT-")
 HD_MIN_COUNTS_8UM = 50
 HD_MIN_GENES_8UM = 30
 HD_MAX_MT_FRACTION = 0.20
+QC_PLOT_MAX_PX = 300  #: Visium HD spatial QC plot: at most this many pixels a side (block means beyond)
 QC_COLUMNS = ["total_counts", "n_genes_by_counts", "mt_counts", "mt_frac"]
 MQC_SUMMARY_ID = "spotmap_qc"
 MQC_SECTION = "Samples and QC"
@@ -170,6 +171,40 @@ def remove_mt_genes(adata: ad.AnnData) -> ad.AnnData:
     return out
 
 
+def _select_csr(X, rows: np.ndarray, cols: np.ndarray, chunk: int = 50_000) -> sp.csr_matrix:
+    """``X[rows][:, cols]`` for boolean masks, in chunks of rows written into one preallocated array:
+    memory is the result plus one small chunk, whatever the size of ``X`` (Visium HD)."""
+    X = sp.csr_matrix(X)
+    lengths = np.diff(X.indptr)
+    bound = int(lengths[rows].sum())
+    idx_dtype = np.int32 if max(bound, X.shape[1]) < 2**31 - 1 else np.int64
+    data, indices = np.empty(bound, dtype=X.dtype), np.empty(bound, dtype=idx_dtype)
+    indptr, pos = [np.zeros(1, dtype=np.int64)], 0
+    for start in range(0, X.shape[0], chunk):
+        r = rows[start:start + chunk]
+        if not r.any():
+            continue
+        part = X[start:start + chunk][r][:, cols]
+        n = part.nnz
+        data[pos:pos + n], indices[pos:pos + n] = part.data, part.indices
+        indptr.append(part.indptr[1:].astype(np.int64) + pos)
+        pos += n
+    return sp.csr_matrix((data[:pos], indices[:pos], np.concatenate(indptr)),
+                         shape=(int(rows.sum()), int(cols.sum())))
+
+
+def _kept_without_mt(adata: ad.AnnData, rows: np.ndarray) -> ad.AnnData:
+    """``remove_mt_genes(adata[rows].copy())`` without the intermediate copy of the counts."""
+    mask = adata.var["mt"].to_numpy(dtype=bool)
+    X = sp.csr_matrix(adata.X)
+    mt_counts = X[:, mask][rows].toarray()  # a handful of genes: dense is small
+    shell = ad.AnnData(obs=adata.obs, var=adata.var, obsm=dict(adata.obsm), uns=dict(adata.uns))
+    out = shell[rows][:, ~mask].copy()
+    out.X = _select_csr(X, rows, ~mask)
+    out.obsm["mt"] = pd.DataFrame(mt_counts, index=out.obs_names, columns=adata.var_names[mask].astype(str))
+    return out
+
+
 def run_qc(adata: ad.AnnData, sample: str, min_counts: float | str | None = None,
            min_genes: int | str | None = None, max_mt_fraction: float | str | None = None,
            mt_genes: Iterable[str] | None = None, min_spots: int = 1) -> tuple[ad.AnnData, dict]:
@@ -199,7 +234,7 @@ def run_qc(adata: ad.AnnData, sample: str, min_counts: float | str | None = None
     adata.var["mt"] = with_metrics.var["mt"].to_numpy()
     flags = qc_pass(with_metrics, min_counts, min_genes, max_mt_fraction)
     adata.obs["pass_qc"] = flags["pass_qc"].to_numpy()
-    kept = with_metrics[flags["pass_qc"].to_numpy()]  # a view: remove_mt_genes makes the one copy
+    kept = with_metrics[flags["pass_qc"].to_numpy()]  # a view (no copy of the counts)
     o = adata.obs
     if kept.n_obs < max(min_spots, 1):
         raise SpotmapError(
@@ -207,7 +242,7 @@ def run_qc(adata: ad.AnnData, sample: str, min_counts: float | str | None = None
             f"min_genes={min_genes}, max_mt_fraction={max_mt_fraction:g}; medians: counts "
             f"{o['total_counts'].median():g}, genes {o['n_genes_by_counts'].median():g}, mt_frac "
             f"{o['mt_frac'].median():.3f}); lower --min-counts/--min-genes or raise --max-mt-fraction")
-    filtered = remove_mt_genes(kept)
+    filtered = _kept_without_mt(with_metrics, flags["pass_qc"].to_numpy())
     filtered.obs["sample"] = sample
     filtered.obs["pass_qc"] = True
     summary = {
@@ -317,7 +352,19 @@ def _plot_qc_bins(adata: ad.AnnData, sample: str):
     _, bin_um = platform_of(adata)
     r, c = o["array_row"].to_numpy(dtype=np.int64), o["array_col"].to_numpy(dtype=np.int64)
     r0, c0 = r.min(), c.min()
-    shape = (int(r.max() - r0 + 1), int(c.max() - c0 + 1))
+    full = (int(r.max() - r0 + 1), int(c.max() - c0 + 1))
+    # at most QC_PLOT_MAX_PX pixels a side: block means of k × k bins (a panel is ~450 px in the report)
+    k = max(1, int(np.ceil(max(full) / QC_PLOT_MAX_PX)))
+    shape = (-(-full[0] // k), -(-full[1] // k))
+    block = ((r - r0) // k) * shape[1] + (c - c0) // k
+    n_in = np.bincount(block, minlength=shape[0] * shape[1]).astype(float)
+    has = n_in > 0
+
+    def grid(values: np.ndarray) -> np.ndarray:
+        sums = np.bincount(block, weights=values, minlength=shape[0] * shape[1])
+        out = np.full(shape[0] * shape[1], np.nan, dtype=np.float32)
+        out[has] = sums[has] / n_in[has]
+        return out.reshape(shape)
     panels = [("total_counts", "total counts per bin", "UMI counts per bin", "magma", 0.992),
               ("n_genes_by_counts", "genes detected per bin", "genes with ≥1 count", "magma", 0.992)]
     if "mt_counts" in o and o["mt_counts"].sum() > 0:
@@ -326,12 +373,12 @@ def _plot_qc_bins(adata: ad.AnnData, sample: str):
     axes = axes[0]
     fail = ~o["pass_qc"].to_numpy(dtype=bool) if "pass_qc" in o else np.zeros(adata.n_obs, dtype=bool)
     overlay = np.zeros(shape + (4,), dtype=np.float32)
-    overlay[r[fail] - r0, c[fail] - c0] = (0.0, 0.9, 1.0, 0.7)
+    overlay[..., 1:3] = (0.9, 1.0)
+    overlay[..., 3] = 0.7 * np.nan_to_num(grid(fail.astype(float)))  # the share of failing bins per pixel
     for ax, (col, title, label, cmap, q) in zip(axes, panels):
         v = o[col].to_numpy(dtype=float)
-        img = np.full(shape, np.nan, dtype=np.float32)
-        img[r - r0, c - c0] = v
-        vmax = float(np.quantile(v, q)) if len(v) else 1.0
+        img = grid(v)
+        vmax = float(np.nanquantile(img, q)) if len(v) else 1.0
         im = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax if vmax > 0 else None, interpolation="nearest")
         if fail.any():
             ax.imshow(overlay, interpolation="nearest")
@@ -341,7 +388,8 @@ def _plot_qc_bins(adata: ad.AnnData, sample: str):
         ax.set_title(f"{sample}: {title}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_xlabel(f"{shape[1]} columns of {bin_um} µm bins", fontsize=8)
+        ax.set_xlabel(f"{full[1]} columns of {bin_um} µm bins" + (f"; one pixel = mean of {k} × {k} bins" if k > 1
+                                                                  else ""), fontsize=8)
     if fail.any():
         axes[0].scatter([], [], marker="s", color=(0.0, 0.9, 1.0), label=f"fails QC ({int(fail.sum())})")
         axes[0].legend(fontsize=7, loc="lower left", frameon=True)

@@ -23,6 +23,7 @@ COUNTS_LAYERS = ("auto", "X", "counts", "raw")
 ORIENTATIONS = ("auto", "genes_x_spots", "spots_x_genes")
 # Log-normalised data (log1p of CP10k and the like) rarely exceed this; raw non-integer data do.
 _LOG_MAX = 20.0
+_CHUNK = 1 << 24  # values per slice when checking large matrices
 
 
 # ---------------------------------------------------------------------------- count checks
@@ -40,6 +41,16 @@ def count_problem(X) -> str | None:
         return "the count matrix is all zero"
     if not np.issubdtype(v.dtype, np.number):
         return f"counts are not numeric (dtype {v.dtype})"
+    if v.size > _CHUNK:  # Visium HD: check slice by slice (no full-size temporaries); the same answers
+        if np.issubdtype(v.dtype, np.integer):
+            vmin = min(v[i:i + _CHUNK].min() for i in range(0, v.size, _CHUNK))
+            return f"counts are negative (min {vmin:g}); pass raw counts" if vmin < 0 else None
+        for i in range(0, v.size, _CHUNK):
+            c = v[i:i + _CHUNK]
+            if not np.all(np.isfinite(c)) or c.min() < 0 or (c != np.round(c)).any():
+                break
+        else:
+            return None
     if not np.all(np.isfinite(v)):
         return f"counts contain NaN or infinite values (first: {v[~np.isfinite(v)][0]})"
     vmin = v.min()
