@@ -478,3 +478,31 @@ def test_inputs_staged_as_symlinks_are_found(tmp_path, sim_report):
     names = {p.name for v in files.values() for p in v}
     assert {"sample1_qc_summary_mqc.tsv", "stability_mqc.tsv", "restarts_mqc.tsv", "summary.txt", "sp.h5ad"} <= names
     assert [p.parent.name for p in choose_mapping_result(files["h5ad"])] == ["consensus"]
+
+
+def test_per_sample_consensus_sections_stay_apart(tmp_path, sim_report):
+    """Per-sample mapping (Nextflow stages each consensus in a numbered folder): each consensus keeps
+    its own stability sections, titled with its samples — one shared id would merge the tables row by
+    row (cell types, restarts). Without any consensus, each mapping's best restart is drawn."""
+    from spotmap.report.build import ContentWriter, _consensus_labels, choose_mapping_result, collect
+
+    stage = tmp_path / "work"
+    for n in ("1", "2"):  # copies: collect() visits a folder linked twice only once
+        shutil.copytree(sim_report["results"] / "mapping" / "consensus", stage / n / "consensus")
+    files = collect(stage)
+    folders = sorted({p.parent for p in files["h5ad"]})
+    labels = _consensus_labels(folders)
+    assert sorted(labels.values()) == ["sample1, sample2 (1)", "sample1, sample2 (2)"]
+    w = ContentWriter(stage, tmp_path / "content")
+    w.groups = labels
+    for p in files["table"]:
+        w.table(p)
+    for p in files["structured"]:
+        w.structured(p)
+    ids = [s.section_id for s in w.found.sections]
+    assert len(ids) == len(set(ids))
+    assert {"spotmap_stability_sample1_sample2_1", "spotmap_stability_sample1_sample2_2",
+            "spotmap_restarts_sample1_sample2_1", "spotmap_stability_heatmap_sample1_sample2_2"} <= set(ids)
+    # restarts only, one mapping folder per sample: the best restart of each
+    h5 = [tmp_path / "r" / s / f"restart_{k}" / "sp.h5ad" for s in ("s1", "s2") for k in (0, 1)]
+    assert sorted(p.parent.parent.name for p in choose_mapping_result(h5)) == ["s1", "s2"]

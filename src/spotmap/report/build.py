@@ -296,6 +296,8 @@ class ContentWriter:
         self.found = Collected()
         self._linegraph_series: dict[str, set[str]] = {}
         self._used_ids: set[str] = set()
+        #: consensus folder -> its samples, when there are several (per-sample mapping)
+        self.groups: dict[Path, str] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _target(self, src: Path, new_name: str | None = None) -> Path:
@@ -346,12 +348,31 @@ class ContentWriter:
         conf.update(_parent_fields(key))
         if conf.get("plot_type") == "table":
             lines = _tidy_table(conf, lines, "," if conf.get("format") == "csv" else "\t")
+        cid, rank = self._grouped(src, conf, cid)
         if cid not in self._used_ids:
             self._used_ids.add(cid)
-            self.add(key, cid, (_RANK.get(cid, 5), conf["section_name"]), str(src))
+            self.add(key, cid, rank, str(src))
         body = "\n".join(f"# {ln}" for ln in yaml.safe_dump(conf, sort_keys=False, width=10_000).splitlines())
         with atomic_path(self._target(src)) as tmp:
             tmp.write_text(body + "\n" + "\n".join(lines) + "\n")
+
+    def _grouped(self, src: Path, conf: dict, cid: str) -> tuple[str, tuple]:
+        """Id and rank of a section; with several consensus folders (per-sample mapping) each folder's
+        files get their own sections, titled with its samples (one id would merge the samples' tables
+        row by row, the rows being cell types and restarts in both)."""
+        label = self.groups.get(src.parent)
+        if label is None:
+            return cid, (_RANK.get(cid, 5), conf["section_name"])
+        suffix = "_" + _slug(label).lower()
+        conf["id"] = cid + suffix
+        conf["section_name"] = f"{conf['section_name']}: {label}"
+        pc = conf.get("pconfig")
+        if isinstance(pc, dict):
+            if pc.get("id"):
+                pc["id"] = str(pc["id"]) + suffix
+            if pc.get("title"):
+                pc["title"] = f"{pc['title']}: {label}"
+        return cid + suffix, (label, _RANK.get(cid, 5))
 
     def _place(self, conf: dict, src: Path, cid: str) -> str:
         """Set id, section name and description of a custom-content file; return its report section key."""
@@ -399,9 +420,10 @@ class ContentWriter:
             pc.setdefault("ylab", "-ELBO (loss)")
             doc["pconfig"] = pc
         doc.update(_parent_fields(key))
+        cid, rank = self._grouped(src, doc, cid)
         if cid not in self._used_ids:
             self._used_ids.add(cid)
-            self.add(key, cid, (_RANK.get(cid, 5), doc["section_name"]), str(src))
+            self.add(key, cid, rank, str(src))
         _write_yaml(self._target(src, src.name.rsplit(".", 1)[0] + ".yaml"), doc)
 
     # -- html fragments (config in a leading HTML comment) -------------------------------------
@@ -421,11 +443,14 @@ class ContentWriter:
         cid = str(conf.get("id") or "spotmap_" + _slug(src.name.split("_mqc")[0]).lower())
         key = _classify(src, cid)
         title = conf.get("section_name") or src.name.split("_mqc")[0].replace("_", " ")
+        label = self.groups.get(src.parent)
+        title = f"{title}: {label}" if label else title
         sid = self._unique_id(_slug(cid))
         doc = {"id": sid, "section_name": title, "description": conf.get("description", ""), "plot_type": "html",
                **_parent_fields(key), "data": text}
         _write_yaml(self._target(src, f"{sid}_mqc.yaml"), doc)
-        self.add(key, sid, (_RANK.get("stability_summary", 0) if key == "stability" else 5, title), str(src))
+        rank = _RANK.get("stability_summary", 0) if key == "stability" else 5
+        self.add(key, sid, (label, rank) if label else (rank, title), str(src))
 
     # -- images --------------------------------------------------------------------------------
     def image(self, src: Path, skip_kinds: set[str]) -> None:
@@ -668,6 +693,33 @@ def _abundance_content(w: ContentWriter, h5ads: list[Path], dpi: int) -> None:
                                 compact=kind != "abundance_overlay" or unit == "bin")
 
 
+def _consensus_labels(folders: list[Path]) -> dict[Path, str]:
+    """A title for each consensus folder: the samples of its ``sp.h5ad`` (``obs['sample']``), else the
+    folder above it (``mapping/<sample>/consensus``); made unique."""
+    import h5py
+
+    try:
+        from anndata.io import read_elem
+    except ImportError:  # anndata < 0.11
+        from anndata.experimental import read_elem
+
+    labels: dict[Path, str] = {}
+    for folder in folders:
+        label = folder.parent.name
+        try:
+            with h5py.File(folder / "sp.h5ad", "r") as f:
+                names = sorted({str(x) for x in read_elem(f["obs/sample"])})
+            if names:
+                label = ", ".join(names) if len(names) <= 3 else f"{names[0]} and {len(names) - 1} more samples"
+        except Exception:  # noqa: BLE001 - no readable sample names: the folder's name will do
+            pass
+        labels[folder] = label
+    counts: dict[str, int] = {}
+    for v in labels.values():
+        counts[v] = counts.get(v, 0) + 1
+    return {k: (f"{v} ({k.parent.name})" if counts[v] > 1 else v) for k, v in labels.items()}
+
+
 def _stability_summary(w: ContentWriter, files: list[Path]) -> None:
     for src in files:
         lines = [ln.strip() for ln in src.read_text(errors="replace").splitlines() if ln.strip()]
@@ -677,8 +729,11 @@ def _stability_summary(w: ContentWriter, files: list[Path]) -> None:
         flagged = [ln for ln in lines if re.search(r"flag|unstable|warn", ln, re.I)]
         lead = ("<p><strong>Cell types or restarts were flagged:</strong> see below.</p>" if flagged else
                 "<p>No cell type or restart was flagged.</p>")
-        w.html_section("stability", w._unique_id("spotmap_stability_summary"), "In words",
-                       f"{lead}<ul>{items}</ul>", (_RANK["stability_summary"], src.parent.parent.name),
+        label = w.groups.get(src.parent)
+        w.html_section("stability", w._unique_id("spotmap_stability_summary"),
+                       f"In words: {label}" if label else "In words", f"{lead}<ul>{items}</ul>",
+                       (label, _RANK["stability_summary"]) if label else
+                       (_RANK["stability_summary"], src.parent.parent.name),
                        description=f"From {src.parent.name}/summary.txt.")
 
 
@@ -797,6 +852,9 @@ def build_report(results_dir: str | os.PathLike, outdir: str | os.PathLike, conf
         shutil.rmtree(content)
     content.mkdir(parents=True)
     w = ContentWriter(results, content)
+    consensus = sorted({p.parent for kind in files.values() for p in kind if p.parent.name == "consensus"})
+    if len(consensus) > 1:  # per-sample mapping: one stability section set per consensus
+        w.groups = _consensus_labels(consensus)
 
     for p in files["table"]:
         w.table(p)
