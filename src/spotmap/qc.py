@@ -171,7 +171,7 @@ def remove_mt_genes(adata: ad.AnnData) -> ad.AnnData:
     return out
 
 
-def _select_csr(X, rows: np.ndarray, cols: np.ndarray, chunk: int = 50_000) -> sp.csr_matrix:
+def _select_csr(X, rows: np.ndarray, cols: np.ndarray, chunk: int = 10_000) -> sp.csr_matrix:
     """``X[rows][:, cols]`` for boolean masks, in chunks of rows written into one preallocated array:
     memory is the result plus one small chunk, whatever the size of ``X`` (Visium HD)."""
     X = sp.csr_matrix(X)

@@ -29,7 +29,9 @@ Visium HD (``platform="visium-hd"``, ``spotmap simulate --platform visium-hd``):
 (2 × 2 sums), parquet positions and truth; the counts are drawn sparse and exactly NB, in time and memory
 proportional to the number of UMIs (see :func:`_simulate_hd` and :func:`_hd_counts`). Measured at
 400,000 bins × 18,000 genes × 40 types, one sample (``/usr/bin/time -v``, 2 shared cores):
-MEASURED_DOC
+2 min 25 s wall (89 s CPU, 61 % of a core, load ~4) and 5 min 34 s wall (101 s CPU, 30 % of a core,
+load 6-7) for two runs on the same inputs, peak RSS 3.3 GB (4.1 GB before the 16 µm sums were taken
+by blocks); 400,000 bins, 156.9 M non-zero counts (97.8 % zeros), 663 MB written.
 """
 
 from __future__ import annotations
