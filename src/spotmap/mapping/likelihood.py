@@ -242,7 +242,7 @@ class FusedNBMean(torch.autograd.Function):
                 torch.mm(Ac, M[:, j:j + blk], out=t[:, j:j + blk])
             nz = ch.d.numel() > 0
             if nz:
-                mu_nz = torch.take(t, ch.flat)              # gathered before adding alpha: no cancellation
+                mu_nz = t.view(-1).index_select(0, ch.flat)  # gathered before adding alpha: no cancellation
                 a_nz = a.index_select(0, ch.gene)
                 t_nz = mu_nz + a_nz
             t.add_(a)                                       # alpha + mu
@@ -263,7 +263,7 @@ class FusedNBMean(torch.autograd.Function):
                     # while d/d alpha of the nonzero part is -Σ_nz d/(alpha+mu): subtract Σ_nz d/mu in all
                     d_over_mu = d / mu_nz
                     g_a[e].index_add_(0, ch.gene, d_over_mu, alpha=-1.0)
-                    dmu.view(-1).index_copy_(0, ch.flat, (d_over_mu - 1.0).mul_(a_nz.div_(t_nz)))
+                    dmu.view(-1).scatter_(0, ch.flat, (d_over_mu - 1.0).mul_(a_nz.div_(t_nz)))  # unique indices
             total += part.double()
             if grads:
                 torch.mm(dmu, M.T, out=gw_aug[r0:r1])       # (n, F+1): Σ_g dmu mg_fg | Σ_g dmu s_eg
