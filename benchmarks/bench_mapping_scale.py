@@ -14,6 +14,12 @@ Usage::
 Each case runs in two processes: the first draws the counts and saves them (``--workdir``), the second
 loads them, builds the model and trains; its peak RSS (``resource.getrusage``, which covers everything
 the process did, loading the data included) is what is reported. Prints one Markdown table row.
+
+A/B against an older likelihood on a shared (noisy) machine: ``--baseline REF`` runs the measuring process with
+``FusedNBMean`` taken from ``src/spotmap/mapping/likelihood.py`` at git revision REF (everything else as checked
+out), and ``--ab-rounds K`` alternates K measuring runs of the working tree and of REF in the same time window::
+
+    python benchmarks/bench_mapping_scale.py --case seed --epochs 8 --threads 2 --baseline 1efafe0 --ab-rounds 3
 """
 
 from __future__ import annotations
@@ -79,7 +85,24 @@ def generate(case: str, workdir: Path, seed: int = 0) -> None:
                       "mean_counts_per_spot": float(X.sum() / S)}), flush=True)
 
 
-def measure(case: str, workdir: Path, epochs: int, batch_size: int | None, threads: int | None) -> dict:
+def _use_baseline_likelihood(ref: str) -> None:
+    """Replace ``FusedNBMean`` by the class of the same name at git revision ``ref`` (for A/B timings)."""
+    import types
+
+    import spotmap.mapping.likelihood as lik
+
+    root = Path(__file__).resolve().parent.parent
+    src = subprocess.run(["git", "show", f"{ref}:src/spotmap/mapping/likelihood.py"], cwd=root, check=True,
+                         capture_output=True, text=True).stdout
+    old = types.ModuleType("spotmap_likelihood_baseline")
+    old.__dict__["__name__"] = "spotmap_likelihood_baseline"
+    sys.modules[old.__name__] = old
+    exec(compile(src, f"{ref}:likelihood.py", "exec"), old.__dict__)
+    lik.FusedNBMean = old.FusedNBMean   # nb_mean_loglik looks the class up at call time
+
+
+def measure(case: str, workdir: Path, epochs: int, batch_size: int | None, threads: int | None,
+            baseline: str | None = None) -> dict:
     """Load the saved counts, build the model, train ``epochs`` epochs; return timings and peak RSS."""
     import anndata as ad
     import pandas as pd
@@ -87,6 +110,8 @@ def measure(case: str, workdir: Path, epochs: int, batch_size: int | None, threa
 
     if threads:
         torch.set_num_threads(threads)
+    if baseline:
+        _use_baseline_likelihood(baseline)
     from spotmap.mapping.model import MappingSettings, SpatialMapper
 
     X = sp.load_npz(workdir / f"{case}_X.npz").tocsr()
@@ -117,7 +142,8 @@ def measure(case: str, workdir: Path, epochs: int, batch_size: int | None, threa
             "batch_size": batch_size or "full", "epochs": len(hist), "init_s": round(t_init, 2),
             "s_per_epoch": round(per_epoch, 3), "cpu_s_per_epoch": round(cpu / len(hist), 3),
             "export_s": round(t_export, 2), "peak_rss_gb": round(rss_gb, 2), "threads": torch.get_num_threads(),
-            "final_elbo": float(hist["elbo"].iloc[-1])}
+            "final_elbo": float(hist["elbo"].iloc[-1]), "likelihood": baseline or "working tree",
+            "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
 def main() -> None:
@@ -128,6 +154,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workdir", type=Path, default=Path("benchmarks/.scale_data"))
     ap.add_argument("--step", choices=["all", "generate", "measure"], default="all")
+    ap.add_argument("--baseline", default=None, help="git revision whose FusedNBMean the measuring run uses")
+    ap.add_argument("--ab-rounds", type=int, default=0,
+                    help="with --baseline: alternate this many runs of the working tree and of the baseline")
     args = ap.parse_args()
     if args.step in ("all", "generate") and not (args.workdir / f"{args.case}_X.npz").exists():
         if args.step == "all":  # separate process, so its memory does not count
@@ -143,9 +172,15 @@ def main() -> None:
                 cmd += ["--batch-size", str(args.batch_size)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            subprocess.run(cmd, check=True, env=os.environ)
+            if args.baseline and args.ab_rounds > 0:
+                for _ in range(args.ab_rounds):
+                    subprocess.run(cmd, check=True, env=os.environ)
+                    subprocess.run(cmd + ["--baseline", args.baseline], check=True, env=os.environ)
+            else:
+                subprocess.run(cmd + (["--baseline", args.baseline] if args.baseline else []), check=True,
+                               env=os.environ)
             return
-        r = measure(args.case, args.workdir, args.epochs, args.batch_size, args.threads)
+        r = measure(args.case, args.workdir, args.epochs, args.batch_size, args.threads, args.baseline)
         print(json.dumps(r))
         print("| " + " | ".join(str(v) for v in r.values()) + " |")
 
