@@ -334,7 +334,7 @@ def render_block(block: str, env: dict) -> str:
         raise GroovyError('script block without a """ template')
     for line in block[:m.start()].splitlines():
         line = line.strip()
-        if not line:
+        if not line or line.startswith("//"):  # blank lines and line comments
             continue
         d = re.fullmatch(r"def\s+([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.+)", line)
         if not d:

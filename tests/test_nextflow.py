@@ -79,7 +79,7 @@ def cli_options(cmd: click.Command) -> dict[str, click.Option]:
 
 def test_pipeline_files_exist():
     for rel in ["main.nf", "nextflow.config", "nextflow_schema.json", "conf/base.config", "conf/modules.config",
-                "conf/test.config", "workflows/spotmap.nf", "containers/Dockerfile.cpu", "containers/Dockerfile.cuda",
+                "conf/test.config", "conf/test_hd.config", "workflows/spotmap.nf", "containers/Dockerfile.cpu", "containers/Dockerfile.cuda",
                 "containers/README.md", "docs/nextflow.md"]:
         assert (REPO / rel).is_file(), rel
     assert set(PROCS) == {"SIMULATE", "QC", "QC_BATCH", "SIGNATURES", "MAP", "AGGREGATE", "MULTIQC"}
@@ -108,7 +108,8 @@ def test_reftrace_reports_broken_files(tmp_path):
     assert reftrace.ConfigFile.from_file(str(tmp_path / "bad.config")).error is not None
 
 
-@pytest.mark.parametrize("config", ["nextflow.config", "conf/base.config", "conf/modules.config", "conf/test.config"])
+@pytest.mark.parametrize("config", ["nextflow.config", "conf/base.config", "conf/modules.config", "conf/test.config",
+                                    "conf/test_hd.config"])
 def test_config_parses_with_reftrace(config):
     import reftrace
 
@@ -268,6 +269,12 @@ def test_gpu_processes_choose_device(use_gpu, device):
 def test_per_sample_restart_names_and_optional_inputs():
     mp = _render("MAP", {"meta": {"id": "s1"}, "spatial": "spatial/s1.h5ad", "signatures": "s.csv", "seed": 1})
     assert "--name s1_restart_1" in mp and "--outdir restart_1" in mp
+    assert "--n-cells-per-location" not in mp
+    # per sample, the samplesheet's n_cells_per_location comes after ext.args (the last value wins)
+    mp = _render("MAP", {"meta": {"id": "hd1", "bin_size": 8, "n_cells_per_location": 2}, "spatial": "spatial/hd1.h5ad",
+                         "signatures": "s.csv", "seed": 1}, {"args": "--n-cells-per-location 8 --detection-alpha 20"})
+    assert re.search(r"--n-cells-per-location 8 --detection-alpha 20\s*\\?\s*--n-cells-per-location 2\s*$",
+                     mp.split("spotmap versions")[0].strip()), mp
     sig = _render("SIGNATURES", {"meta": {"id": "reference", "labels_key": "ct", "batch_key": "donor"},
                                  "reference": "r.csv", "cell_types": "types.csv"}, {"args": "--seed 4"})
     assert "--labels-key ct" in sig and "--batch-key donor" in sig and "--seed 4" in sig
@@ -315,6 +322,10 @@ EXT = {
     "SIGNATURES": "--max-epochs 5 --no-umap",  # the UMAP plot's numba compile dominates a tiny run
     "MAP": "--max-epochs 5",
 }
+# The Visium HD chain (SIMULATE --platform visium-hd -> QC with meta.bin_size -> MAP per sample -> AGGREGATE)
+HD_SIMULATE = ("--platform visium-hd --n-cells 120 --n-bins 300 --n-genes 150 --n-cell-types 4 --n-samples 1 "
+               "--seed 0")
+HD_META = {"id": "sample1", "bin_size": 8, "n_cells_per_location": 2}  # a samplesheet row's meta
 
 
 class Contract:
@@ -362,6 +373,25 @@ class Contract:
     def aggregate(self):
         dirs = [self.need(f"MAP seed {s}", self.map(s)).outputs["restart"][0] for s in (0, 1)]
         return self.run("AGGREGATE", "AGGREGATE", {"meta": JOINT, "restarts": dirs})
+
+    def simulate_hd(self):
+        if "SIMULATE_HD" not in self.results:
+            self.results["SIMULATE_HD"] = nfh.run_task(PROCS["SIMULATE"], self.root / "SIMULATE_HD", {},
+                                                       ext={"args": HD_SIMULATE}, process_path="SIMULATE")
+        return self.results["SIMULATE_HD"]
+
+    def qc_hd(self):
+        sim = self.need("SIMULATE (HD)", self.simulate_hd())
+        return self.run("QC_HD", "QC", {"meta": HD_META, "input": sim.outputs["samples"][0], "coordinates": []})
+
+    def map_hd(self):
+        h5ad = self.need("QC (HD)", self.qc_hd()).outputs["h5ad"][0]
+        sig = self.need("SIMULATE (HD)", self.simulate_hd()).workdir / "simulated" / "truth" / "signatures.csv"
+        return self.run("MAP_HD", "MAP", {"meta": HD_META, "spatial": [h5ad], "signatures": sig, "seed": 0})
+
+    def aggregate_hd(self):
+        restart = self.need("MAP (HD)", self.map_hd()).outputs["restart"][0]
+        return self.run("AGGREGATE_HD", "AGGREGATE", {"meta": HD_META, "restarts": [restart]})
 
     def qc_batch(self):
         return self.run("QC_BATCH", "QC_BATCH", {"meta": {"id": "all_samples"}, "spatial": self.qc_files()})
@@ -448,6 +478,28 @@ def test_contract_map(contract, seed):
     assert res.outputs["restart"][0].name == f"restart_{seed}"
 
 
+def test_contract_visium_hd(contract):
+    """A Visium HD sample through the modules: QC gets --bin-size from meta.bin_size and reads the
+    binned output as HD; MAP runs per sample with the samplesheet's n_cells_per_location; AGGREGATE
+    makes its consensus."""
+    import anndata as ad
+
+    res = contract.simulate_hd()
+    _check(res, "SIMULATE")
+    assert res.outputs["truth"][0].name == "cell_abundance.parquet"
+    res = contract.qc_hd()
+    _check(res, "SPOTMAP:QC")
+    assert "--bin-size 8" in res.script
+    qc = ad.read_h5ad(res.outputs["h5ad"][0], backed="r")
+    assert qc.uns["spotmap"]["platform"] == "visium-hd"
+    qc.file.close()
+    res = contract.map_hd()
+    _check(res, "SPOTMAP:MAP")
+    assert "--name sample1_restart_0" in res.script and "--n-cells-per-location 2" in res.script
+    res = contract.aggregate_hd()
+    _check(res, "SPOTMAP:AGGREGATE")
+
+
 def test_contract_aggregate(contract):
     res = contract.aggregate()
     _check(res, "SPOTMAP:AGGREGATE")
@@ -532,7 +584,7 @@ def test_param_default_matches_schema(name):
 
 
 def test_profile_params_exist():
-    for cfg in ["conf/test.config"]:
+    for cfg in ["conf/test.config", "conf/test_hd.config"]:
         unknown = set(nfh.config_params(REPO / cfg)) - set(CONFIG_PARAMS)
         assert not unknown, f"{cfg} sets unknown params {unknown}"
 
@@ -669,7 +721,7 @@ def test_manifest():
 
 def test_profiles_exist():
     cfg = (REPO / "nextflow.config").read_text()
-    for prof in ["test", "docker", "singularity", "apptainer", "conda", "gpu"]:
+    for prof in ["test", "test_hd", "docker", "singularity", "apptainer", "conda", "gpu"]:
         assert re.search(rf"^\s{{4}}{prof}\s*\{{", cfg, re.M), f"profile {prof} missing"
     env = yaml.safe_load((REPO / "containers" / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))

@@ -91,6 +91,16 @@ def _sample_inputs(sheet) -> list[tuple[str, str, list[str]]]:
     return rows
 
 
+def _cells_per_location(sheet) -> dict[str, float]:
+    """``{sample: n_cells_per_location}`` of the samplesheet rows that give one (used per sample)."""
+    import pandas as pd
+
+    if "n_cells_per_location" not in sheet:
+        return {}
+    return {str(r["sample"]): float(r["n_cells_per_location"]) for _, r in sheet.iterrows()
+            if not pd.isna(r["n_cells_per_location"]) and r["n_cells_per_location"] != ""}
+
+
 def qc_platform(h5ad: Path) -> str | None:
     """``uns['spotmap']['platform']`` of a QC output (e.g. ``'visium-hd'``), read without the counts."""
     import h5py
@@ -142,6 +152,7 @@ def run_pipeline(params: RunParams) -> Path:
         raise SpotmapError(f"--restarts must be at least 1 (got {params.restarts})")
     out = Path(params.outdir)
     sheet = read_samplesheet(params.samplesheet)
+    cells_per_sample = _cells_per_location(sheet)
     write_params(params, out / "pipeline_info" / "params.json")
 
     # 1. QC per sample
@@ -159,6 +170,9 @@ def run_pipeline(params: RunParams) -> Path:
     if params.mapping_mode == "auto":
         log.info("mapping mode auto: %s (%s)", mapping_mode,
                  f"Visium HD sample(s): {', '.join(hd_samples)}" if hd_samples else "no Visium HD sample")
+    if cells_per_sample and mapping_mode == "joint":
+        log.warning("samplesheet n_cells_per_location is applied in per-sample mapping only; the joint model uses "
+                    "--n-cells-per-location %g for every sample", params.n_cells_per_location)
     if len(qc_files) > 1:
         _invoke(qc_batch_cli.command, [a for f in qc_files for a in ("--spatial", f)]
                 + ["--outdir", out / "qc" / "qc_batch"], "qc-batch")
@@ -189,7 +203,8 @@ def run_pipeline(params: RunParams) -> Path:
             rdir = base / f"restart_{seed}"
             args = [a for f in files for a in ("--spatial", f)] + [
                 "--signatures", signatures, "--outdir", rdir, "--seed", seed, "--device", params.device,
-                "--n-cells-per-location", params.n_cells_per_location, "--detection-alpha", params.detection_alpha,
+                "--n-cells-per-location", cells_per_sample.get(group, params.n_cells_per_location),
+                "--detection-alpha", params.detection_alpha,
                 "--name", f"{group + '_' if group else ''}restart_{seed}"]
             if params.map_max_epochs:
                 args += ["--max-epochs", params.map_max_epochs]

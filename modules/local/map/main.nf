@@ -26,6 +26,8 @@ process MAP {
     def args   = task.ext.args ?: ''
     def device = task.ext.use_gpu ? 'cuda' : 'cpu'
     def name   = meta.joint ? "restart_${seed}" : "${meta.id}_restart_${seed}"
+    // per-sample mapping: the samplesheet's n_cells_per_location (after ext.args, so it wins)
+    def n_cells = meta.n_cells_per_location ? "--n-cells-per-location ${meta.n_cells_per_location}" : ''
     """
     inputs=()
     for f in spatial/*; do inputs+=(--spatial "\$f"); done
@@ -37,7 +39,8 @@ process MAP {
         --device ${device} \\
         --outdir restart_${seed} \\
         --name ${name} \\
-        ${args}
+        ${args} \\
+        ${n_cells}
 
     spotmap versions --process "${task.process}" > versions.yml
     """

@@ -5,7 +5,7 @@ process SIMULATE {
     output:
     path "simulated/reference.h5ad"            , emit: reference
     path "simulated/samples/*/outs", type: 'dir', emit: samples
-    path "simulated/truth/cell_abundance.csv"  , emit: truth
+    path "simulated/truth/cell_abundance.*"    , emit: truth   // .csv (Visium) or .parquet (Visium HD)
     path "versions.yml"                        , emit: versions
 
     when:
