@@ -190,7 +190,10 @@ def methods_values(params: dict, found=None, used_nextflow: bool = False) -> dic
                        ("N_cells_per_location", "expected cells per spot (N)"),
                        ("detection_alpha", "detection_alpha"), ("mapping_mode", "mapping mode")):
         if key in params and params[key] not in (None, ""):
-            settings.append(f"{label} = {html.escape(_fmt(params[key]))}")
+            value = _fmt(params[key])
+            if key == "mapping_mode" and params[key] == "auto":
+                value = "auto (one model per sample when any sample is Visium HD, otherwise all samples jointly)"
+            settings.append(f"{label} = {html.escape(value)}")
     settings_text = (" Key settings of this run: " + "; ".join(settings) + ".") if settings else ""
     return {
         "workflow.manifest.name": "spotmap",
