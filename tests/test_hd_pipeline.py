@@ -167,7 +167,17 @@ def test_hd_maps_are_images_not_dots():
 
 
 def _report_images(html: str) -> list[bytes]:
-    return [base64.b64decode(b) for b in re.findall(r'data:image/png;base64,([A-Za-z0-9+/=]+)', html)]
+    """The PNGs embedded in a report; each must decode, at a bounded size."""
+    import io
+
+    from PIL import Image
+
+    out = [base64.b64decode(b) for b in re.findall(r'data:image/png;base64,([A-Za-z0-9+/=]+)', html)]
+    for png in out:
+        with Image.open(io.BytesIO(png)) as im:
+            im.load()
+            assert max(im.size) <= 2000, im.size
+    return out
 
 
 def _synthetic_results(root: Path, n_bins: int) -> Path:

@@ -20,7 +20,7 @@ def command(outdir: Path, restarts: int, seed: int, device: str, platform: str) 
     """Simulate 2 Visium (or Visium HD) samples and a labelled reference, then run the whole pipeline with
     default settings.
 
-    Takes a few minutes on 2 CPU cores. Open OUTDIR/multiqc/multiqc_report.html afterwards; the true
+    Takes a few minutes on 2 CPU cores (Visium HD: about 10). Open OUTDIR/multiqc/multiqc_report.html afterwards; the true
     abundances are in OUTDIR/simulated/truth/cell_abundance.csv (.parquet for Visium HD).
     """
     from spotmap.pipeline import RunParams, run_pipeline

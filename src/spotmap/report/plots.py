@@ -177,7 +177,13 @@ def spatial_scatter(adata: ad.AnnData, values: np.ndarray, ax: plt.Axes, title: 
     if layout is None:
         layout = spatial_layout(adata, library_id, img_key, max_px)
     if img is not None and show_image:
-        ax.imshow(img, alpha=0.6)
+        if layout is not None and np.ndim(img) == 3:
+            # under a raster the tissue shows only where bins are missing (filtered, outside the tissue):
+            # in grey, so it is not read as a value of the colour map
+            grey = np.asarray(img)[..., :3].mean(-1)
+            ax.imshow(grey, cmap="gray", alpha=0.6, vmin=0, vmax=max(float(grey.max()), 1e-12))
+        else:
+            ax.imshow(img, alpha=0.6)
     finite = values[np.isfinite(values)]
     vmax = float(np.quantile(finite, vmax_quantile)) if len(finite) else 1.0
     if layout is not None:
