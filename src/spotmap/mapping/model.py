@@ -314,7 +314,7 @@ class SpatialMapper:
             "k_r": quant(pm["k_r"].ravel()),
         }
 
-    def sparse_check(self, max_spots: int = 20_000) -> dict:
+    def sparse_check(self, max_spots: int = 5_000) -> dict:
         """How much the sparse likelihood's quadratic zero term differs from the exact one at the posterior means
         (:func:`spotmap.mapping.sparse.approximation_check`, on up to ``max_spots`` spots)."""
         alpha = 1.0 / np.exp(2 * self.loc_scale("alpha_eg_inv")[0])

@@ -36,7 +36,7 @@ class MappingSettings:
     progress: bool = True
     min_genes: int = 100              #: fewest shared genes accepted
     likelihood: str = "auto"          #: dense | sparse | auto (sparse when under SPARSE_DENSITY of counts are non-zero)
-    sparse_mu_max: float = 1.0        #: sparse likelihood: genes whose expected count may exceed this are exact
+    sparse_mu_max: float = 5.0        #: sparse likelihood: genes whose expected count may exceed this are exact
 
     def fingerprint(self) -> dict:
         """Settings that change the result (checkpoints must match them); max_epochs excluded."""

@@ -44,8 +44,9 @@ from spotmap.mapping.likelihood import CountBatch, SpotCounts, nb_mean_loglik
 # torch's CSR tensors work as documented here; its "beta" notice would be printed at every step
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-#: default bound on the expected count of a sparse gene in any bin (x = mu/alpha ≲ 0.1–0.3 for usual alpha)
-DEFAULT_MU_MAX = 1.0
+#: default bound on the expected count of a sparse gene in any bin: with 8 µm bins a few hundred of ~18,000
+#: genes exceed it (measured error of the expansion: see approximation_check and docs/mapping.md)
+DEFAULT_MU_MAX = 5.0
 #: the bound of choose_exact_genes is multiplied by this (the posterior may move away from the initial values)
 SAFETY = 2.0
 
@@ -255,11 +256,13 @@ def choose_exact_genes(w_sf: np.ndarray, y_s: np.ndarray, mg_fg: np.ndarray, mu_
                        safety: float = SAFETY, s_g: float = 0.0) -> np.ndarray:
     """Genes whose expected count may exceed ``mu_max`` in some spot: computed exactly.
 
-    Uses the bound ``max_s mu_sg ≤ Σ_f (max_s y_s w_sf) mg_fg + (max_s y_s) s_g`` at the given (initial)
-    values, times ``safety``. ``w_sf`` (S, F), ``y_s`` (S,) or (S, 1), ``mg_fg`` (F, G). Returns sorted indices.
+    Uses the bound ``max_s mu_sg ≤ max_s (y_s Σ_f w_sf) · max_f mg_fg + (max_s y_s) s_g`` (a spot's cells all
+    of the type that expresses g most) at the given (initial) values, times ``safety``. ``w_sf`` (S, F), ``y_s``
+    (S,) or (S, 1), ``mg_fg`` (F, G). Returns sorted gene indices.
     """
-    a_f = (np.asarray(y_s).reshape(-1, 1) * w_sf).max(0)                                       # (F,)
-    bound = a_f @ mg_fg + float(np.max(y_s)) * s_g                                             # (G,)
+    y = np.asarray(y_s, dtype=np.float64).reshape(-1)
+    top = float((y * np.asarray(w_sf).sum(1)).max()) if len(y) else 0.0
+    bound = top * np.asarray(mg_fg).max(0) + float(y.max() if len(y) else 0.0) * s_g           # (G,)
     return np.flatnonzero(safety * bound > mu_max)
 
 
