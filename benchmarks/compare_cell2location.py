@@ -326,9 +326,12 @@ def main(argv=None) -> int:
             log(f"{s}: spotmap defaults: {sm_rows[0]['epochs']} epochs, {sm_rows[0]['wall_s']:.1f} s, "
                 f"median r (q05) {sm_rows[0]['median_pearson']:.3f}")
         if use_c2l and s in c2l_on:
-            rows += run_c2l(adata, sig, truth, wd, a.c2l_epochs, a.c2l_python, a.threads, a.seed, a.c2l_checkpoints,
-                            a.c2l_export)
-            log(f"{s}: cell2location {a.c2l_epochs} epochs: median r (q05) {rows[-1]['median_pearson']:.3f}")
+            c2l_rows = run_c2l(adata, sig, truth, wd, a.c2l_epochs, a.c2l_python, a.threads, a.seed,
+                               a.c2l_checkpoints, a.c2l_export)
+            rows += c2l_rows
+            if c2l_rows:  # the first row is the final model's q05 (checkpoint rows follow)
+                log(f"{s}: cell2location {c2l_rows[0]['epochs']} epochs: median r (q05) "
+                    f"{c2l_rows[0]['median_pearson']:.3f}")
         for n in [] if a.skip_spotmap else [int(x) for x in a.curve.split(",") if x.strip()]:
             cr, _ = run_spotmap(adata, sig, truth, {**extra, "max_epochs": n})
             for r in cr:
