@@ -152,7 +152,12 @@ def main(argv=None) -> int:
         value["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         value["load_avg"] = [round(x, 2) for x in os.getloadavg()]
         results[key] = value
-        results_path.write_text(json.dumps(results, indent=1, default=str))
+        # re-read first: several parts may run as separate processes on the same outdir
+        current = json.loads(results_path.read_text()) if results_path.exists() else {}
+        current.update({"machine": results["machine"], key: value})
+        tmp = results_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(current, indent=1, default=str))
+        tmp.replace(results_path)
         print(f"## {key}\n```\n{json.dumps(value, indent=1, default=str)}\n```", flush=True)
 
     parts = [p.strip() for p in a.part.split(",") if p.strip()]
