@@ -93,7 +93,7 @@ def score(out: Path, truth, rows=None) -> dict:
         est = pd.DataFrame(np.asarray(res.obsm[f"{summary}_cell_abundance_w_sf"]), index=res.obs_names, columns=names)
         if rows is not None:
             est = est.loc[est.index.intersection(rows)]
-        m = evaluate(est, truth)
+        m = evaluate(est, truth.loc[est.index])  # bins removed by QC are not scored
         m.pop("per_type_pearson")
         out_d[summary] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
     out_d["sparse_likelihood"] = dict(res.uns["mod"].get("sparse_likelihood", {}))
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         adata = ad.read_h5ad(sub)
         t0 = time.perf_counter()
         est = nnls_abundance(adata, read_signatures(sig))
-        m = evaluate(est, truth)
+        m = evaluate(est, truth.loc[est.index])
         m.pop("per_type_pearson")
         save("nnls_subset", {"wall_s": round(time.perf_counter() - t0, 1), **m})
     if "subset" in parts:
