@@ -10,6 +10,7 @@ process; wall time and that child's peak RSS come from ``os.wait4``. Parts (``--
 * ``nnls``   — NNLS of counts on the same signatures (:func:`spotmap.metrics.nnls_abundance`) on the subset;
 * ``subset`` — ``spotmap map --likelihood dense`` and ``--likelihood sparse`` on the subset (same settings):
   accuracy of each, and their agreement (per-type Pearson between the two abundance estimates);
+* ``score``  — re-score an existing ``full`` result folder (metrics only);
 * ``scale``  — ``spotmap map`` for ``--scale-epochs`` epochs on random subsets of ``--scale-sizes`` bins:
   seconds per epoch (from ``training_history.tsv``) and peak RSS, i.e. how the cost grows.
 
@@ -169,6 +170,12 @@ def main(argv=None) -> int:
         m["subset"] = score(out, truth, sub_rows)
         m["n_bins"] = int(ad.read_h5ad(a.qc, backed="r").n_obs)
         save("full", m)
+    if "score" in parts:  # re-score an existing full run (e.g. after changing the metrics)
+        out = a.outdir / "map_full"
+        m = history(out)
+        m["all_bins"] = score(out, truth)
+        m["subset"] = score(out, truth, sub_rows)
+        save("full_scores", m)
     if "nnls" in parts:
         from spotmap.metrics import evaluate, nnls_abundance
         from spotmap.reference.signatures import read_signatures
