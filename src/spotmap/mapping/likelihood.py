@@ -66,7 +66,25 @@ class CountBatch:
         return sum(int(c.d.numel()) for c in self.chunks)
 
 
-class SpotCounts:
+class BatchOrdered:
+    """Spot order shared by the count holders (:class:`SpotCounts`, ``spotmap.mapping.sparse.SparseLikelihood``):
+    minibatches sorted by batch, and the cached full-data batch. Needs ``n_obs``, ``batch`` (S,) batch codes on
+    the device, ``order`` (spots grouped by batch), ``_full`` and a ``batch_rows(idx)`` method."""
+
+    def sort_by_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` reordered so that spots of one batch are contiguous (stable, deterministic)."""
+        b = self.batch[idx]
+        key = b * self.n_obs + idx  # batch first, then spot index: unique keys, so the sort is deterministic
+        return idx[torch.argsort(key)]
+
+    def full(self):
+        """The batch of all spots, in ``order`` (built once)."""
+        if self._full is None:
+            self._full = self.batch_rows(self.order)
+        return self._full
+
+
+class SpotCounts(BatchOrdered):
     """The spots × genes count matrix as CSR tensors on the training device, with batch labels.
 
     ``batch_rows(idx)`` gathers a minibatch (rows ``idx``, which must already be sorted by batch) without
@@ -91,17 +109,6 @@ class SpotCounts:
         #: spot order used for full-batch steps: grouped by batch, stable
         self.order = torch.as_tensor(np.argsort(self.batch_np, kind="stable"), device=device)
         self._full: CountBatch | None = None
-
-    def sort_by_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """``idx`` reordered so that spots of one batch are contiguous (stable, deterministic)."""
-        b = self.batch[idx]
-        key = b * self.n_obs + idx  # batch first, then spot index: unique keys, so the sort is deterministic
-        return idx[torch.argsort(key)]
-
-    def full(self) -> CountBatch:
-        if self._full is None:
-            self._full = self.batch_rows(self.order)
-        return self._full
 
     def batch_rows(self, idx: torch.Tensor) -> CountBatch:
         """Nonzeros of rows ``idx`` (sorted by batch) and their chunks."""

@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from spotmap.mapping.likelihood import CountBatch, SpotCounts, nb_mean_loglik
+from spotmap.mapping.likelihood import BatchOrdered, CountBatch, SpotCounts, nb_mean_loglik
 
 # torch's CSR tensors work as documented here; its "beta" notice would be printed at every step
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -198,7 +198,7 @@ class SparseCountBatch:
     sparse: SparseBatch
 
 
-class SparseLikelihood:
+class SparseLikelihood(BatchOrdered):
     """Counts split into exact and sparse genes (see the module docstring), with (mini)batch builders.
 
     ``X`` (S, G) CSR counts, ``batch`` (S,) batch codes, ``exact_genes`` sorted gene indices computed exactly.
@@ -223,15 +223,6 @@ class SparseLikelihood:
     @property
     def n_exact(self) -> int:
         return int(self.exact_idx.numel())
-
-    def sort_by_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        key = self.batch[idx] * self.n_obs + idx
-        return idx[torch.argsort(key)]
-
-    def full(self) -> SparseCountBatch:
-        if self._full is None:
-            self._full = self.batch_rows(self.order)
-        return self._full
 
     def batch_rows(self, idx: torch.Tensor) -> SparseCountBatch:
         """Rows ``idx`` (sorted by batch)."""
