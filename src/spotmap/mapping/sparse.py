@@ -259,7 +259,7 @@ def choose_exact_genes(w_sf: np.ndarray, y_s: np.ndarray, mg_fg: np.ndarray, mu_
 
 def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s_eg: np.ndarray, y_s: np.ndarray,
                         alpha_eg: np.ndarray, batch: np.ndarray, exact_genes: np.ndarray,
-                        max_spots: int = 20_000, seed: int = 0, chunk: int = 2048) -> dict:
+                        max_spots: int = 20_000, seed: int = 0, chunk: int = 256) -> dict:
     """Exact vs approximate zero term over the sparse genes at given (posterior) values, on up to ``max_spots`` spots.
 
     Returns JSON-safe figures: the number of exact and sparse genes, spots checked, the largest
