@@ -32,9 +32,10 @@ import pandas as pd
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from pyro.optim import ClippedAdam
+from pyro.optim import PyroOptim
 
 from spotmap.errors import SpotmapError
+from spotmap.optim import LazyClippedAdam
 from spotmap.utils import atomic_path, log
 
 
@@ -43,8 +44,8 @@ class TrainConfig:
     """Settings of :func:`train_svi` (units in brackets)."""
 
     max_epochs: int = 1000            #: upper bound on passes over the data
-    lr: float = 0.01                  #: ClippedAdam learning rate
-    clip_norm: float = 10.0           #: ClippedAdam gradient clipping (L2 norm per parameter)
+    lr: float = 0.01                  #: Adam learning rate (spotmap.optim.LazyClippedAdam)
+    clip_norm: float = 10.0           #: gradients are clipped to [-clip_norm, clip_norm] elementwise
     batch_size: int | None = None     #: observations per step; None = full batch
     seed: int = 0
     min_epochs: int = 100             #: the convergence rule is not checked before this epoch
@@ -64,7 +65,7 @@ def fingerprint_of(**items) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _save_checkpoint(path: Path, epoch: int, optim: ClippedAdam, history: list[dict], fp: str,
+def _save_checkpoint(path: Path, epoch: int, optim: PyroOptim, history: list[dict], fp: str,
                      converged: bool) -> None:
     state = {
         "epoch": epoch,
@@ -114,7 +115,8 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
     fp = fingerprint_of(**config.fingerprint) if config.fingerprint else ""
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
+    # clipped Adam that leaves the rows of spot/cell-level parameters outside a minibatch alone (spotmap.optim)
+    optim = PyroOptim(LazyClippedAdam, {"lr": config.lr, "clip_norm": config.clip_norm})
     svi = SVI(model, guide, optim, loss=loss or Trace_ELBO())
     full = config.batch_size is None or config.batch_size >= n_obs
     # Create the parameters (the guide's first call draws from the RNG in a fresh and a resumed run alike).

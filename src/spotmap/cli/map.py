@@ -29,7 +29,7 @@ _S, _P = MappingSettings(), MappingPriors()
               help="Co-located cell-type groups r of the w_sf prior factorisation.")
 @click.option("--max-epochs", default=_S.max_epochs, show_default=True, type=int,
               help="Upper bound on passes over all spots (training usually stops earlier by the convergence rule).")
-@click.option("--lr", default=_S.lr, show_default=True, type=float, help="ClippedAdam learning rate.")
+@click.option("--lr", default=_S.lr, show_default=True, type=float, help="Adam learning rate (gradients clipped at ±10).")
 @click.option("--batch-size", default=None, type=int,
               help="Spots per training step (minibatches for data that does not fit) [default: all spots].")
 @click.option("--seed", default=_S.seed, show_default=True, type=int,

@@ -27,7 +27,7 @@ from spotmap.reference.filtering import CELL_COUNT_CUTOFF, CELL_PERCENTAGE_CUTOF
 @click.option("--batch-size", type=click.IntRange(min=0), default=2500, show_default=True,
               help="Cells per training step; 0 = all cells per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
-              help="ClippedAdam learning rate.")
+              help="Adam learning rate (gradients clipped at ±10).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Random seed: the same seed on CPU gives bit-identical results.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

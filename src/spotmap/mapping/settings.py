@@ -19,8 +19,8 @@ class MappingSettings:
     """
 
     max_epochs: int = 3000            #: upper bound on passes over all spots
-    lr: float = 0.02                  #: ClippedAdam learning rate
-    clip_norm: float = 10.0           #: ClippedAdam gradient clipping
+    lr: float = 0.02                  #: Adam learning rate (spotmap.optim.LazyClippedAdam)
+    clip_norm: float = 10.0           #: gradients clipped to ±clip_norm elementwise
     batch_size: int | None = None     #: spots per step; None = all spots (full batch)
     seed: int = 0
     min_epochs: int = 200             #: the convergence rule is not checked before this epoch

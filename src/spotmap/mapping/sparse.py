@@ -11,17 +11,16 @@ S × G per epoch. Here the genes are split in two sets:
 * **exact genes** (``exact_genes``): those whose expected count can get large in some bin (bound below).
   Their terms are computed exactly by the dense fused kernel (:class:`~spotmap.mapping.likelihood.FusedNBMean`)
   on the (S, |exact|) block;
-* **sparse genes** (all others): the zero term is replaced by its second-order expansion in mu,
-  ``q(mu) = -mu + mu² / (2 alpha)``, whose sum over *all* spots and genes is exact and cheap thanks to
-  the model's low rank (mu_sg = y_s (Σ_f w_sf mg_fg + s_eg))::
-
-      Σ_sg mu_sg          = Σ_s y_s (w_s · M_e + Σ_g s_eg)                 M_e = Σ_g mg_fg            (F,)
-      Σ_sg mu_sg²/alpha_eg = Σ_s y_s² (w_sᵀ Q_e w_s + 2 w_s · q_e + c_e)   Q_e = mg diag(1/alpha_e) mgᵀ (F, F)
-
-  (O(S F² + E G F²) instead of O(S G F)); at the **non-zero** entries q is then swapped for the exact
-  z (:class:`SparseNBTerms`, computed with sampled sparse-dense products, O(nnz · F)). So the only
-  approximation is z ≈ q at **zero counts of sparse genes**, where the error per entry is
-  ``alpha · (log(1 + x) - x + x²/2) ∈ [0, alpha · x³/3]`` with ``x = mu/alpha``.
+* **sparse genes** (all others): the zero term is replaced by its second-order expansion in mu around
+  the batch mean mu0 of each gene, whose sum over spots and genes is exact and cheap thanks to the
+  model's low rank (mu_sg = y_s (Σ_f w_sf mg_fg + s_eg)): the linear part needs ``Σ_s mu_sg`` (a (F,) · (F, G)
+  product), the curvature part per spot is a quadratic form ``y_s² w_sᵀ A w_s + …`` with
+  ``A = mg diag(z''(mu0)) mgᵀ`` (F, F) — O(S F² + E G F²) instead of O(S G F). The curvature term of each
+  spot is softly capped at half its linear term (:func:`soft_cap`), because a bare quadratic grows without
+  bound where z flattens and would reward expected counts far above mu0. At the **non-zero** entries the
+  expansion is then swapped for the exact terms (computed with sampled sparse-dense products, O(nnz · F)).
+  So the only approximation is at **zero counts of sparse genes**, where the expansion's error per entry is
+  ``≈ alpha · x³/3`` with ``x = (mu - mu0)/alpha`` (the cap only acts once x is of order one).
 
 Sparse genes are those whose expected count stays below ``mu_max`` in every bin under the bound
 ``max_s mu_sg ≤ Σ_f (max_s y_s w_sf) · mg_fg + (max_s y_s) · s_eg`` evaluated at the initial values (with a
@@ -146,47 +145,70 @@ def expansion(mu0: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, tor
     return -alpha * torch.log1p(mu0 / alpha), -alpha / apm, alpha / (apm * apm)
 
 
+def soft_cap(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``q · c / (q⁴ + c⁴)^¼`` for ``q, c ≥ 0``: ≈ q while q ≪ c, → c as q grows past it (elementwise, smooth)."""
+    m = torch.maximum(q, c).clamp_min(torch.finfo(q.dtype).tiny)
+    qm, cm = q / m, c / m
+    return q * cm / (qm.pow(4) + cm.pow(4)).clamp_min(1.0).pow(0.25)
+
+
 def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tensor, y_s: torch.Tensor,
                        alpha_eg: torch.Tensor, nz: SparseBatch) -> torch.Tensor:
     """The mu-dependent NB terms of the sparse genes of a batch of spots (see the module docstring).
 
-    Zero term, per batch e and gene g, by its second-order expansion around the batch mean
-    ``mu0_eg = Σ_s mu_sg / n`` (held fixed within a step)::
+    Zero term, per batch e, gene g and spot s, by its expansion around the batch mean
+    ``mu0_eg = Σ_s mu_sg / n`` (held fixed within a step), ``δ_sg = mu_sg - mu0_eg``::
 
-        Σ_s z(mu_sg) ≈ n z(mu0) + z'(mu0) (m1 - n mu0) + ½ z''(mu0) (m2 - 2 mu0 m1 + n mu0²)
+        Σ_g z(mu_sg) ≈ Σ_g [z(mu0) + z'(mu0) δ_sg] + cap(Q_s, C_s)
+        Q_s = ½ Σ_g z''(mu0) δ_sg²      C_s = ½ Σ_g |z'(mu0)| mu_sg      (sums over the spot's zero counts)
 
-    with the exact moments ``m1_eg = Σ_s mu_sg`` and ``m2_eg = Σ_s mu_sg²`` from the low-rank structure
-    (``P = Σ_s y_s² w_s w_sᵀ``, (F, F)). At the non-zeros the expansion is swapped for the exact terms.
+    The linear part sums over spots to ``n z(mu0) + z'(mu0) (m1 - n mu0)`` with the exact moment
+    ``m1_eg = Σ_s mu_sg``; ``Q_s`` is a quadratic form in ``w_s`` (``A = mg diag(z'') mgᵀ``, (F, F)) and ``C_s``
+    is linear. The soft cap :func:`soft_cap` keeps the curvature term below half the linear term: the
+    plain quadratic would *reward* mu far above mu0 (it grows as δ² while z flattens), and a minibatch fit
+    can run off into that region; capped, the approximate zero term keeps decreasing in mu, like z. The
+    cap is inactive (relative change < (Q/C)⁴/4) wherever the expansion is accurate (mu ≪ alpha).
+    At the non-zeros the expansion is swapped for the exact terms.
     Shapes: ``w_sf`` (B, F), ``mg_fg`` (F, Gz), ``s_eg`` / ``alpha_eg`` (E, Gz), ``y_s`` (B, 1).
     """
-    total = torch.zeros((), dtype=w_sf.dtype, device=w_sf.device)
+    B = w_sf.shape[0]
     E, Gz = alpha_eg.shape
+    linear = torch.zeros((), dtype=w_sf.dtype, device=w_sf.device)
     mu0_eg = torch.zeros((E, Gz), dtype=w_sf.dtype, device=w_sf.device)
+    q_all, c_all = [], []                                                                       # (n,) per segment
     for e, r0, r1 in nz.segments:
         w, y = w_sf[r0:r1], y_s[r0:r1]                                                          # (n, F), (n, 1)
         n = r1 - r0
         s, a = s_eg[e], alpha_eg[e]                                                             # (Gz,)
-        yw = (y * w).sum(0)                                                                     # (F,)
-        yyw = (y * y * w).sum(0)                                                                # (F,)
-        P = (w * (y * y)).T @ w                                                                 # (F, F)
-        sy, syy = y.sum(), (y * y).sum()
-        m1 = yw @ mg_fg + sy * s                                                                # (Gz,)
-        m2 = ((P @ mg_fg) * mg_fg).sum(0) + 2.0 * s * (yyw @ mg_fg) + syy * s * s               # (Gz,)
+        m1 = (y * w).sum(0) @ mg_fg + y.sum() * s                                               # (Gz,)
         mu0 = (m1 / n).detach()
         mu0_eg[e] = mu0
         z0, z1, z2 = expansion(mu0, a)
-        total = total + (n * z0 + z1 * (m1 - n * mu0) + 0.5 * z2 * (m2 - 2.0 * mu0 * m1 + n * mu0 * mu0)).sum()
+        linear = linear + (n * z0 + z1 * (m1 - n * mu0)).sum()
+        # Q_s over all genes: ½ Σ_g z2 (y w·mg_g + y s_g - mu0_g)², expanded in y_s and w_s
+        A = (mg_fg * z2) @ mg_fg.T                                                              # (F, F)
+        b1, b2 = mg_fg @ (z2 * s), mg_fg @ (z2 * mu0)                                           # (F,)
+        c1, c2, c3 = (z2 * s * s).sum(), (z2 * s * mu0).sum(), (z2 * mu0 * mu0).sum()
+        yv = y.reshape(-1)
+        q_all.append(0.5 * (yv * yv * ((w @ A) * w).sum(1) + 2 * yv * (yv * (w @ b1) - w @ b2)
+                            + yv * yv * c1 - 2 * yv * c2 + c3))
+        c_all.append(0.5 * yv * (w @ (mg_fg @ -z1) - (z1 * s).sum()))
+    q_s, c_s = torch.cat(q_all), torch.cat(c_all)                                               # (B,)
     if nz.d.numel() == 0:
-        return total
+        return linear + soft_cap(q_s.clamp_min(0.0), c_s.clamp_min(0.0)).sum()
     d = nz.d
     mu = SampledBase.apply(w_sf, mg_fg, s_eg, nz) * y_s.reshape(-1).index_select(0, nz.row)    # (nnz,)
     a = alpha_eg.reshape(-1).index_select(0, nz.flat_eg)
     mu0 = mu0_eg.reshape(-1).index_select(0, nz.flat_eg)
     z0, z1, z2 = expansion(mu0, a)
     dm = mu - mu0
-    # exact: d log mu - (d + alpha) log(alpha + mu) + alpha log alpha; minus the expansion at these entries
+    # Q_s and C_s sum over the zero counts: take the non-zero entries' shares out
+    q_s = q_s - torch.zeros(B, dtype=mu.dtype, device=mu.device).index_add(0, nz.row, 0.5 * z2 * dm * dm)
+    c_s = c_s - torch.zeros(B, dtype=mu.dtype, device=mu.device).index_add(0, nz.row, -0.5 * z1 * mu)
+    # exact: d log mu - (d + alpha) log(alpha + mu) + alpha log alpha; minus the linear part at these entries
     exact = d * torch.log(mu) - (d + a) * torch.log(a + mu) + a * torch.log(a)
-    return total + (exact - (z0 + z1 * dm + 0.5 * z2 * dm * dm)).double().sum().to(total.dtype)
+    capped = soft_cap(q_s.clamp_min(0.0), c_s.clamp_min(0.0)).sum()
+    return linear + capped + (exact - (z0 + z1 * dm)).double().sum().to(linear.dtype)
 
 
 @dataclass
@@ -264,7 +286,7 @@ def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s
 
     Returns JSON-safe figures: the number of exact and sparse genes, spots checked, the largest
     ``x = mu/alpha`` at a zero count of a sparse gene, the approximation error (nats, |q - z|) summed over
-    the checked spots and scaled to all spots (absolute per entry), and that error relative to the magnitude of the exact zero
+    the checked spots and scaled to all spots (absolute per spot), and that error relative to the magnitude of the exact zero
     term. Shapes: ``w_sf`` (S, F), ``mg_fg`` (F, G), ``s_eg`` / ``alpha_eg`` (E, G), ``y_s`` (S,) or (S, 1).
     """
     S, G = X.shape
@@ -289,8 +311,13 @@ def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s
         zero = X[rows][:, sparse_genes].toarray() == 0
         z = -a * np.log1p(mu / a)
         apm = a + m0
-        q = -a * np.log1p(m0 / a) - a / apm * (mu - m0) + 0.5 * a / apm**2 * (mu - m0) ** 2
-        err += float((np.abs(q - z) * zero).sum())
+        dm = mu - m0
+        linear = -a * np.log1p(m0 / a) - a / apm * dm
+        q = (0.5 * a / apm**2 * dm**2 * zero).sum(1)
+        c = (0.5 * a / apm * mu * zero).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            capped = np.where(q > 0, q * c / (q**4 + c**4) ** 0.25, 0.0)
+        err += float(np.abs((linear * zero).sum(1) + capped - (z * zero).sum(1)).sum())
         exact_abs += float((-z * zero).sum())
         if zero.any():
             max_x = max(max_x, float((mu / a)[zero].max()))

@@ -183,7 +183,7 @@ class RegressionModel:
     def train(self, max_epochs: int | None = None, batch_size: int | None = 2500, lr: float = 0.01,
               seed: int = 0, device: str = "auto", progress: bool = True, threads: int | None = 1,
               **config) -> pd.DataFrame:
-        """Fit the model by minibatch SVI (ClippedAdam); return the history (one row per epoch).
+        """Fit the model by minibatch SVI (clipped Adam, :mod:`spotmap.optim`); return the history (one row per epoch).
 
         Parameters
         ----------
@@ -192,7 +192,7 @@ class RegressionModel:
         batch_size
             Cells per step (default 2,500 as cell2location); None or ≥ cells = full data per step.
         lr
-            ClippedAdam learning rate.
+            Adam learning rate.
         seed
             Fixes initialisation, minibatch order and guide draws: a CPU run is bit-for-bit repeatable.
         device
