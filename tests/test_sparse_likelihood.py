@@ -169,3 +169,32 @@ def test_sparse_and_dense_give_the_same_abundances(tmp_path):
     truth = pd.read_parquet(sim / "truth" / "cell_abundance.parquet").loc[adata.obs_names, list(sig.columns)]
     acc = [np.corrcoef(est["sparse"][:, f], truth.iloc[:, f])[0, 1] for f in range(truth.shape[1])]
     assert np.median(acc) > 0.8
+
+
+def test_large_sparse_data_train_in_minibatches_by_default(monkeypatch):
+    """Without --batch-size a whole HD sample must not be one full-batch step (tens of GB): above
+    SPARSE_AUTO_BATCH spots the sparse likelihood trains in minibatches of that size; dense data and explicit
+    batch sizes are left alone."""
+    import anndata as ad
+    import pandas as pd
+
+    from spotmap.mapping import model as mapping_model
+    from spotmap.mapping.settings import MappingSettings
+
+    monkeypatch.setattr(mapping_model, "SPARSE_AUTO_BATCH", 100)
+    rng = np.random.default_rng(0)
+    X = sp.random(300, 200, density=0.03, format="csr", random_state=1, data_rvs=lambda n: rng.integers(1, 5, n))
+    X[np.arange(300), rng.integers(0, 200, 300)] = 1.0                     # no empty spot
+    genes = [f"g{i}" for i in range(200)]
+    adata = ad.AnnData(X=sp.csr_matrix(X), obs=pd.DataFrame({"sample": "s1"}, index=[f"s{i}" for i in range(300)]),
+                       var=pd.DataFrame(index=genes))
+    sig = pd.DataFrame(rng.gamma(1.0, 1.0, (200, 3)), index=genes, columns=list("ABC"))
+
+    def batch_size(**kw):
+        return mapping_model.SpatialMapper(adata, sig, settings=MappingSettings(progress=False, **kw)).batch_size
+
+    assert batch_size(likelihood="sparse") == 100
+    assert batch_size(likelihood="auto") == 100                              # 3 % non-zeros: sparse
+    assert batch_size(likelihood="dense") is None
+    assert batch_size(likelihood="sparse", batch_size=50) == 50
+    assert batch_size(likelihood="sparse", batch_size=1000) is None          # at least all spots: full batch

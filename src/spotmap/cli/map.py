@@ -31,7 +31,8 @@ _S, _P = MappingSettings(), MappingPriors()
               help="Upper bound on passes over all spots (training usually stops earlier by the convergence rule).")
 @click.option("--lr", default=_S.lr, show_default=True, type=float, help="Adam learning rate (gradients clipped at ±10).")
 @click.option("--batch-size", default=None, type=int,
-              help="Spots per training step (minibatches for data that does not fit) [default: all spots].")
+              help="Spots per training step (minibatches for data that does not fit) [default: all spots; "
+                   "20,000 with the sparse likelihood on more than 20,000 spots].")
 @click.option("--seed", default=_S.seed, show_default=True, type=int,
               help="Random seed: the same seed on the CPU gives bit-identical results.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,

@@ -22,7 +22,7 @@ from spotmap.io.genes import match_genes
 from spotmap.mapping.likelihood import CountHistogram, SpotCounts
 from spotmap.mapping.module import GLOBAL_SITES, MappingModule
 from spotmap.mapping.priors import MappingPriors
-from spotmap.mapping.settings import LIKELIHOODS, SPARSE_DENSITY, MappingSettings
+from spotmap.mapping.settings import LIKELIHOODS, SPARSE_AUTO_BATCH, SPARSE_DENSITY, MappingSettings
 from spotmap.mapping.sparse import SparseLikelihood, approximation_check, choose_exact_genes, sparse_nmf
 from spotmap.results import add_posterior
 from spotmap.training import TrainConfig, fingerprint_of, train_svi
@@ -213,6 +213,16 @@ class SpatialMapper:
             return self.X.nnz < SPARSE_DENSITY * S * G
         return choice == "sparse"
 
+    @property
+    def batch_size(self) -> int | None:
+        """Spots per step: ``settings.batch_size``; when that is None, all spots (full batch) — except with the
+        sparse likelihood on more than ``SPARSE_AUTO_BATCH`` spots, which train in minibatches of that size."""
+        S = self.X.shape[0]
+        size = self.settings.batch_size
+        if size is None and self.sparse and S > SPARSE_AUTO_BATCH:
+            size = SPARSE_AUTO_BATCH
+        return size if size and size < S else None
+
     def module(self) -> MappingModule:
         if self._module is None:
             init = initial_values(self.X, self.g_fg, self.detection_mean, self.priors,
@@ -253,12 +263,13 @@ class SpatialMapper:
         S = mod.dims.S
         config = TrainConfig(
             max_epochs=s.max_epochs, lr=s.lr, clip_norm=s.clip_norm,
-            batch_size=s.batch_size if s.batch_size and s.batch_size < S else None, seed=s.seed,
+            batch_size=self.batch_size, seed=s.seed,
             min_epochs=s.min_epochs, window=s.window, tol=s.tol, checkpoint_every=s.checkpoint_every,
             checkpoint_path=Path(s.checkpoint_path) if s.checkpoint_path else None, progress=s.progress,
             nan_hint=NAN_HINT, fingerprint=self.fingerprint())
-        log.info("mapping %d spots × %d genes × %d cell types (%d batch(es)) on %s; detection_mean %.4g",
-                 S, mod.dims.G, mod.dims.F, mod.dims.E, self.device, self.detection_mean)
+        log.info("mapping %d spots × %d genes × %d cell types (%d batch(es)) on %s; detection_mean %.4g; %s",
+                 S, mod.dims.G, mod.dims.F, mod.dims.E, self.device, self.detection_mean,
+                 f"minibatches of {self.batch_size} spots" if self.batch_size else "full batch")
         with pyro.validation_enabled(False):  # NaN/inf are caught by train_svi's non-finite check instead
             self.history = train_svi(mod.model, mod.guide, S, mod.batch_kwargs, config, loss=mod.elbo_loss)
         store = pyro.get_param_store()
@@ -360,6 +371,7 @@ class SpatialMapper:
             "var_names": [str(v) for v in out.var_names],
             "globals": self.global_summary(),
             "likelihood": "sparse" if self.sparse else "dense",
+            "batch_size_used": int(self.batch_size or self.X.shape[0]),
         })
         if self.sparse:
             mod["sparse_likelihood"] = self.sparse_check()

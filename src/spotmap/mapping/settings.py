@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass
 #: (Visium HD 8 µm bins: ~2 %; Slide-seq beads: a few %; Visium spots: 10–40 %)
 SPARSE_DENSITY = 0.05
 LIKELIHOODS = ("auto", "dense", "sparse")
+#: with the sparse likelihood and no --batch-size, data with more spots than this train in minibatches of
+#: SPARSE_AUTO_BATCH spots: a full-batch step over a whole Visium HD sample (~150 M non-zeros) would hold
+#: every non-zero's indices and autograd values at once (tens of GB); 20,000-bin steps peak at ~9 GB
+SPARSE_AUTO_BATCH = 20_000
 
 
 @dataclass
@@ -21,7 +25,7 @@ class MappingSettings:
     max_epochs: int = 3000            #: upper bound on passes over all spots
     lr: float = 0.02                  #: Adam learning rate (spotmap.optim.LazyClippedAdam)
     clip_norm: float = 10.0           #: gradients clipped to ±clip_norm elementwise
-    batch_size: int | None = None     #: spots per step; None = all spots (full batch)
+    batch_size: int | None = None     #: spots per step; None = all spots (full batch), or SPARSE_AUTO_BATCH for large sparse data
     seed: int = 0
     min_epochs: int = 200             #: the convergence rule is not checked before this epoch
     window: int = 100                 #: epochs per smoothing window of the convergence rule
