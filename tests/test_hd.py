@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 from spotmap.cli import cli
+from spotmap.errors import SpotmapError
 from spotmap.io import read_spatial
 from spotmap.simulate import SimulationParams, simulate
 
@@ -118,6 +119,11 @@ def test_16um_bins_are_2x2_sums(hd):
     t16 = pd.read_parquet(hd / "truth/cell_abundance_016um.parquet")
     t8 = pd.read_parquet(hd / "truth/cell_abundance.parquet").loc[a8.obs_names]
     np.testing.assert_array_equal(t16.loc[a16.obs_names].to_numpy(), A @ t8.to_numpy())
+
+
+def test_fractional_bin_size_is_an_error_not_truncated(hd):
+    with pytest.raises(SpotmapError, match=r"bin_size.*whole number.*8\.5"):
+        read_spatial(hd / "samples/sample1", bin_size=8.5)
 
 
 def test_sparsity_at_realistic_depth(tmp_path):

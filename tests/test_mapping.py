@@ -145,8 +145,10 @@ def test_same_seed_bit_identical_other_seed_differs(case):
     assert not np.array_equal(a.obsm["w_sf_loc"], c.obsm["w_sf_loc"])
 
 
-def test_resume_from_checkpoint_is_bit_identical(case, tmp_path):
-    kw = dict(seed=1, progress=False, device="cpu", min_epochs=1000, checkpoint_every=7)
+@pytest.mark.parametrize("batch_size", [None, 70], ids=["full-batch", "minibatch"])
+def test_resume_from_checkpoint_is_bit_identical(case, tmp_path, batch_size):
+    # minibatches: the row-wise optimiser's per-spot step counts must survive the checkpoint too
+    kw = dict(seed=1, progress=False, device="cpu", min_epochs=1000, checkpoint_every=7, batch_size=batch_size)
     full, h_full = map_cell_types(case["adata"], case["sig"], max_epochs=30,
                                   checkpoint_path=str(tmp_path / "a.pt"), **kw)
     ck = tmp_path / "b.pt"

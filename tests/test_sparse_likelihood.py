@@ -46,7 +46,7 @@ def reference(params, batch, D, exact, rows):
     is_exact[exact] = True
     approx = (Dr == 0) & ~is_exact[None, :]
     Q = torch.where(approx, 0.5 * A / apm**2 * (mu - mu0) ** 2, 0.0).sum(1)
-    C = torch.where(approx, 0.5 * A / apm * mu, 0.0).sum(1)
+    C = torch.where(approx, 0.5 * A / apm * (mu + mu0), 0.0).sum(1)
     capped = torch.where(Q > 0, Q * C / (Q**4 + C**4) ** 0.25, 0.0)
     zero_term = torch.where(approx, linear, z)
     return (zero_term + Dr * torch.log(mu / (A + mu))).sum() + capped.sum()

@@ -8,8 +8,8 @@ minibatches per epoch each spot takes ~8 stale steps per real one, and a whole-s
 all zero keeps its value and its moments, and every row counts its own steps for Adam's bias correction,
 so each spot gets exactly the Adam update it would get from its own gradients alone.
 
-When every row has a gradient (full-batch training, global parameters) the update is pyro's ClippedAdam
-exactly, bit for bit.
+When every row has a gradient and all rows have taken the same number of steps (full-batch training,
+global parameters) the update is pyro's ClippedAdam exactly, bit for bit.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class LazyClippedAdam(Optimizer):
                     state["row_step"] = torch.zeros(rows, dtype=torch.int64, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
+                if state["row_step"].dtype != torch.int64:
+                    # Optimizer.load_state_dict casts every state tensor except "step" to the parameter's dtype
+                    state["row_step"] = state["row_step"].round().to(torch.int64)
                 m, v, n = state["exp_avg"], state["exp_avg_sq"], state["row_step"]
                 touched = grad.reshape(rows, -1).ne(0).any(1)                                    # (rows,)
                 if bool(touched.all()) and bool((n == n[0]).all()):

@@ -308,9 +308,12 @@ def plot_qc_spatial(adata: ad.AnnData, sample: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if platform_of(adata)[0] == "visium-hd" and {"array_row", "array_col"} <= set(adata.obs.columns):
-        return _plot_qc_bins(adata, sample)
-    from spotmap.report.plots import spatial_scatter
+    from spotmap.report.plots import spatial_layout, spatial_scatter
+
+    if platform_of(adata)[0] == "visium-hd":
+        layout = spatial_layout(adata, max_px=QC_PLOT_MAX_PX)
+        if layout is not None:
+            return _plot_qc_bins(adata, sample, layout)
 
     o = adata.obs
     panels = [("total_counts", "total counts per spot", "UMI counts per spot", "magma", 0.992),
@@ -337,34 +340,22 @@ def plot_qc_spatial(adata: ad.AnnData, sample: str):
             ax.scatter(xy[:, 0], xy[:, 1], s=16, facecolors="none", edgecolors="#00e5ff", linewidths=1.0,
                        label=f"fails QC ({n_fail})")
         axes[0].legend(fontsize=7, loc="lower left", frameon=True)
-    mt_note = "" if len(panels) == 3 else "; no mitochondrial genes found"
+    mt_note = "" if len(panels) == 3 else "; no mitochondrial counts"
     fig.suptitle(f"{sample}: spots before QC ({adata.n_obs}; {n_fail} removed{mt_note})", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def _plot_qc_bins(adata: ad.AnnData, sample: str):
+def _plot_qc_bins(adata: ad.AnnData, sample: str, layout):
     """The spatial QC panels for Visium HD: one raster image on the bin grid (fast and small at any
-    number of bins), failing bins painted cyan on a second layer."""
+    number of bins), failing bins painted cyan on a second layer. ``layout``: the report's
+    :class:`~spotmap.report.plots.GridLayout`, so the QC maps have the abundance maps' orientation."""
     import matplotlib.pyplot as plt
 
     o = adata.obs
     _, bin_um = platform_of(adata)
-    r, c = o["array_row"].to_numpy(dtype=np.int64), o["array_col"].to_numpy(dtype=np.int64)
-    r0, c0 = r.min(), c.min()
-    full = (int(r.max() - r0 + 1), int(c.max() - c0 + 1))
-    # at most QC_PLOT_MAX_PX pixels a side: block means of k × k bins (a panel is ~450 px in the report)
-    k = max(1, int(np.ceil(max(full) / QC_PLOT_MAX_PX)))
-    shape = (-(-full[0] // k), -(-full[1] // k))
-    block = ((r - r0) // k) * shape[1] + (c - c0) // k
-    n_in = np.bincount(block, minlength=shape[0] * shape[1]).astype(float)
-    has = n_in > 0
-
-    def grid(values: np.ndarray) -> np.ndarray:
-        sums = np.bincount(block, weights=values, minlength=shape[0] * shape[1])
-        out = np.full(shape[0] * shape[1], np.nan, dtype=np.float32)
-        out[has] = sums[has] / n_in[has]
-        return out.reshape(shape)
+    k = layout.factor
+    grid = layout.raster
     panels = [("total_counts", "total counts per bin", "UMI counts per bin", "magma", 0.992),
               ("n_genes_by_counts", "genes detected per bin", "genes with ≥1 count", "magma", 0.992)]
     if "mt_counts" in o and o["mt_counts"].sum() > 0:
@@ -372,28 +363,30 @@ def _plot_qc_bins(adata: ad.AnnData, sample: str):
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
     axes = axes[0]
     fail = ~o["pass_qc"].to_numpy(dtype=bool) if "pass_qc" in o else np.zeros(adata.n_obs, dtype=bool)
-    overlay = np.zeros(shape + (4,), dtype=np.float32)
+    overlay = np.zeros(layout.shape + (4,), dtype=np.float32)
     overlay[..., 1:3] = (0.9, 1.0)
     overlay[..., 3] = 0.7 * np.nan_to_num(grid(fail.astype(float)))  # the share of failing bins per pixel
     for ax, (col, title, label, cmap, q) in zip(axes, panels):
         v = o[col].to_numpy(dtype=float)
         img = grid(v)
         vmax = float(np.nanquantile(img, q)) if len(v) else 1.0
-        im = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax if vmax > 0 else None, interpolation="nearest")
+        im = ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax if vmax > 0 else None, interpolation="nearest",
+                       extent=layout.extent)
         if fail.any():
-            ax.imshow(overlay, interpolation="nearest")
+            ax.imshow(overlay, interpolation="nearest", extent=layout.extent)
+        ax.set_xlim(*layout.xlim)
+        ax.set_ylim(*layout.ylim)
         cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
         cb.set_label(label, fontsize=8)
         cb.ax.tick_params(labelsize=7)
         ax.set_title(f"{sample}: {title}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_xlabel(f"{full[1]} columns of {bin_um} µm bins" + (f"; one pixel = mean of {k} × {k} bins" if k > 1
-                                                                  else ""), fontsize=8)
+        ax.set_xlabel(f"{bin_um} µm bins" + (f"; one pixel = mean of {k} × {k} bins" if k > 1 else ""), fontsize=8)
     if fail.any():
         axes[0].scatter([], [], marker="s", color=(0.0, 0.9, 1.0), label=f"fails QC ({int(fail.sum())})")
         axes[0].legend(fontsize=7, loc="lower left", frameon=True)
-    mt_note = "" if len(panels) == 3 else "; no mitochondrial genes found"
+    mt_note = "" if len(panels) == 3 else "; no mitochondrial counts"
     fig.suptitle(f"{sample}: {bin_um} µm bins before QC ({adata.n_obs}; {int(fail.sum())} removed{mt_note})",
                  fontsize=10)
     fig.tight_layout()

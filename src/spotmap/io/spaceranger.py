@@ -75,6 +75,13 @@ def find_hd_bin_dir(path: str | Path, bin_size: int | None = None) -> tuple[Path
     ``bin_size`` defaults to 8 µm. ``path`` may also be a ``square_XXXum`` folder: then its own size is
     used, and a different ``bin_size`` is an error.
     """
+    if bin_size is not None:
+        try:
+            whole = float(bin_size) == int(float(bin_size))
+        except (TypeError, ValueError, OverflowError):
+            whole = False
+        if not whole:  # never truncate 8.5 to 8
+            raise input_error(Path(path), "bin size must be a whole number of µm", field="bin_size", value=bin_size)
     path = Path(path)
     found = hd_binned_dir(path)
     if found is None:

@@ -229,8 +229,9 @@ class SpatialMapper:
                                   iterations=self.settings.init_iterations, batch=self.batch_codes,
                                   sparse=self.sparse)
             if self.sparse:
+                s_g = self.priors.gene_add_mean_hyp[0] / self.priors.gene_add_mean_hyp[1]   # prior mean of s_eg
                 self.exact_genes = choose_exact_genes(init["w_sf"], init["y_s"], init["m_g"] * self.g_fg,
-                                                      mu_max=self.settings.sparse_mu_max)
+                                                      mu_max=self.settings.sparse_mu_max, s_g=s_g)
                 counts = SparseLikelihood(self.X, self.batch_codes, self.exact_genes, self.device)
                 log.info("sparse likelihood: %d of %d genes exact (expected count may exceed %g), %d by the "
                          "quadratic zero term", len(self.exact_genes), self.X.shape[1], self.settings.sparse_mu_max,

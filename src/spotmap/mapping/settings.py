@@ -12,6 +12,9 @@ LIKELIHOODS = ("auto", "dense", "sparse")
 #: SPARSE_AUTO_BATCH spots: a full-batch step over a whole Visium HD sample (~150 M non-zeros) would hold
 #: every non-zero's indices and autograd values at once (tens of GB); 20,000-bin steps peak at ~9 GB
 SPARSE_AUTO_BATCH = 20_000
+#: default bound on the expected count of a sparse gene in any bin: with 8 µm bins ~1,700 of ~18,000 genes
+#: exceed it and are computed exactly (error of the expansion: spotmap.mapping.sparse.approximation_check)
+SPARSE_MU_MAX = 5.0
 
 
 @dataclass
@@ -40,7 +43,7 @@ class MappingSettings:
     progress: bool = True
     min_genes: int = 100              #: fewest shared genes accepted
     likelihood: str = "auto"          #: dense | sparse | auto (sparse when under SPARSE_DENSITY of counts are non-zero)
-    sparse_mu_max: float = 5.0        #: sparse likelihood: genes whose expected count may exceed this are exact
+    sparse_mu_max: float = SPARSE_MU_MAX  #: sparse likelihood: genes whose expected count may exceed this are exact
 
     def fingerprint(self) -> dict:
         """Settings that change the result (checkpoints must match them); max_epochs excluded."""

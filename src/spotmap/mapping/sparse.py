@@ -16,15 +16,16 @@ S × G per epoch. Here the genes are split in two sets:
   model's low rank (mu_sg = y_s (Σ_f w_sf mg_fg + s_eg)): the linear part needs ``Σ_s mu_sg`` (a (F,) · (F, G)
   product), the curvature part per spot is a quadratic form ``y_s² w_sᵀ A w_s + …`` with
   ``A = mg diag(z''(mu0)) mgᵀ`` (F, F) — O(S F² + E G F²) instead of O(S G F). The curvature term of each
-  spot is softly capped at half its linear term (:func:`soft_cap`), because a bare quadratic grows without
-  bound where z flattens and would reward expected counts far above mu0. At the **non-zero** entries the
-  expansion is then swapped for the exact terms (computed with sampled sparse-dense products, O(nnz · F)).
-  So the only approximation is at **zero counts of sparse genes**, where the expansion's error per entry is
-  ``≈ alpha · x³/3`` with ``x = (mu - mu0)/alpha`` (the cap only acts once x is of order one).
+  spot is softly capped by a linear one (:func:`soft_cap`, see :func:`sparse_gene_loglik`), because a bare
+  quadratic grows without bound where z flattens and would reward expected counts far above mu0. At the
+  **non-zero** entries the expansion is then swapped for the exact terms (computed with sampled sparse-dense
+  products, O(nnz · F)). So the only approximation is at **zero counts of sparse genes**, where the
+  expansion's error per entry is ``≈ alpha · |u|³/3`` with ``u = (mu - mu0)/(alpha + mu0)`` (the cap only
+  acts once |u| approaches one).
 
 Sparse genes are those whose expected count stays below ``mu_max`` in every bin under the bound
-``max_s mu_sg ≤ Σ_f (max_s y_s w_sf) · mg_fg + (max_s y_s) · s_eg`` evaluated at the initial values (with a
-safety factor, see :func:`choose_exact_genes`); the error actually incurred is measured after training
+``max_s mu_sg ≤ max_s (y_s Σ_f w_sf) · max_f mg_fg + (max_s y_s) · s_g`` evaluated at the initial values
+(with a safety factor, see :func:`choose_exact_genes`); the error actually incurred is measured after training
 by :func:`approximation_check` (exact vs approximate zero term at the fitted posterior) and written to
 ``uns['mod']['sparse_likelihood']``.
 """
@@ -39,13 +40,11 @@ import scipy.sparse as sp
 import torch
 
 from spotmap.mapping.likelihood import BatchOrdered, CountBatch, SpotCounts, nb_mean_loglik
+from spotmap.mapping.settings import SPARSE_MU_MAX
 
 # torch's CSR tensors work as documented here; its "beta" notice would be printed at every step
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
-#: default bound on the expected count of a sparse gene in any bin: with 8 µm bins a few hundred of ~18,000
-#: genes exceed it (measured error of the expansion: see approximation_check and docs/mapping.md)
-DEFAULT_MU_MAX = 5.0
 #: the bound of choose_exact_genes is multiplied by this (the posterior may move away from the initial values)
 SAFETY = 2.0
 
@@ -160,14 +159,15 @@ def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tens
     ``mu0_eg = Σ_s mu_sg / n`` (held fixed within a step), ``δ_sg = mu_sg - mu0_eg``::
 
         Σ_g z(mu_sg) ≈ Σ_g [z(mu0) + z'(mu0) δ_sg] + cap(Q_s, C_s)
-        Q_s = ½ Σ_g z''(mu0) δ_sg²      C_s = ½ Σ_g |z'(mu0)| mu_sg      (sums over the spot's zero counts)
+        Q_s = ½ Σ_g z''(mu0) δ_sg²      C_s = ½ Σ_g |z'(mu0)| (mu_sg + mu0_g)      (sums over the spot's zeros)
 
     The linear part sums over spots to ``n z(mu0) + z'(mu0) (m1 - n mu0)`` with the exact moment
     ``m1_eg = Σ_s mu_sg``; ``Q_s`` is a quadratic form in ``w_s`` (``A = mg diag(z'') mgᵀ``, (F, F)) and ``C_s``
-    is linear. The soft cap :func:`soft_cap` keeps the curvature term below half the linear term: the
-    plain quadratic would *reward* mu far above mu0 (it grows as δ² while z flattens), and a minibatch fit
-    can run off into that region; capped, the approximate zero term keeps decreasing in mu, like z. The
-    cap is inactive (relative change < (Q/C)⁴/4) wherever the expansion is accurate (mu ≪ alpha).
+    is linear. The soft cap :func:`soft_cap` keeps the curvature term below ``C_s``: the plain quadratic
+    would *reward* mu far above mu0 (it grows as δ² while z flattens), and a minibatch fit can run off into
+    that region; capped, the approximate zero term keeps decreasing in mu, like z. Since
+    ``Q_s / C_s ≤ max_g |δ_sg| / (alpha + mu0_g)`` (term by term), the cap changes Q by less than (Q/C)⁴/4
+    wherever the expansion itself is accurate (|δ| ≪ alpha), for spots far below the mean too.
     At the non-zeros the expansion is swapped for the exact terms.
     Shapes: ``w_sf`` (B, F), ``mg_fg`` (F, Gz), ``s_eg`` / ``alpha_eg`` (E, Gz), ``y_s`` (B, 1).
     """
@@ -192,7 +192,7 @@ def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tens
         yv = y.reshape(-1)
         q_all.append(0.5 * (yv * yv * ((w @ A) * w).sum(1) + 2 * yv * (yv * (w @ b1) - w @ b2)
                             + yv * yv * c1 - 2 * yv * c2 + c3))
-        c_all.append(0.5 * yv * (w @ (mg_fg @ -z1) - (z1 * s).sum()))
+        c_all.append(0.5 * (yv * (w @ (mg_fg @ -z1) - (z1 * s).sum()) - (z1 * mu0).sum()))
     q_s, c_s = torch.cat(q_all), torch.cat(c_all)                                               # (B,)
     if nz.d.numel() == 0:
         return linear + soft_cap(q_s.clamp_min(0.0), c_s.clamp_min(0.0)).sum()
@@ -204,7 +204,7 @@ def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tens
     dm = mu - mu0
     # Q_s and C_s sum over the zero counts: take the non-zero entries' shares out
     q_s = q_s - torch.zeros(B, dtype=mu.dtype, device=mu.device).index_add(0, nz.row, 0.5 * z2 * dm * dm)
-    c_s = c_s - torch.zeros(B, dtype=mu.dtype, device=mu.device).index_add(0, nz.row, -0.5 * z1 * mu)
+    c_s = c_s - torch.zeros(B, dtype=mu.dtype, device=mu.device).index_add(0, nz.row, -0.5 * z1 * (mu + mu0))
     # exact: d log mu - (d + alpha) log(alpha + mu) + alpha log alpha; minus the linear part at these entries
     exact = d * torch.log(mu) - (d + a) * torch.log(a + mu) + a * torch.log(a)
     capped = soft_cap(q_s.clamp_min(0.0), c_s.clamp_min(0.0)).sum()
@@ -265,7 +265,7 @@ class SparseLikelihood(BatchOrdered):
         return ll
 
 
-def choose_exact_genes(w_sf: np.ndarray, y_s: np.ndarray, mg_fg: np.ndarray, mu_max: float = DEFAULT_MU_MAX,
+def choose_exact_genes(w_sf: np.ndarray, y_s: np.ndarray, mg_fg: np.ndarray, mu_max: float = SPARSE_MU_MAX,
                        safety: float = SAFETY, s_g: float = 0.0) -> np.ndarray:
     """Genes whose expected count may exceed ``mu_max`` in some spot: computed exactly.
 
@@ -285,7 +285,7 @@ def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s
     """Exact vs approximate zero term over the sparse genes at given (posterior) values, on up to ``max_spots`` spots.
 
     Returns JSON-safe figures: the number of exact and sparse genes, spots checked, the largest
-    ``x = mu/alpha`` at a zero count of a sparse gene, the approximation error (nats, |q - z|) summed over
+    ``mu/alpha`` at a zero count of a sparse gene, the approximation error (nats, |q - z|) summed over
     the checked spots and scaled to all spots (absolute per spot), and that error relative to the magnitude of the exact zero
     term. Shapes: ``w_sf`` (S, F), ``mg_fg`` (F, G), ``s_eg`` / ``alpha_eg`` (E, G), ``y_s`` (S,) or (S, 1).
     """
@@ -297,7 +297,8 @@ def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s
     batch = np.asarray(batch)
     mg = mg_fg[:, sparse_genes].astype(np.float64)
     s_z, a_z = s_eg[:, sparse_genes].astype(np.float64), alpha_eg[:, sparse_genes].astype(np.float64)
-    # the expansion point of training: mean of mu_sg over the spots of each batch (exact, low rank)
+    # expansion point: mean of mu_sg over all spots of each batch (exact, low rank); minibatch training expands
+    # around each minibatch's mean, which scatters around this one
     mu0 = np.stack([(y[batch == e] @ w_sf[batch == e]) @ mg / max((batch == e).sum(), 1)
                     + y[batch == e].mean() * s_z[e] if (batch == e).any() else np.zeros(len(sparse_genes))
                     for e in range(len(s_z))])
@@ -314,7 +315,7 @@ def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s
         dm = mu - m0
         linear = -a * np.log1p(m0 / a) - a / apm * dm
         q = (0.5 * a / apm**2 * dm**2 * zero).sum(1)
-        c = (0.5 * a / apm * mu * zero).sum(1)
+        c = (0.5 * a / apm * (mu + m0) * zero).sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             capped = np.where(q > 0, q * c / (q**4 + c**4) ** 0.25, 0.0)
         err += float(np.abs((linear * zero).sum(1) + capped - (z * zero).sum(1)).sum())
