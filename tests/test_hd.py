@@ -23,22 +23,24 @@ BIN8 = Path("outs/binned_outputs/square_008um")
 BIN16 = Path("outs/binned_outputs/square_016um")
 
 
+def _simulate_hd(tmp_path_factory, name: str, **params) -> Path:
+    out = tmp_path_factory.mktemp("hd") / name
+    simulate(out, SimulationParams(platform="visium-hd", **params))
+    return out
+
+
 @pytest.fixture(scope="module")
 def hd(tmp_path_factory) -> Path:
     """2 samples × 1,500 in-tissue 8 µm bins, 2,000 genes, 8 types."""
-    out = tmp_path_factory.mktemp("hd") / "sim"
-    simulate(out, SimulationParams(platform="visium-hd", n_bins=1500, n_genes=2000, n_cell_types=8, n_samples=2,
-                                   n_cells=400, seed=3))
-    return out
+    return _simulate_hd(tmp_path_factory, "sim", n_bins=1500, n_genes=2000, n_cell_types=8, n_samples=2,
+                        n_cells=400, seed=3)
 
 
 @pytest.fixture(scope="module")
 def hd_tiny(tmp_path_factory) -> Path:
     """One tiny sample to copy and break."""
-    out = tmp_path_factory.mktemp("hd") / "tiny"
-    simulate(out, SimulationParams(platform="visium-hd", n_bins=300, n_genes=150, n_cell_types=3, n_samples=1,
-                                   n_cells=60, seed=4))
-    return out
+    return _simulate_hd(tmp_path_factory, "tiny", n_bins=300, n_genes=150, n_cell_types=3, n_samples=1,
+                        n_cells=60, seed=4)
 
 
 def run_cli(*args: str):

@@ -131,6 +131,8 @@ def test_minibatch_training_is_finite_and_informative(case):
     assert np.isfinite(est.to_numpy()).all()
     assert np.median(_pearson(est, case["truth"])) > 0.6
     assert len(hist) == 40
+    # spot-level parameters move once per epoch: twice the global learning rate by default
+    assert res.uns["mod"]["batch_size_used"] == 100 and res.uns["mod"]["local_lr_used"] == pytest.approx(0.04)
 
 
 # ---------------------------------------------------------------------------------------------- determinism
@@ -255,6 +257,8 @@ def test_api_refuses_unknown_settings_and_mismatched_genes(case):
     sig.index = [f"other{i}" for i in range(len(sig))]
     with pytest.raises(SpotmapError, match="genes shared"):
         map_cell_types(case["adata"], sig, **FAST)
+    with pytest.raises(SpotmapError, match="local_lr must be a positive number"):
+        map_cell_types(case["adata"], case["sig"], local_lr=-0.1, **FAST)
 
 
 def test_fast_elbo_is_the_pyro_model_with_exact_entropy(case):

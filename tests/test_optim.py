@@ -81,3 +81,49 @@ def test_state_survives_a_checkpoint_round_trip():
         x.grad = g * mask
         resumed.step()
     assert torch.equal(x.detach(), whole)
+
+
+def _first_step(local_lr, batch_size, checkpoint=None):
+    """One epoch of train_svi on a toy model with a per-observation mean (local) and a shared scale (global);
+    returns how far each parameter moved."""
+    import pyro
+    import pyro.distributions as dist
+
+    from spotmap.training import TrainConfig, train_svi
+
+    y = torch.linspace(-1.0, 1.0, 8)
+
+    def model(idx):
+        with pyro.plate("obs", 8, subsample=idx):
+            pyro.sample("y", dist.Normal(pyro.param("mu_loc")[idx, 0], pyro.param("sigma")), obs=y[idx])
+
+    def guide(idx):
+        pyro.param("mu_loc", lambda: torch.full((8, 1), 3.0))  # rows: first dim
+        pyro.param("sigma", lambda: torch.tensor(2.0))
+
+    cfg = TrainConfig(max_epochs=1, lr=0.01, local_lr=local_lr, local_params=("mu_loc",), batch_size=batch_size,
+                      progress=False, checkpoint_path=checkpoint, checkpoint_every=1 if checkpoint else None)
+    train_svi(model, guide, 8, lambda idx: {"idx": torch.arange(8) if idx is None else idx}, cfg)
+    store = pyro.get_param_store()
+    return (store["mu_loc"].detach() - 3.0).abs(), (store["sigma"].detach() - 2.0).abs()
+
+
+def test_local_learning_rate_applies_to_named_parameters_in_minibatches_only():
+    # Adam's first step moves every coordinate by the learning rate (|m̂ / √v̂| = 1)
+    mu, sigma = _first_step(local_lr=0.05, batch_size=8)                # full batch: local_lr ignored
+    torch.testing.assert_close(mu, torch.full((8, 1), 0.01))
+    mu, sigma = _first_step(local_lr=0.05, batch_size=4)                # two minibatches
+    torch.testing.assert_close(mu, torch.full((8, 1), 0.05))            # each row: one step at local_lr
+    assert 0.015 < float(sigma) < 0.021                                # two steps at lr
+    mu, _ = _first_step(local_lr=None, batch_size=4)
+    torch.testing.assert_close(mu, torch.full((8, 1), 0.01))
+
+
+def test_local_parameters_are_clipped_as_in_full_batch_training(tmp_path):
+    # the plate scales a minibatch's likelihood by n / batch (8 / 2 here): the local clip threshold follows
+    from spotmap.training import load_checkpoint
+
+    _first_step(local_lr=None, batch_size=2, checkpoint=tmp_path / "ckpt.pt")
+    optim_state = load_checkpoint(tmp_path / "ckpt.pt")["optim"]
+    clip = {name: state["param_groups"][0]["clip_norm"] for name, state in optim_state.items()}
+    assert clip == {"mu_loc": 40.0, "sigma": 10.0}, clip

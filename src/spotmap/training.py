@@ -45,6 +45,10 @@ class TrainConfig:
 
     max_epochs: int = 1000            #: upper bound on passes over the data
     lr: float = 0.01                  #: Adam learning rate (spotmap.optim.LazyClippedAdam)
+    #: learning rate of the observation-level parameters named in ``local_params`` when training in minibatches
+    #: (None: ``lr``). The lazy optimiser moves their rows once per epoch, global parameters once per step.
+    local_lr: float | None = None
+    local_params: tuple[str, ...] = ()  #: param-store names of observation-level (one row per obs) parameters
     clip_norm: float = 10.0           #: gradients are clipped to [-clip_norm, clip_norm] elementwise
     batch_size: int | None = None     #: observations per step; None = full batch
     seed: int = 0
@@ -116,9 +120,21 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     # clipped Adam that leaves the rows of spot/cell-level parameters outside a minibatch alone (spotmap.optim)
-    optim = PyroOptim(LazyClippedAdam, {"lr": config.lr, "clip_norm": config.clip_norm})
-    svi = SVI(model, guide, optim, loss=loss or Trace_ELBO())
     full = config.batch_size is None or config.batch_size >= n_obs
+    local_lr = config.lr if full or config.local_lr is None else config.local_lr
+    # A minibatch's likelihood is scaled by n_obs / batch_size (an unbiased estimate for the global
+    # parameters), so an observation's own parameters see that multiple of their full-data gradient:
+    # their clip threshold scales alike, so they are clipped as in full-batch training.
+    local_clip = config.clip_norm * (1.0 if full else n_obs / config.batch_size)
+    local = frozenset(config.local_params)
+
+    def optim_args(name: str) -> dict:
+        if name in local:
+            return {"lr": local_lr, "clip_norm": local_clip}
+        return {"lr": config.lr, "clip_norm": config.clip_norm}
+
+    optim = PyroOptim(LazyClippedAdam, optim_args)
+    svi = SVI(model, guide, optim, loss=loss or Trace_ELBO())
     # Create the parameters (the guide's first call draws from the RNG in a fresh and a resumed run alike).
     with torch.no_grad():
         guide(**batch_kwargs(None if full else torch.arange(min(n_obs, config.batch_size or n_obs))))

@@ -30,6 +30,9 @@ _S, _P = MappingSettings(), MappingPriors()
 @click.option("--max-epochs", default=_S.max_epochs, show_default=True, type=int,
               help="Upper bound on passes over all spots (training usually stops earlier by the convergence rule).")
 @click.option("--lr", default=_S.lr, show_default=True, type=float, help="Adam learning rate (gradients clipped at ±10).")
+@click.option("--local-lr", default=None, type=float,
+              help="Learning rate of the spot-level parameters in minibatch training (each spot moves once per "
+                   "epoch, global parameters once per step) [default: 2 × --lr].")
 @click.option("--batch-size", default=None, type=int,
               help="Spots per training step (minibatches for data that does not fit) [default: all spots; "
                    "20,000 with the sparse likelihood on more than 20,000 spots].")
@@ -55,9 +58,10 @@ _S, _P = MappingSettings(), MappingPriors()
 @click.option("--sparse-mu-max", default=_S.sparse_mu_max, show_default=True, type=float,
               help="Sparse likelihood: genes whose expected count may exceed this in some spot are computed exactly.")
 def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_per_location: float,
-            detection_alpha: float, n_groups: int, max_epochs: int, lr: float, batch_size: int | None, seed: int,
-            device: str, checkpoint_every: int | None, batch_key: str, name: str | None, min_epochs: int, tol: float,
-            window: int, likelihood: str, sparse_mu_max: float) -> None:
+            detection_alpha: float, n_groups: int, max_epochs: int, lr: float, local_lr: float | None,
+            batch_size: int | None, seed: int, device: str, checkpoint_every: int | None, batch_key: str,
+            name: str | None, min_epochs: int, tol: float, window: int, likelihood: str,
+            sparse_mu_max: float) -> None:
     """Map cell types onto spatial data with the cell2location model (one restart = one seed).
 
     Writes OUTDIR/sp.h5ad (all results, cell2location names), W_cell_density.csv, W_cell_density_q05.csv,
@@ -68,6 +72,6 @@ def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_p
 
     run_mapping(list(spatial), signatures, outdir, name=name or f"restart_{seed}",
                 n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, n_groups=n_groups,
-                max_epochs=max_epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                max_epochs=max_epochs, lr=lr, local_lr=local_lr, batch_size=batch_size, seed=seed, device=device,
                 checkpoint_every=checkpoint_every, batch_key=batch_key, min_epochs=min_epochs, tol=tol,
                 window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max)

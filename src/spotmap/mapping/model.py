@@ -20,7 +20,7 @@ import torch
 from spotmap.errors import SpotmapError, input_error
 from spotmap.io.genes import match_genes
 from spotmap.mapping.likelihood import CountHistogram, SpotCounts
-from spotmap.mapping.module import GLOBAL_SITES, MappingModule
+from spotmap.mapping.module import GLOBAL_SITES, LOCAL_SITES, MappingModule
 from spotmap.mapping.priors import MappingPriors
 from spotmap.mapping.settings import LIKELIHOODS, SPARSE_AUTO_BATCH, SPARSE_DENSITY, MappingSettings
 from spotmap.mapping.sparse import SparseLikelihood, approximation_check, choose_exact_genes, sparse_nmf
@@ -223,6 +223,13 @@ class SpatialMapper:
             size = SPARSE_AUTO_BATCH
         return size if size and size < S else None
 
+    @property
+    def local_lr(self) -> float:
+        """Learning rate of the spot-level parameters: ``settings.local_lr`` (default 2 × lr) in minibatch
+        training, where each spot moves once per epoch; ``lr`` in full-batch training."""
+        s = self.settings
+        return (s.local_lr or 2.0 * s.lr) if self.batch_size else s.lr
+
     def module(self) -> MappingModule:
         if self._module is None:
             init = initial_values(self.X, self.g_fg, self.detection_mean, self.priors,
@@ -263,7 +270,8 @@ class SpatialMapper:
         mod = self.module()
         S = mod.dims.S
         config = TrainConfig(
-            max_epochs=s.max_epochs, lr=s.lr, clip_norm=s.clip_norm,
+            max_epochs=s.max_epochs, lr=s.lr, clip_norm=s.clip_norm, local_lr=self.local_lr,
+            local_params=tuple(f"{site}_{part}" for site in LOCAL_SITES for part in ("loc", "scale")),
             batch_size=self.batch_size, seed=s.seed,
             min_epochs=s.min_epochs, window=s.window, tol=s.tol, checkpoint_every=s.checkpoint_every,
             checkpoint_path=Path(s.checkpoint_path) if s.checkpoint_path else None, progress=s.progress,
@@ -373,6 +381,7 @@ class SpatialMapper:
             "globals": self.global_summary(),
             "likelihood": "sparse" if self.sparse else "dense",
             "batch_size_used": int(self.batch_size or self.X.shape[0]),
+            "local_lr_used": float(self.local_lr),
         })
         if self.sparse:
             mod["sparse_likelihood"] = self.sparse_check()
@@ -424,6 +433,8 @@ def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_l
         raise SpotmapError(f"max_epochs must be at least 1 (got {cfg.max_epochs})")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise SpotmapError(f"lr must be a positive number (got {cfg.lr})")
+    if cfg.local_lr is not None and not (cfg.local_lr > 0 and math.isfinite(cfg.local_lr)):
+        raise SpotmapError(f"local_lr must be a positive number (got {cfg.local_lr})")
     if cfg.likelihood not in LIKELIHOODS:
         raise SpotmapError(f"likelihood must be one of {', '.join(LIKELIHOODS)} (got {cfg.likelihood!r})")
     if not (cfg.sparse_mu_max > 0 and math.isfinite(cfg.sparse_mu_max)):

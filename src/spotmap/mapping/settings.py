@@ -27,6 +27,9 @@ class MappingSettings:
 
     max_epochs: int = 3000            #: upper bound on passes over all spots
     lr: float = 0.02                  #: Adam learning rate (spotmap.optim.LazyClippedAdam)
+    #: learning rate of the spot-level parameters (w_sf, n_s, b_s, z_sr, y_s) in minibatch training, where each
+    #: spot's row moves once per epoch while global parameters move once per step (None: 2 × lr)
+    local_lr: float | None = None
     clip_norm: float = 10.0           #: gradients clipped to ±clip_norm elementwise
     batch_size: int | None = None     #: spots per step; None = all spots (full batch), or SPARSE_AUTO_BATCH for large sparse data
     seed: int = 0
