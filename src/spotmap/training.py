@@ -119,7 +119,6 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
     fp = fingerprint_of(**config.fingerprint) if config.fingerprint else ""
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    # clipped Adam that leaves the rows of spot/cell-level parameters outside a minibatch alone (spotmap.optim)
     full = config.batch_size is None or config.batch_size >= n_obs
     local_lr = config.lr if full or config.local_lr is None else config.local_lr
     # A minibatch's likelihood is scaled by n_obs / batch_size (an unbiased estimate for the global
@@ -133,6 +132,7 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
             return {"lr": local_lr, "clip_norm": local_clip}
         return {"lr": config.lr, "clip_norm": config.clip_norm}
 
+    # clipped Adam that leaves the rows of spot/cell-level parameters outside a minibatch alone (spotmap.optim)
     optim = PyroOptim(LazyClippedAdam, optim_args)
     svi = SVI(model, guide, optim, loss=loss or Trace_ELBO())
     # Create the parameters (the guide's first call draws from the RNG in a fresh and a resumed run alike).

@@ -431,10 +431,9 @@ def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_l
     cfg = MappingSettings(**settings)
     if cfg.max_epochs < 1:
         raise SpotmapError(f"max_epochs must be at least 1 (got {cfg.max_epochs})")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise SpotmapError(f"lr must be a positive number (got {cfg.lr})")
-    if cfg.local_lr is not None and not (cfg.local_lr > 0 and math.isfinite(cfg.local_lr)):
-        raise SpotmapError(f"local_lr must be a positive number (got {cfg.local_lr})")
+    for name, rate in (("lr", cfg.lr), ("local_lr", cfg.local_lr)):
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):
+            raise SpotmapError(f"{name} must be a positive number (got {rate})")
     if cfg.likelihood not in LIKELIHOODS:
         raise SpotmapError(f"likelihood must be one of {', '.join(LIKELIHOODS)} (got {cfg.likelihood!r})")
     if not (cfg.sparse_mu_max > 0 and math.isfinite(cfg.sparse_mu_max)):
