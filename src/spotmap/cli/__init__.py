@@ -13,7 +13,7 @@ import click
 
 from spotmap import __version__
 from spotmap.errors import SpotmapError
-from spotmap.utils import setup_logging
+from spotmap.utils import reuse_freed_memory, setup_logging
 
 
 class SpotmapGroup(click.Group):
@@ -40,6 +40,7 @@ def cli(verbose: bool) -> None:
     `run` does them all on one machine, `demo` on simulated data.
     """
     setup_logging(verbose)
+    reuse_freed_memory()
 
 
 def _register() -> None:
