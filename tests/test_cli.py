@@ -47,3 +47,13 @@ def test_bin_wrapper_runs():
     wrapper = Path(__file__).resolve().parents[1] / "bin" / "spotmap"
     r = subprocess.run([sys.executable, str(wrapper), "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "spotmap, version" in r.stdout
+
+
+def test_command_keeps_freed_memory_for_reuse():
+    """The spotmap command asks glibc to reuse freed memory (large tensors would otherwise be mmapped and
+    page-faulted in again at every training step); the call must succeed on glibc and be a no-op elsewhere."""
+    import platform
+
+    from spotmap.utils import reuse_freed_memory
+
+    assert reuse_freed_memory() is (platform.libc_ver()[0] == "glibc")

@@ -138,6 +138,10 @@ def test_sparse_nmf_matches_the_dense_update():
         w = w * (ratio @ h.T) / h.sum(1)[None, :]
     got = sparse_nmf(X, h, w0, y, 5, block=16)
     assert torch.allclose(got, w, rtol=1e-4, atol=1e-6)
+    # on a named device (the GPU when there is one) the result comes back to the CPU
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_device = sparse_nmf(X, h, w0, y, 5, block=16, device=dev)
+    assert on_device.device.type == "cpu" and torch.allclose(on_device, w, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.timeout(300)

@@ -32,6 +32,8 @@ import torch
 
 #: Target number of spots × genes elements per chunk (float32: 4 MiB per work buffer, cache-friendly).
 CHUNK_ELEMENTS = 1 << 20
+#: The same on a GPU, where each chunk costs ~20 kernel launches and caches matter less (256 MiB per buffer)
+GPU_CHUNK_ELEMENTS = 1 << 26
 #: Column block of the mu product (n, F+1) @ (F+1, G) on the CPU: MKL's sgemm is far from its peak for this
 #: very wide, short-K shape and runs faster on column blocks (0: one product).
 MU_BLOCK_COLS = 1024
@@ -92,7 +94,7 @@ class SpotCounts(BatchOrdered):
     """
 
     def __init__(self, X: sp.csr_matrix, batch: np.ndarray, device: torch.device,
-                 chunk_elements: int = CHUNK_ELEMENTS) -> None:
+                 chunk_elements: int | None = None) -> None:
         X = sp.csr_matrix(X)
         if not X.has_sorted_indices:
             X = X.copy()
@@ -105,6 +107,8 @@ class SpotCounts(BatchOrdered):
         self.data = torch.as_tensor(X.data.astype(np.float32, copy=False), device=device)
         self.batch_np = np.asarray(batch, dtype=np.int64)
         self.batch = torch.as_tensor(self.batch_np, device=device)
+        if chunk_elements is None:
+            chunk_elements = CHUNK_ELEMENTS if torch.device(device).type == "cpu" else GPU_CHUNK_ELEMENTS
         self.rows_per_chunk = max(1, int(chunk_elements // max(self.n_genes, 1)))
         #: spot order used for full-batch steps: grouped by batch, stable
         self.order = torch.as_tensor(np.argsort(self.batch_np, kind="stable"), device=device)

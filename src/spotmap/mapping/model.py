@@ -107,7 +107,8 @@ def detection_mean_from_data(X: sp.csr_matrix, g_fg: np.ndarray, n_cells_per_loc
 
 def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, priors: MappingPriors,
                    iterations: int = 30, max_genes: int = 2000,
-                   batch: np.ndarray | None = None, sparse: bool = False) -> dict[str, np.ndarray]:
+                   batch: np.ndarray | None = None, sparse: bool = False,
+                   device: torch.device | None = None) -> dict[str, np.ndarray]:
     """Initial values of w_sf, m_g and n_s: a quick Poisson NMF of the counts on the fixed signatures.
 
     Detection starts per batch at ``y_e = detection_mean · (mean total counts of the batch / mean over all
@@ -118,7 +119,7 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     w_sf is floored at 0.01 cells so that no type starts "dead" in log space. Deterministic; costs a few
     seconds at 10⁴ spots × 10⁴ genes. With ``sparse=True`` the same updates run on every gene with the
     ratio evaluated at the non-zero counts only (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the
-    non-zeros; for Visium HD).
+    non-zeros; for Visium HD), on ``device`` (default: the CPU).
     """
     S, G = X.shape
     F = g_fg.shape[0]
@@ -140,7 +141,7 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
 
     def nmf(h: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
         if sparse:
-            return sparse_nmf(X, h, w, y, n)
+            return sparse_nmf(X, h, w, y, n, device=device)
         denom = h.sum(1)[None, :]
         ratio = torch.empty_like(D)
         for _ in range(n):
@@ -202,6 +203,7 @@ class SpatialMapper:
         self.params: dict[str, torch.Tensor] = {}
         self._module: MappingModule | None = None
         self.exact_genes = np.zeros(0, dtype=np.int64)   #: genes computed exactly by the sparse likelihood
+        self.gpu_memory_gb: dict[str, float] = {}        #: peak GPU memory of training (GB; CUDA only)
 
     # -- building ----------------------------------------------------------------------------------------------
     @property
@@ -234,7 +236,7 @@ class SpatialMapper:
         if self._module is None:
             init = initial_values(self.X, self.g_fg, self.detection_mean, self.priors,
                                   iterations=self.settings.init_iterations, batch=self.batch_codes,
-                                  sparse=self.sparse)
+                                  sparse=self.sparse, device=self.device)
             if self.sparse:
                 s_g = self.priors.gene_add_mean_hyp[0] / self.priors.gene_add_mean_hyp[1]   # prior mean of s_eg
                 self.exact_genes = choose_exact_genes(init["w_sf"], init["y_s"], init["m_g"] * self.g_fg,
@@ -283,6 +285,11 @@ class SpatialMapper:
             self.history = train_svi(mod.model, mod.guide, S, mod.batch_kwargs, config, loss=mod.elbo_loss)
         store = pyro.get_param_store()
         self.params = {name: store[name].detach().clone() for name in store.keys()}
+        if self.device.type == "cuda":   # since the process started: data, model and training together
+            self.gpu_memory_gb = {"peak_allocated": torch.cuda.max_memory_allocated(self.device) / 1e9,
+                                  "peak_reserved": torch.cuda.max_memory_reserved(self.device) / 1e9}
+            log.info("GPU memory: peak %.1f GB allocated, %.1f GB reserved by torch",
+                     self.gpu_memory_gb["peak_allocated"], self.gpu_memory_gb["peak_reserved"])
         return self.history
 
     # -- posterior ---------------------------------------------------------------------------------------------
@@ -383,6 +390,8 @@ class SpatialMapper:
             "batch_size_used": int(self.batch_size or self.X.shape[0]),
             "local_lr_used": float(self.local_lr),
         })
+        if self.gpu_memory_gb:
+            mod["gpu_memory_gb"] = {k: round(v, 2) for k, v in self.gpu_memory_gb.items()}
         if self.sparse:
             mod["sparse_likelihood"] = self.sparse_check()
         out.uns["mod"] = mod

@@ -384,30 +384,32 @@ def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s
 
 
 def sparse_nmf(X: sp.csr_matrix, h_fg: torch.Tensor, w_sf: torch.Tensor, y_s: torch.Tensor, iterations: int,
-               block: int = 50_000) -> torch.Tensor:
+               block: int = 50_000, device: torch.device | None = None) -> torch.Tensor:
     """``iterations`` Poisson-NMF (KL, Lee–Seung) updates of ``w_sf`` with fixed ``h_fg`` and detection ``y_s``.
 
     ``w ← w · ((D / (y · w h)) hᵀ) / (h 1)``, where the ratio is only needed at the non-zero counts: one sampled
     product and one sparse-dense product per update, in row blocks of ``block`` spots (memory O(nnz)).
+    The updates run on ``device`` (default: the CPU); the result is on the CPU.
     Shapes: X (S, G) counts, ``h_fg`` (F, G), ``w_sf`` (S, F), ``y_s`` (S, 1); returns the new (S, F).
     """
-    h = h_fg.float()
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    h = h_fg.float().to(dev)
     denom = h.sum(1)[None, :]                                                                  # (1, F)
     h_t = h.T.contiguous()                                                                     # (G, F)
     w = w_sf.float().clone()
     X = sp.csr_matrix(X, dtype=np.float32)
     for r0 in range(0, X.shape[0], block):
         Xb = X[r0:r0 + block]
-        crow = torch.as_tensor(Xb.indptr.astype(np.int64))
-        col = torch.as_tensor(Xb.indices.astype(np.int64))
-        d = torch.as_tensor(Xb.data)
-        row = torch.repeat_interleave(torch.arange(Xb.shape[0]), crow[1:] - crow[:-1])
-        wb, yb = w[r0:r0 + block], y_s[r0:r0 + block].reshape(-1).float()
+        crow = torch.as_tensor(Xb.indptr.astype(np.int64), device=dev)
+        col = torch.as_tensor(Xb.indices.astype(np.int64), device=dev)
+        d = torch.as_tensor(Xb.data, device=dev)
+        row = torch.repeat_interleave(torch.arange(Xb.shape[0], device=dev), crow[1:] - crow[:-1])
+        wb, yb = w[r0:r0 + block].to(dev), y_s[r0:r0 + block].reshape(-1).float().to(dev)
         pattern = torch.sparse_csr_tensor(crow, col, torch.zeros_like(d), size=Xb.shape, check_invariants=False)
         for _ in range(iterations):
             fit = torch.sparse.sampled_addmm(pattern, wb, h, beta=0.0).values()
             ratio = d / (fit * yb.index_select(0, row)).clamp_min(1e-10)
             wb = wb * torch.sparse.mm(torch.sparse_csr_tensor(crow, col, ratio, size=Xb.shape,
                                                                 check_invariants=False), h_t) / denom
-        w[r0:r0 + block] = wb
+        w[r0:r0 + block] = wb.cpu()
     return w
