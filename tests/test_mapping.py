@@ -259,6 +259,8 @@ def test_api_refuses_unknown_settings_and_mismatched_genes(case):
         map_cell_types(case["adata"], sig, **FAST)
     with pytest.raises(SpotmapError, match="local_lr must be a positive number"):
         map_cell_types(case["adata"], case["sig"], local_lr=-0.1, **FAST)
+    with pytest.raises(SpotmapError, match="init_iterations must be 0 or more"):
+        map_cell_types(case["adata"], case["sig"], init_iterations=-1, **FAST)
 
 
 def test_fast_elbo_is_the_pyro_model_with_exact_entropy(case):

@@ -45,3 +45,25 @@ def test_read_results_refuses_foreign_folder(tmp_path):
     ad.AnnData(np.ones((2, 2))).write_h5ad(tmp_path / "sp.h5ad")
     with pytest.raises(SpotmapError, match="w_sf_loc"):
         read_results(tmp_path)
+
+
+@pytest.mark.parametrize("odd_names", [False, True], ids=["plain-names", "names-needing-quotes"])
+def test_matrix_csv_reads_back_as_pandas_writes_it(tmp_path, odd_names):
+    from spotmap.utils import write_matrix_csv
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.random((50, 3)), rng.random((50, 3)) * 1e-6, rng.random((50, 3)) * 1e4])
+    index = [f"s_{i}" for i in range(150)]
+    columns = ["T cell", "B", "NK"]
+    if odd_names:
+        index[3], columns[1] = "s,3", 'B "naive"'
+    df = pd.DataFrame(values.astype(np.float32), index=pd.Index(index, name="spot_id"), columns=columns)
+    write_matrix_csv(df, tmp_path / "fast.csv")
+    df.to_csv(tmp_path / "pandas.csv")
+    fast, slow = (pd.read_csv(tmp_path / f, index_col=0) for f in ("fast.csv", "pandas.csv"))
+    pd.testing.assert_frame_equal(fast, slow)
+    assert fast.index.name == "spot_id" and list(fast.columns) == columns
+    if not odd_names:   # the lines pandas writes, exponents aside
+        lines = (tmp_path / "fast.csv").read_text().splitlines()
+        assert lines[:51] == (tmp_path / "pandas.csv").read_text().splitlines()[:51]
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -202,3 +202,16 @@ def test_large_sparse_data_train_in_minibatches_by_default(monkeypatch):
     assert batch_size(likelihood="dense") is None
     assert batch_size(likelihood="sparse", batch_size=50) == 50
     assert batch_size(likelihood="sparse", batch_size=1000) is None          # at least all spots: full batch
+
+    # on a GPU the same data train in one full batch when GPU_BYTES_PER_NONZERO per non-zero fits its memory
+    assert mapping_model.gpu_memory_bytes(torch.device("cpu")) == 0
+    def on_gpu(memory: int, **kw):
+        m = mapping_model.SpatialMapper(adata, sig, settings=MappingSettings(progress=False, **kw))
+        m.device = torch.device("cuda")                                          # no GPU needed: memory is faked
+        monkeypatch.setattr(mapping_model, "gpu_memory_bytes", lambda device: memory)
+        return m.batch_size
+
+    need = X.nnz * mapping_model.GPU_BYTES_PER_NONZERO / mapping_model.GPU_MEMORY_FRACTION
+    assert on_gpu(int(need) + 1, likelihood="sparse") is None
+    assert on_gpu(int(need) - 1, likelihood="sparse") == 100
+    assert on_gpu(int(need) + 1, likelihood="sparse", batch_size=50) == 50   # an explicit size wins

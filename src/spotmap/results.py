@@ -34,7 +34,7 @@ import pandas as pd
 from scipy.special import ndtri
 
 from spotmap.errors import input_error
-from spotmap.utils import write_h5ad, write_table
+from spotmap.utils import write_h5ad, write_matrix_csv, write_table
 
 SITE_W = "cell_abundance_w_sf"
 SITE_U = "mRNA_count_u_sf"
@@ -127,10 +127,10 @@ def write_results(adata: ad.AnnData, outdir: str | Path, history: pd.DataFrame |
     """Write ``sp.h5ad``, the four W_*.csv tables and (if given) ``training_history.tsv``, each atomically."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    write_table(table(adata, "means", SITE_W).rename_axis("spot_id"), outdir / "W_cell_density.csv")
-    write_table(table(adata, "q05", SITE_W).rename_axis("spot_id"), outdir / "W_cell_density_q05.csv")
-    write_table(table(adata, "means", SITE_U).rename_axis("spot_id"), outdir / "W_mRNA_count.csv")
-    write_table(table(adata, "q05", SITE_U).rename_axis("spot_id"), outdir / "W_mRNA_count_q05.csv")
+    write_matrix_csv(table(adata, "means", SITE_W).rename_axis("spot_id"), outdir / "W_cell_density.csv")
+    write_matrix_csv(table(adata, "q05", SITE_W).rename_axis("spot_id"), outdir / "W_cell_density_q05.csv")
+    write_matrix_csv(table(adata, "means", SITE_U).rename_axis("spot_id"), outdir / "W_mRNA_count.csv")
+    write_matrix_csv(table(adata, "q05", SITE_U).rename_axis("spot_id"), outdir / "W_mRNA_count_q05.csv")
     if history is not None:
         write_table(history, outdir / "training_history.tsv", index=False)
     write_h5ad(adata, outdir / "sp.h5ad")  # last: its presence marks a complete result

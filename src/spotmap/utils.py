@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import logging
 import os
 import shutil
@@ -108,6 +110,32 @@ def write_table(df, path: str | os.PathLike, sep: str | None = None, index: bool
             for line in header_lines or []:
                 fh.write(f"# {line}\n" if not line.startswith("#") else f"{line}\n")
             df.to_csv(fh, sep=sep, index=index)
+    return path
+
+
+def write_matrix_csv(df, path: str | os.PathLike) -> Path:
+    """Write a numeric DataFrame (e.g. spots × cell types) with its index as the first column, atomically.
+
+    The CSV ``df.to_csv`` writes (header: index name, then the columns; floats in their shortest repr; names
+    quoted only where they need it), except exponents without a leading zero (``5.7e-7``, pandas ``5.7e-07``),
+    but by pyarrow's C++ writer: ~6× faster (pandas took ~15 s per spots × types table of a whole Visium HD
+    sample, 293k × 40). Where a name needs quotes, arrow quotes every string; the values read back the same.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    path = Path(path)
+    table = pa.Table.from_pandas(df.reset_index(), preserve_index=False)
+    names = [str(x) for x in (df.index.name, *df.columns, *df.index)]
+    # arrow's "needed" quotes every string; unquoted is pandas' output whenever no name needs quotes
+    plain = not any(c in x for x in names for c in ',"\r\n')
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow(names[:1 + df.shape[1]])   # as pandas: minimal quoting
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(header.getvalue().encode())
+            pacsv.write_csv(table, fh, pacsv.WriteOptions(include_header=False,
+                                                          quoting_style="none" if plain else "needed"))
     return path
 
 

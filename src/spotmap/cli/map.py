@@ -57,11 +57,14 @@ _S, _P = MappingSettings(), MappingPriors()
                    f"when under {SPARSE_DENSITY:.0%} of counts are non-zero.")
 @click.option("--sparse-mu-max", default=_S.sparse_mu_max, show_default=True, type=float,
               help="Sparse likelihood: genes whose expected count may exceed this in some spot are computed exactly.")
+@click.option("--init-iterations", default=_S.init_iterations, show_default=True, type=int,
+              help="Poisson-NMF iterations of the w_sf initialisation on the fixed signatures (cheap next to an "
+                   "epoch; more bring the start closer to the fit).")
 def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_per_location: float,
             detection_alpha: float, n_groups: int, max_epochs: int, lr: float, local_lr: float | None,
             batch_size: int | None, seed: int, device: str, checkpoint_every: int | None, batch_key: str,
             name: str | None, min_epochs: int, tol: float, window: int, likelihood: str,
-            sparse_mu_max: float) -> None:
+            sparse_mu_max: float, init_iterations: int) -> None:
     """Map cell types onto spatial data with the cell2location model (one restart = one seed).
 
     Writes OUTDIR/sp.h5ad (all results, cell2location names), W_cell_density.csv, W_cell_density_q05.csv,
@@ -74,4 +77,4 @@ def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_p
                 n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, n_groups=n_groups,
                 max_epochs=max_epochs, lr=lr, local_lr=local_lr, batch_size=batch_size, seed=seed, device=device,
                 checkpoint_every=checkpoint_every, batch_key=batch_key, min_epochs=min_epochs, tol=tol,
-                window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max)
+                window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max, init_iterations=init_iterations)

@@ -22,7 +22,8 @@ from spotmap.io.genes import match_genes
 from spotmap.mapping.likelihood import CountHistogram, SpotCounts
 from spotmap.mapping.module import GLOBAL_SITES, LOCAL_SITES, MappingModule
 from spotmap.mapping.priors import MappingPriors
-from spotmap.mapping.settings import LIKELIHOODS, SPARSE_AUTO_BATCH, SPARSE_DENSITY, MappingSettings
+from spotmap.mapping.settings import (GPU_BYTES_PER_NONZERO, GPU_MEMORY_FRACTION, LIKELIHOODS, SPARSE_AUTO_BATCH,
+                                      SPARSE_DENSITY, MappingSettings)
 from spotmap.mapping.sparse import SparseLikelihood, approximation_check, choose_exact_genes, sparse_nmf
 from spotmap.results import add_posterior
 from spotmap.training import TrainConfig, fingerprint_of, train_svi
@@ -93,6 +94,11 @@ def validate_signatures(sig: pd.DataFrame, source: str = "signatures") -> pd.Dat
     if (sig.sum(0) <= 0).any():
         raise input_error(source, "a cell type has an all-zero signature", field=str(sig.columns[(sig.sum(0) <= 0).to_numpy()][0]))
     return sig.astype(np.float64)
+
+
+def gpu_memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device`` if it is a CUDA GPU, else 0."""
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
 
 
 def detection_mean_from_data(X: sp.csr_matrix, g_fg: np.ndarray, n_cells_per_location: float) -> float:
@@ -218,11 +224,15 @@ class SpatialMapper:
     @property
     def batch_size(self) -> int | None:
         """Spots per step: ``settings.batch_size``; when that is None, all spots (full batch) — except with the
-        sparse likelihood on more than ``SPARSE_AUTO_BATCH`` spots, which train in minibatches of that size."""
+        sparse likelihood on more than ``SPARSE_AUTO_BATCH`` spots, which train in minibatches of that size
+        unless a full batch fits the GPU (``GPU_BYTES_PER_NONZERO`` per non-zero within ``GPU_MEMORY_FRACTION``
+        of its memory). Full batch is the more accurate fit (whole HD sample on an H100: RMSE of proportions
+        0.0077 against 0.0108 from minibatches on the CPU, benchmarks/RESULTS_hd.md)."""
         S = self.X.shape[0]
         size = self.settings.batch_size
         if size is None and self.sparse and S > SPARSE_AUTO_BATCH:
-            size = SPARSE_AUTO_BATCH
+            fits = self.X.nnz * GPU_BYTES_PER_NONZERO <= GPU_MEMORY_FRACTION * gpu_memory_bytes(self.device)
+            size = None if fits else SPARSE_AUTO_BATCH
         return size if size and size < S else None
 
     @property
@@ -447,6 +457,8 @@ def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_l
         raise SpotmapError(f"likelihood must be one of {', '.join(LIKELIHOODS)} (got {cfg.likelihood!r})")
     if not (cfg.sparse_mu_max > 0 and math.isfinite(cfg.sparse_mu_max)):
         raise SpotmapError(f"sparse_mu_max must be a positive number (got {cfg.sparse_mu_max})")
+    if cfg.init_iterations < 0:
+        raise SpotmapError(f"init_iterations must be 0 or more (got {cfg.init_iterations})")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         raise SpotmapError(f"batch_size must be at least 1 (got {cfg.batch_size})")
     sig = validate_signatures(signatures)

@@ -12,6 +12,11 @@ LIKELIHOODS = ("auto", "dense", "sparse")
 #: SPARSE_AUTO_BATCH spots: a full-batch step over a whole Visium HD sample (~150 M non-zeros) would hold
 #: every non-zero's indices and autograd values at once (tens of GB); 20,000-bin steps peak at ~9 GB
 SPARSE_AUTO_BATCH = 20_000
+#: on a GPU that many spots train in one full batch instead when it fits: a full-batch step holds about this
+#: many bytes per non-zero count (measured: 14.4 GB peak at 149.8 M non-zeros, 293k bins × 18k genes, H100)
+GPU_BYTES_PER_NONZERO = 100
+#: ... within this fraction of the GPU's memory
+GPU_MEMORY_FRACTION = 0.8
 #: default bound on the expected count of a sparse gene in any bin: with 8 µm bins ~1,700 of ~18,000 genes
 #: exceed it and are computed exactly (error of the expansion: spotmap.mapping.sparse.approximation_check)
 SPARSE_MU_MAX = 5.0
@@ -31,7 +36,7 @@ class MappingSettings:
     #: spot's row moves once per epoch while global parameters move once per step (None: 2 × lr)
     local_lr: float | None = None
     clip_norm: float = 10.0           #: gradients clipped to ±clip_norm elementwise
-    batch_size: int | None = None     #: spots per step; None = all spots (full batch), or SPARSE_AUTO_BATCH for large sparse data
+    batch_size: int | None = None     #: spots per step; None = all spots (full batch), or SPARSE_AUTO_BATCH for large sparse data that does not fit a GPU
     seed: int = 0
     min_epochs: int = 200             #: the convergence rule is not checked before this epoch
     window: int = 100                 #: epochs per smoothing window of the convergence rule
