@@ -116,10 +116,11 @@ def write_table(df, path: str | os.PathLike, sep: str | None = None, index: bool
 def write_matrix_csv(df, path: str | os.PathLike) -> Path:
     """Write a numeric DataFrame (e.g. spots × cell types) with its index as the first column, atomically.
 
-    The CSV ``df.to_csv`` writes (header: index name, then the columns; floats in their shortest repr; names
-    quoted only where they need it), except exponents without a leading zero (``5.7e-7``, pandas ``5.7e-07``),
-    but by pyarrow's C++ writer: ~6× faster (pandas took ~15 s per spots × types table of a whole Visium HD
-    sample, 293k × 40). Where a name needs quotes, arrow quotes every string; the values read back the same.
+    The CSV ``df.to_csv`` writes (header: index name, then the columns; floats in their shortest round-trip
+    form; names quoted only where they need it), but by pyarrow's C++ writer: 1.7 s instead of 11.3 s for a
+    spots × types table of a whole Visium HD sample (293k × 40). Values read back identically; small numbers
+    may be spelled differently (``0.0000237`` or ``5.7e-7`` where pandas writes ``2.37e-05``, ``5.7e-07``), and
+    where some name needs quotes arrow quotes every string.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
