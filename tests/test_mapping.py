@@ -250,6 +250,18 @@ def test_cli_bad_inputs_one_line_no_output(case, tmp_path):
     assert r.exit_code == 2 and "obs_names" in r.output and not out.exists()
 
 
+def test_gpu_out_of_memory_is_one_clear_error(case, monkeypatch):
+    """A full batch that does not fit the GPU ends with a one-line hint to lower --batch-size, not a traceback."""
+    from spotmap.mapping import model as mapping_model
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(mapping_model, "train_svi", oom)
+    with pytest.raises(SpotmapError, match=r"GPU ran out of memory training \d+ spots per step.*--batch-size"):
+        map_cell_types(case["adata"], case["sig"], **FAST)
+
+
 def test_api_refuses_unknown_settings_and_mismatched_genes(case):
     with pytest.raises(SpotmapError, match="unknown setting"):
         map_cell_types(case["adata"], case["sig"], epochs=3)

@@ -291,8 +291,13 @@ class SpatialMapper:
         log.info("mapping %d spots × %d genes × %d cell types (%d batch(es)) on %s; detection_mean %.4g; %s",
                  S, mod.dims.G, mod.dims.F, mod.dims.E, self.device, self.detection_mean,
                  f"minibatches of {self.batch_size} spots" if self.batch_size else "full batch")
-        with pyro.validation_enabled(False):  # NaN/inf are caught by train_svi's non-finite check instead
-            self.history = train_svi(mod.model, mod.guide, S, mod.batch_kwargs, config, loss=mod.elbo_loss)
+        try:
+            with pyro.validation_enabled(False):  # NaN/inf are caught by train_svi's non-finite check instead
+                self.history = train_svi(mod.model, mod.guide, S, mod.batch_kwargs, config, loss=mod.elbo_loss)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise SpotmapError(f"the GPU ran out of memory training {self.batch_size or S} spots per step; rerun "
+                               f"with a smaller --batch-size (e.g. {min(SPARSE_AUTO_BATCH, max(1, S // 4))}) "
+                               "or on a GPU with more memory") from exc
         store = pyro.get_param_store()
         self.params = {name: store[name].detach().clone() for name in store.keys()}
         if self.device.type == "cuda":   # since the process started: data, model and training together
