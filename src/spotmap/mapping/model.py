@@ -227,7 +227,7 @@ class SpatialMapper:
         sparse likelihood on more than ``SPARSE_AUTO_BATCH`` spots, which train in minibatches of that size
         unless a full batch fits the GPU (``GPU_BYTES_PER_NONZERO`` per non-zero within ``GPU_MEMORY_FRACTION``
         of its memory). Full batch is the more accurate fit (whole HD sample on an H100: RMSE of proportions
-        0.0077 against 0.0108 from minibatches on the CPU, benchmarks/RESULTS_hd.md)."""
+        0.0077 against 0.0093–0.0108 after 160–120 epochs of minibatches on the CPU, benchmarks/RESULTS_hd.md)."""
         S = self.X.shape[0]
         size = self.settings.batch_size
         if size is None and self.sparse and S > SPARSE_AUTO_BATCH:
