@@ -6,7 +6,8 @@
 #   MAX_EPOCHS  upper bound; the convergence rule may stop earlier (default 1000)
 #   BATCH_SIZE  bins per step (default 1000000: the whole sample in one step, which fits a 80 GB GPU)
 # Environment: PYTHON (default python3) must import spotmap (e.g. PYTHONPATH=src) and see a CUDA GPU;
-# DEVICE (default cuda) and N_BINS (default 400000) exist to dry-run the script on a CPU.
+# DEVICE (default cuda) and N_BINS (default 400000) exist to dry-run the script on a CPU; MAP_ARGS adds
+# `spotmap map` options to the big run (e.g. MAP_ARGS="--tol 5e-5").
 #
 # A small sample is mapped on the GPU first, while the big one is being simulated, so a broken CUDA path
 # fails within a minute. GPU memory in use is sampled every 0.2 s by nvidia-smi (gpu_mem.csv); the mapping
@@ -53,7 +54,7 @@ $PY -m spotmap qc --sample sample1 \
     --input "$W/sim/samples/sample1/outs" --outdir "$W/qc" > "$W/qc.log" 2>&1
 stamp "map on $DEVICE (bench_hd_scale.py --part full)"
 $PY "$HERE/bench_hd_scale.py" --qc "$W/qc/sample1.h5ad" --sim "$W/sim" --outdir "$W/bench" --part full \
-    --batch-size "$BATCH" --max-epochs "$EPOCHS" --threads 16 --map-args="--device $DEVICE"
+    --batch-size "$BATCH" --max-epochs "$EPOCHS" --threads 16 --map-args="--device $DEVICE ${MAP_ARGS:-}"
 stamp "done"
 grep -E "spots ×|GPU memory|epoch|wrote" "$W/bench/map_full.log" || true
 [ -s "$W/gpu_mem.csv" ] && awk -F', ' '{ if ($2 > m) m = $2 } END { print "nvidia-smi: most GPU memory in use " m " MiB" }' "$W/gpu_mem.csv"
