@@ -127,10 +127,9 @@ def write_results(adata: ad.AnnData, outdir: str | Path, history: pd.DataFrame |
     """Write ``sp.h5ad``, the four W_*.csv tables and (if given) ``training_history.tsv``, each atomically."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    write_matrix_csv(table(adata, "means", SITE_W).rename_axis("spot_id"), outdir / "W_cell_density.csv")
-    write_matrix_csv(table(adata, "q05", SITE_W).rename_axis("spot_id"), outdir / "W_cell_density_q05.csv")
-    write_matrix_csv(table(adata, "means", SITE_U).rename_axis("spot_id"), outdir / "W_mRNA_count.csv")
-    write_matrix_csv(table(adata, "q05", SITE_U).rename_axis("spot_id"), outdir / "W_mRNA_count_q05.csv")
+    for summary, site, name in (("means", SITE_W, "W_cell_density.csv"), ("q05", SITE_W, "W_cell_density_q05.csv"),
+                                ("means", SITE_U, "W_mRNA_count.csv"), ("q05", SITE_U, "W_mRNA_count_q05.csv")):
+        write_matrix_csv(table(adata, summary, site).rename_axis("spot_id"), outdir / name)
     if history is not None:
         write_table(history, outdir / "training_history.tsv", index=False)
     write_h5ad(adata, outdir / "sp.h5ad")  # last: its presence marks a complete result

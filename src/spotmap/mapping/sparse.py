@@ -171,7 +171,6 @@ def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tens
     At the non-zeros the expansion is swapped for the exact terms.
     Shapes: ``w_sf`` (B, F), ``mg_fg`` (F, Gz), ``s_eg`` / ``alpha_eg`` (E, Gz), ``y_s`` (B, 1).
     """
-    B = w_sf.shape[0]
     E, Gz = alpha_eg.shape
     linear = torch.zeros((), dtype=w_sf.dtype, device=w_sf.device)
     mu0_eg = torch.zeros((E, Gz), dtype=w_sf.dtype, device=w_sf.device)
