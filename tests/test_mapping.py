@@ -131,8 +131,8 @@ def test_minibatch_training_is_finite_and_informative(case):
     assert np.isfinite(est.to_numpy()).all()
     assert np.median(_pearson(est, case["truth"])) > 0.6
     assert len(hist) == 40
-    # spot-level parameters move once per epoch: twice the global learning rate by default
-    assert res.uns["mod"]["batch_size_used"] == 100 and res.uns["mod"]["local_lr_used"] == pytest.approx(0.04)
+    # spot-level parameters move once per epoch: three times the global learning rate by default
+    assert res.uns["mod"]["batch_size_used"] == 100 and res.uns["mod"]["local_lr_used"] == pytest.approx(0.06)
 
 
 # ---------------------------------------------------------------------------------------------- determinism

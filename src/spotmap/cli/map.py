@@ -32,7 +32,7 @@ _S, _P = MappingSettings(), MappingPriors()
 @click.option("--lr", default=_S.lr, show_default=True, type=float, help="Adam learning rate (gradients clipped at ±10).")
 @click.option("--local-lr", default=None, type=float,
               help="Learning rate of the spot-level parameters in minibatch training (each spot moves once per "
-                   "epoch, global parameters once per step) [default: 2 × --lr].")
+                   "epoch, global parameters once per step) [default: 3 × --lr].")
 @click.option("--batch-size", default=None, type=int,
               help="Spots per training step (minibatches for data that does not fit) [default: all spots; "
                    "20,000 with the sparse likelihood on more than 20,000 spots].")

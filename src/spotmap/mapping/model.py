@@ -122,7 +122,12 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     batch's y_e. With m_g = 1, ``iterations`` multiplicative (Lee–Seung, KL) updates
     ``w ← w · ((D / (y (w g))) gᵀ) / (1 gᵀ)`` on the ``max_genes`` genes that best separate cell types;
     then m_g by the ratio of observed to fitted totals per gene, and a second round with ``m_g · g``.
-    w_sf is floored at 0.01 cells so that no type starts "dead" in log space. Deterministic; costs a few
+    w_sf is floored at 0.01 cells so that no type starts "dead" in log space. ``w_sf_scale``, the guide's
+    initial sd of log w_sf, is that of the Gamma posterior of w_sf whose shape is the prior's plus the UMIs
+    the NMF gives type f in spot s (u_sf = y_s w_sf Σ_g m_g g_fg): ``sqrt(trigamma(shape + u_sf))`` ≈
+    1/sqrt(u_sf) for a type with many UMIs, ~2 for an absent one. Starting every sd at 0.1 instead, absent
+    types needed hundreds of steps to widen: with minibatches (each spot moves once per epoch) a whole
+    Visium HD sample was still far from it after 120 epochs (benchmarks/RESULTS_hd.md). Deterministic; costs a few
     seconds at 10⁴ spots × 10⁴ genes. With ``sparse=True`` the same updates run on every gene with the
     ratio evaluated at the non-zero counts only (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the
     non-zeros; for Visium HD), on ``device`` (default: the CPU).
@@ -160,9 +165,12 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     fitted = ((y * w).sum(0) @ g).clamp_min(1e-10)
     m = (col_total / fitted).clamp(0.05, 20.0)
     w = nmf(m[genes] * g[:, genes], w, iterations - iterations // 2)
+    umis = (y * w * (m * g).sum(1)[None, :]).double()                                     # (S, F) u_sf
+    shape = priors.w_sf_mean_var_ratio * priors.N_cells_per_location / F
+    w_scale = torch.special.polygamma(1, umis + shape).sqrt().numpy()
     w = w.clamp_min(0.01).double().numpy()
     return {"w_sf": w, "m_g": m.double().numpy()[None, :], "n_s_cells_per_location": w.sum(1, keepdims=True),
-            "y_e": y_e[:, None], "y_s": y_e[batch][:, None]}
+            "y_e": y_e[:, None], "y_s": y_e[batch][:, None], "w_sf_scale": w_scale}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -237,10 +245,10 @@ class SpatialMapper:
 
     @property
     def local_lr(self) -> float:
-        """Learning rate of the spot-level parameters: ``settings.local_lr`` (default 2 × lr) in minibatch
+        """Learning rate of the spot-level parameters: ``settings.local_lr`` (default 3 × lr) in minibatch
         training, where each spot moves once per epoch; ``lr`` in full-batch training."""
         s = self.settings
-        return (s.local_lr or 2.0 * s.lr) if self.batch_size else s.lr
+        return (s.local_lr or 3.0 * s.lr) if self.batch_size else s.lr
 
     def module(self) -> MappingModule:
         if self._module is None:

@@ -101,10 +101,11 @@ class MappingModule:
     priors
         :class:`MappingPriors`.
     init
-        Initial values of the guide's ``loc`` on the *natural* scale, per site (arrays of the site's shape);
-        sites not given start at their prior mean.
+        Initial values of the guide's *mean* on the natural scale, per site (arrays of the site's shape);
+        sites not given start at their prior mean. ``init['<site>_scale']``, where given, is that site's
+        initial guide ``scale`` (sd of log x) per element.
     init_scale
-        Initial guide ``scale`` (sd of log x) of every site.
+        Initial guide ``scale`` of every other site.
     max_scale
         Upper bound of every guide ``scale``. Sites whose posterior is close to a very flat log-space prior
         (z_sr and x_fr of unused groups: Gamma shapes ≪ 1) otherwise widen without end, and draws such as
@@ -158,12 +159,24 @@ class MappingModule:
         if value is None:
             value = np.full(shape, self.prior_mean(site))
         value = np.broadcast_to(np.asarray(value, dtype=np.float64), shape)
-        return torch.as_tensor(np.log(np.maximum(value, 1e-8)), dtype=torch.float32, device=self.device)
+        # the guide's mean exp(loc + scale²/2), not its median, starts at the initial value: with a wide
+        # initial sd (absent cell types) the median would put phantom cells in every spot
+        loc = np.log(np.maximum(value, 1e-8)) - 0.5 * self._init_scale(site).double().cpu().numpy() ** 2
+        return torch.as_tensor(loc, dtype=torch.float32, device=self.device)
+
+    def _init_scale(self, site: str) -> torch.Tensor:
+        """Initial guide sd of ``log site``: ``init['<site>_scale']`` where given (w_sf: from the counts, see
+        :func:`spotmap.mapping.model.initial_values`), within [0.01, 0.75 · max_scale]; else ``init_scale``."""
+        value = self.init.get(f"{site}_scale")
+        if value is None:
+            return torch.full(self.dims.shape(site), self.init_scale, device=self.device)
+        value = np.clip(np.broadcast_to(np.asarray(value, dtype=np.float64), self.dims.shape(site)),
+                        0.01, 0.75 * self.max_scale)
+        return torch.as_tensor(value, dtype=torch.float32, device=self.device)
 
     def _params(self, site: str) -> tuple[torch.Tensor, torch.Tensor]:
         loc = pyro.param(f"{site}_loc", lambda: self._init_loc(site))
-        scale = pyro.param(f"{site}_scale",
-                           lambda: torch.full(self.dims.shape(site), self.init_scale, device=self.device),
+        scale = pyro.param(f"{site}_scale", lambda: self._init_scale(site),
                            constraint=constraints.interval(0.0, self.max_scale))
         return loc, scale
 

@@ -33,7 +33,7 @@ class MappingSettings:
     max_epochs: int = 3000            #: upper bound on passes over all spots
     lr: float = 0.02                  #: Adam learning rate (spotmap.optim.LazyClippedAdam)
     #: learning rate of the spot-level parameters (w_sf, n_s, b_s, z_sr, y_s) in minibatch training, where each
-    #: spot's row moves once per epoch while global parameters move once per step (None: 2 × lr)
+    #: spot's row moves once per epoch while global parameters move once per step (None: 3 × lr)
     local_lr: float | None = None
     clip_norm: float = 10.0           #: gradients clipped to ±clip_norm elementwise
     batch_size: int | None = None     #: spots per step; None = all spots (full batch), or SPARSE_AUTO_BATCH for large sparse data that does not fit a GPU
@@ -43,7 +43,7 @@ class MappingSettings:
     tol: float = 1e-4                 #: relative change of the smoothed -ELBO that counts as converged
     device: str = "auto"              #: auto | cpu | cuda
     batch_key: str = "sample"         #: obs column whose levels are the batches e
-    init_scale: float = 0.1           #: initial sd of every log-normal guide factor (log scale)
+    init_scale: float = 0.1           #: initial sd of the log-normal guide factors (log scale) but w_sf's (from the counts)
     max_scale: float = 2.0            #: upper bound of every guide sd (log scale); see MappingModule
     init_iterations: int = 30         #: Poisson-NMF iterations of the w_sf initialisation
     checkpoint_every: int | None = None  #: epochs between checkpoints (None: none)
