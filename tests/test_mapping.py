@@ -275,6 +275,34 @@ def test_api_refuses_unknown_settings_and_mismatched_genes(case):
         map_cell_types(case["adata"], case["sig"], init_iterations=-1, **FAST)
 
 
+def test_initial_guide_mean_and_sd_of_w_sf_come_from_the_counts(case):
+    """w_sf's guide starts with its mean at the NMF values and its sd from the counts: narrow where a type
+    holds many UMIs, wide where it is absent (constant 0.1 before: absent types took hundreds of steps to widen)."""
+    import pyro
+
+    from spotmap.io.genes import match_genes
+    from spotmap.mapping.model import MappingSettings, SpatialMapper
+
+    a, s = match_genes(case["adata"], case["sig"])
+    mod = SpatialMapper(a, s, settings=MappingSettings(device="cpu", progress=False)).module()
+    pyro.clear_param_store()
+    mod.guide(**mod.batch_kwargs(None))
+    loc = pyro.param("w_sf_loc").detach().double().numpy()
+    scale = pyro.param("w_sf_scale").detach().double().numpy()
+    np.testing.assert_allclose(np.exp(loc + scale**2 / 2), mod.init["w_sf"], rtol=1e-4)
+    assert scale.min() >= 0.01 - 1e-7 and scale.max() <= 0.75 * mod.max_scale + 1e-6
+    truth = case["truth"].loc[a.obs_names, list(s.columns)].to_numpy()
+    present, absent = truth >= 2, truth == 0
+    # Visium depth: a present type has hundreds of UMIs per spot (sd ~0.02); an absent one keeps a few after
+    # the NMF's iterations (sd ~0.09; ~2 in Visium HD bins, benchmarks/RESULTS_hd.md)
+    sd_present, sd_absent = np.median(scale[present]), np.median(scale[absent])
+    assert sd_present < 0.05 and sd_absent > 3 * sd_present, (sd_present, sd_absent)
+    # every other site starts at the constant init_scale, its mean at the initial value
+    np.testing.assert_allclose(pyro.param("y_s_scale").detach().numpy(), 0.1, rtol=1e-6)
+    y_loc = pyro.param("y_s_loc").detach().double().numpy()
+    np.testing.assert_allclose(np.exp(y_loc + 0.1**2 / 2), mod.init["y_s"], rtol=1e-5)
+
+
 def test_fast_elbo_is_the_pyro_model_with_exact_entropy(case):
     """elbo_loss evaluates exactly the pyro program's log joint (plates, subsample scaling, factor) plus the
     guide's analytic entropy, for the same draws."""
