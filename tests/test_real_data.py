@@ -88,23 +88,25 @@ def test_cerebellum_granule_dominates_purkinje_next(cerebellum):
     means = table(res, "means").rename(columns=names)
     assert set(q05.columns) == set(names)  # the 19 clusters, named through cell_type_dict.csv
     # Granule is the most abundant type over the puck, by the confident (q05) and the mean abundance,
-    # by a wide margin (measured: q05 total 32.1–32.4 cells vs 8.5–8.6 for the next type, ratio 3.7–3.8;
-    # means 62.5 vs 24.8–25.6, ratio 2.4–2.5)
+    # by a wide margin (measured, seeds 0–2: q05 total 36.0–36.5 cells vs 5.4–5.5 for the next type, ratio
+    # 6.5–6.7; means 58.2–58.3 vs 17.9–18.0, ratio 3.2)
     tot_q05, tot_means = q05.sum().sort_values(ascending=False), means.sum().sort_values(ascending=False)
     assert tot_q05.index[0] == "Granule" and tot_q05.iloc[0] > 3 * tot_q05.iloc[1]
     assert tot_means.index[0] == "Granule" and tot_means.iloc[0] > 2.2 * tot_means.iloc[1]
     # Purkinje is second by confident abundance (measured rank 2 on every seed)
     assert tot_q05.index[1] == "Purkinje"
     # Confident beads (top type > half of the bead's q05 abundance): Granule first, Purkinje second, as in
-    # RCTD (measured: Granule 25–27, Purkinje 8, then at most 3 for any other type)
+    # RCTD (measured: Granule 45, Purkinje 8, then at most 4 for any other type)
     conf = q05.idxmax(1)[_shares(q05) > 0.5].value_counts()
-    assert conf.index[0] == "Granule" and conf["Granule"] >= 22
+    assert conf.index[0] == "Granule" and conf["Granule"] >= 38
     assert conf.index[1] == "Purkinje" and conf["Purkinje"] >= 6 and conf["Purkinje"] > conf.iloc[2]
-    # Granule is the dominant (largest mean abundance) type of about half the beads (measured 47–48 of 100),
-    # and Purkinje among the next (measured 2nd with 9 beads, one ahead of Bergmann / Ependymal: top 3 asserted)
-    dom = means.idxmax(1).value_counts()
-    assert dom.index[0] == "Granule" and 40 <= dom["Granule"] <= 56
-    assert "Purkinje" in dom.index[1:3]
+    # Granule is the dominant (largest q05 and mean abundance) type of about half the beads (measured 47 of 100
+    # by q05, 47–48 by means), and Purkinje the next by q05 (measured 11–12 beads, then at most 8). By means
+    # Purkinje ties 2nd–4th with 7–8 beads (Oligodendrocytes, Ependymal, Bergmann 7–8): not asserted.
+    dom_q05, dom_means = q05.idxmax(1).value_counts(), means.idxmax(1).value_counts()
+    assert dom_q05.index[0] == "Granule" and 40 <= dom_q05["Granule"] <= 56
+    assert dom_means.index[0] == "Granule" and 40 <= dom_means["Granule"] <= 56
+    assert dom_q05.index[1] == "Purkinje" and dom_q05["Purkinje"] >= dom_q05.iloc[2] + 2
 
 
 def test_hippocampus_proportions_correlate_with_rctd(shared_data, tmp_path):
@@ -139,21 +141,22 @@ def test_merfish_one_type_per_cell(shared_data, tmp_path):
     assert res.n_obs == 750 and res.n_vars == 113  # 113 of the 134 panel genes pass the reference gene filter
     q05, means = table(res, "q05"), table(res, "means")
     top_q05, top_means = _shares(q05), _shares(means)
-    # confident abundance: one type holds most of a cell's (measured: median share 0.593–0.596,
-    # 66.5–67.7 % of cells above one half); with 14 types an even split would give 0.07
-    assert top_q05.median() > 0.55
-    assert (top_q05 > 0.5).mean() > 0.62
-    # posterior means spread more mass over the other 13 types (measured median 0.338–0.340, 18 % of
-    # cells above one half): still about five times the even split
-    assert top_means.median() > 0.31
+    # confident abundance: one type holds most of a cell's (measured, seeds 0–2: median share 0.692–0.696,
+    # 83.3–83.9 % of cells above one half); with 14 types an even split would give 0.07
+    assert top_q05.median() > 0.65
+    assert (top_q05 > 0.5).mean() > 0.79
+    # posterior means spread more mass over the other 13 types (measured median 0.428–0.430, 34–35 % of
+    # cells above one half): still about six times the even split
+    assert top_means.median() > 0.39
     # the dominant types follow the tissue: neurons first (Inhibitory, Excitatory), then glia; the
     # reference's Ambiguous / Unstable classes dominate almost no cell (measured 5 of 750)
     dom = q05.idxmax(1).value_counts()
     assert set(dom.index[:2]) == {"Inhibitory", "Excitatory"}
     assert dom.get("Ambiguous", 0) + dom.get("Unstable", 0) <= 10
-    # one cell per location (N = 1): the total abundance (sum of posterior means) has a median of 2.07–2.08
-    # cells, about 1 cell of the top types plus the spread-out rest (see examples/real_data.md)
-    assert 1.5 < res.obs["total_cell_abundance"].median() < 2.7
+    # one cell per location (N = 1): the total abundance (sum of posterior means) has a median of 1.33 cells,
+    # about 1 cell of the top types plus the spread-out rest (2.07–2.08 before w_sf's guide sd started from
+    # the counts: absent types then kept wide posterior means; see examples/real_data.md)
+    assert 1.15 < res.obs["total_cell_abundance"].median() < 1.55
 
 
 def test_small_gene_panel_120_genes(cerebellum, shared_data, tmp_path):
