@@ -294,7 +294,7 @@ def test_initial_guide_mean_and_sd_of_w_sf_come_from_the_counts(case):
     truth = case["truth"].loc[a.obs_names, list(s.columns)].to_numpy()
     present, absent = truth >= 2, truth == 0
     # Visium depth: a present type has hundreds of UMIs per spot (sd ~0.02); an absent one keeps a few after
-    # the NMF's iterations (sd ~0.09; ~2 in Visium HD bins, benchmarks/RESULTS_hd.md)
+    # the NMF's iterations (sd ~0.09; in Visium HD bins most start at the 1.5 cap, benchmarks/RESULTS_hd.md)
     sd_present, sd_absent = np.median(scale[present]), np.median(scale[absent])
     assert sd_present < 0.05 and sd_absent > 3 * sd_present, (sd_present, sd_absent)
     # every other site starts at the constant init_scale, its mean at the initial value
