@@ -40,9 +40,10 @@ def reuse_freed_memory() -> bool:
     step of a large model (tensors of tens of MB per operation) faults in and zeroes fresh pages again. On
     the 2-core test VM a 20,000-bin Visium HD step went 1.72 → 0.99 s (1 thread) and building its minibatch
     0.77 → 0.21 s, with 4 % more peak memory; together with the sparse likelihood's fused non-zero terms, a
-    whole-sample epoch 23.3 → 20.7 s and the mapping's set-up 2 min 50 s → 1 min 27 s (benchmarks/RESULTS_hd.md). The catch: the process keeps its peak footprint
-    until it exits, so this is called by the ``spotmap`` command (one step per process), not on import.
-    Returns whether the setting took effect (False off glibc).
+    whole-sample epoch 23.3 → 20.7 s and the mapping's set-up 2 min 50 s → 1 min 27 s
+    (benchmarks/RESULTS_hd.md). The catch: the process keeps its peak footprint until it exits, so this is
+    called by the ``spotmap`` command (one step per process), not on import. Returns whether the setting
+    took effect (False off glibc).
     """
     import ctypes
     import ctypes.util

@@ -128,9 +128,10 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     1/sqrt(u_sf) for a type with many UMIs, ~2 for an absent one (the guide starts it at 1.5 at most). With
     every sd at 0.1 instead, absent types needed hundreds of steps to widen: with minibatches (each spot moves
     once per epoch) a whole Visium HD sample was still far from it after 120 epochs (benchmarks/RESULTS_hd.md).
-    Deterministic; costs a few seconds at 10⁴ spots × 10⁴ genes. With ``sparse=True`` the same updates run on every gene with the
-    ratio evaluated at the non-zero counts only (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the
-    non-zeros; for Visium HD), on ``device`` (default: the CPU).
+    Deterministic; costs a few seconds at 10⁴ spots × 10⁴ genes. With ``sparse=True`` the same updates run
+    on every gene with the ratio evaluated at the non-zero counts only
+    (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the non-zeros; for Visium HD), on ``device``
+    (default: the CPU).
     """
     S, G = X.shape
     F = g_fg.shape[0]

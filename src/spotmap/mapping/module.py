@@ -161,22 +161,23 @@ class MappingModule:
         value = np.broadcast_to(np.asarray(value, dtype=np.float64), shape)
         # the guide's mean exp(loc + scale²/2), not its median, starts at the initial value: with a wide
         # initial sd (absent cell types) the median would put phantom cells in every spot
-        loc = np.log(np.maximum(value, 1e-8)) - 0.5 * self._init_scale(site).double().cpu().numpy() ** 2
+        loc = np.log(np.maximum(value, 1e-8)) - 0.5 * self._init_scale(site) ** 2
         return torch.as_tensor(loc, dtype=torch.float32, device=self.device)
 
-    def _init_scale(self, site: str) -> torch.Tensor:
-        """Initial guide sd of ``log site``: ``init['<site>_scale']`` where given (w_sf: from the counts, see
-        :func:`spotmap.mapping.model.initial_values`), within [0.01, 0.75 · max_scale]; else ``init_scale``."""
+    def _init_scale(self, site: str) -> np.ndarray:
+        """Initial guide sd of ``log site`` (float64, the site's shape): ``init['<site>_scale']`` where given
+        (w_sf: from the counts, see :func:`spotmap.mapping.model.initial_values`), within [0.01, 0.75 ·
+        max_scale]; else ``init_scale``."""
         value = self.init.get(f"{site}_scale")
         if value is None:
-            return torch.full(self.dims.shape(site), self.init_scale, device=self.device)
-        value = np.clip(np.broadcast_to(np.asarray(value, dtype=np.float64), self.dims.shape(site)),
-                        0.01, 0.75 * self.max_scale)
-        return torch.as_tensor(value, dtype=torch.float32, device=self.device)
+            return np.full(self.dims.shape(site), self.init_scale)
+        return np.clip(np.broadcast_to(np.asarray(value, dtype=np.float64), self.dims.shape(site)),
+                       0.01, 0.75 * self.max_scale)
 
     def _params(self, site: str) -> tuple[torch.Tensor, torch.Tensor]:
         loc = pyro.param(f"{site}_loc", lambda: self._init_loc(site))
-        scale = pyro.param(f"{site}_scale", lambda: self._init_scale(site),
+        scale = pyro.param(f"{site}_scale",
+                           lambda: torch.as_tensor(self._init_scale(site), dtype=torch.float32, device=self.device),
                            constraint=constraints.interval(0.0, self.max_scale))
         return loc, scale
 

@@ -43,7 +43,7 @@ class MappingSettings:
     tol: float = 1e-4                 #: relative change of the smoothed -ELBO that counts as converged
     device: str = "auto"              #: auto | cpu | cuda
     batch_key: str = "sample"         #: obs column whose levels are the batches e
-    init_scale: float = 0.1           #: initial sd of the log-normal guide factors (log scale) but w_sf's (from the counts)
+    init_scale: float = 0.1           #: initial sd (log scale) of every guide factor but w_sf (set from the counts)
     max_scale: float = 2.0            #: upper bound of every guide sd (log scale); see MappingModule
     init_iterations: int = 30         #: Poisson-NMF iterations of the w_sf initialisation
     checkpoint_every: int | None = None  #: epochs between checkpoints (None: none)
