@@ -37,9 +37,12 @@ workflow {
     } else {
         def schema_input = "${projectDir}/assets/schema_input.json"
         def columns      = samplesheetColumns(schema_input)
+        def rows         = samplesheetToList(params.input, schema_input)
+        // a batch given to any row: every row gets one (its own sample id where empty), as `spotmap run` does
+        def any_batch    = rows.any { row -> row[0].batch }
         ch_samples = Channel
-            .fromList(samplesheetToList(params.input, schema_input))
-            .map { row -> sampleFromRow(row, columns) }
+            .fromList(rows)
+            .map { row -> sampleFromRow(row, columns, any_batch) }
         ch_reference = params.reference ? Channel.fromPath(params.reference, checkIfExists: true) : Channel.empty()
     }
     ch_reference = ch_reference.map { ref ->
@@ -97,10 +100,11 @@ def samplesheetColumns(schema_path) {
 /*
  * A samplesheet row from samplesheetToList ([ meta, <one value per non-meta column> ], empty cells as [])
  * as the QC input [ meta, input, coordinates or [] ]. The input is the one of spaceranger_dir, h5ad or
- * counts that is set (the schema makes sure there is exactly one).
+ * counts that is set (the schema makes sure there is exactly one). With any_batch (some row has a
+ * batch), a row without one gets its sample id as meta.batch: its own batch.
  */
-def sampleFromRow(row, columns) {
-    def meta   = row[0]
+def sampleFromRow(row, columns, any_batch = false) {
+    def meta   = any_batch && !row[0].batch ? row[0] + [ batch: row[0].id ] : row[0]
     def values = [ columns, row[1..-1] ].transpose().collectEntries { name, value -> [ name, value ] }
     def inputs = [ 'spaceranger_dir', 'h5ad', 'counts' ].collect { name -> values[name] }.findAll { value -> value }
     if (inputs.size() != 1) {

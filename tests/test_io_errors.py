@@ -269,6 +269,15 @@ def test_bad_sample_id(tmp_path, sim_single, sample):
     assert r.exit_code == 2 and "--sample must" in r.output and not outdir.exists()
 
 
+@pytest.mark.parametrize("batch", ["run 1", ""])
+def test_bad_batch_label(tmp_path, sim_single, batch):
+    outdir = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["qc", "--sample", "S1", "--batch", batch, "--outdir", str(outdir), "--input",
+                                 str(sim_single / "samples" / "sample1")])
+    assert r.exit_code == 2 and f"--batch must be a label without spaces (got {batch!r})" in r.output
+    assert not outdir.exists()
+
+
 def test_no_in_tissue_spots(tmp_path):
     c, _ = write_table(tmp_path, good_counts())
     xy = tmp_path / "coords.csv"

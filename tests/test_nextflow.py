@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anndata as ad
 import click
 import pytest
 import yaml
@@ -285,7 +286,16 @@ def test_per_sample_restart_names_and_optional_inputs():
     assert "--coordinates" not in qc and "--bin-size" not in qc
     # Visium HD: the samplesheet's bin_size (meta.bin_size) reaches `spotmap qc --bin-size`
     qc = _render("QC", {"meta": {"id": "hd1", "bin_size": 8}, "input": "outs", "coordinates": ""})
-    assert "--bin-size 8" in qc
+    assert "--bin-size 8" in qc and "--batch" not in qc
+    # the samplesheet's batch (meta.batch) reaches `spotmap qc --batch`; the joint model's meta.batch_key
+    # reaches `spotmap map --batch-key`, before ext.args (which may override it)
+    qc = _render("QC", {"meta": {"id": "s1", "batch": "run1"}, "input": "outs", "coordinates": ""})
+    assert "--batch run1" in qc
+    mp = _render("MAP", {"meta": JOINT | {"batch_key": "batch"}, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv",
+                         "seed": 0}, {"args": "--detection-alpha 20"})
+    assert re.search(r"--batch-key batch\s*\\?\s*--detection-alpha 20", mp), mp
+    assert "--batch-key" not in _render("MAP", {"meta": {"id": "s1", "batch": "run1"}, "spatial": "spatial/s1.h5ad",
+                                               "signatures": "s.csv", "seed": 0})
 
 
 def test_mapping_mode_auto_everywhere():
@@ -326,6 +336,10 @@ EXT = {
 HD_SIMULATE = ("--platform visium-hd --n-cells 120 --n-bins 300 --n-genes 150 --n-cell-types 4 --n-samples 1 "
                "--seed 0")
 HD_META = {"id": "sample1", "bin_size": 8, "n_cells_per_location": 2}  # a samplesheet row's meta
+# samplesheet metas with a batch column filled in one row only (main.nf gives the other its sample id), and
+# the joint model's meta that the workflow then builds
+SAMPLE_META = {"sample1": {"id": "sample1", "batch": "run1"}, "sample2": {"id": "sample2", "batch": "sample2"}}
+JOINT_BATCH = JOINT | {"batch_key": "batch"}
 
 
 class Contract:
@@ -353,7 +367,7 @@ class Contract:
     def qc(self, sample: str):
         sim = self.need("SIMULATE", self.simulate())
         outs = [d for d in sim.outputs["samples"] if d.parent.name == sample][0]
-        return self.run(f"QC_{sample}", "QC", {"meta": {"id": sample}, "input": outs, "coordinates": []})
+        return self.run(f"QC_{sample}", "QC", {"meta": SAMPLE_META[sample], "input": outs, "coordinates": []})
 
     def qc_files(self):
         return [self.need(f"QC {s}", self.qc(s)).outputs["h5ad"][0] for s in ("sample1", "sample2")]
@@ -367,7 +381,7 @@ class Contract:
     def map(self, seed: int):
         spatial = self.qc_files()
         sig = self.need("SIGNATURES", self.signatures()).outputs["signatures"][0]
-        return self.run(f"MAP_{seed}", "MAP", {"meta": JOINT, "spatial": spatial, "signatures": sig,
+        return self.run(f"MAP_{seed}", "MAP", {"meta": JOINT_BATCH, "spatial": spatial, "signatures": sig,
                                                "seed": seed})
 
     def aggregate(self):
@@ -458,6 +472,9 @@ def test_contract_qc(contract, sample):
     res = contract.qc(sample)
     _check(res, "SPOTMAP:QC")
     assert res.outputs["h5ad"][0].name == f"{sample}.h5ad"
+    # the samplesheet's batch label (meta.batch) is on every spot
+    obs = ad.read_h5ad(res.outputs["h5ad"][0], backed="r").obs
+    assert set(obs["batch"]) == {SAMPLE_META[sample]["batch"]} and set(obs["sample"]) == {sample}
 
 
 def test_contract_qc_batch(contract):
@@ -476,6 +493,10 @@ def test_contract_map(contract, seed):
     res = contract.map(seed)
     _check(res, "SPOTMAP:MAP")
     assert res.outputs["restart"][0].name == f"restart_{seed}"
+    # the joint model's batches are the samplesheet's batch labels (meta.batch_key -> --batch-key batch)
+    assert "--batch-key batch" in res.script
+    mod = ad.read_h5ad(res.outputs["h5ad"][0], backed="r").uns["mod"]
+    assert mod["batch_key"] == "batch" and list(mod["batch_names"]) == ["run1", "sample2"]
 
 
 def test_contract_visium_hd(contract):

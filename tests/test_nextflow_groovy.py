@@ -40,6 +40,11 @@ assert sampleFromRow(row(spaceranger_dir: '/x/outs'), cols) == [meta, Paths.get(
 assert sampleFromRow(row(h5ad: '/x/a.h5ad'), cols) == [meta, Paths.get('/x/a.h5ad'), []]
 assert sampleFromRow(row(counts: '/x/c.csv', coordinates: '/x/xy.csv'), cols) ==
     [meta, Paths.get('/x/c.csv'), Paths.get('/x/xy.csv')]
+// a batch in some row: a row without one gets its sample id as its batch; one with a batch keeps it
+def bare = { Map v -> [[id: 's2']] + cols.collect { c -> v.containsKey(c) ? Paths.get(v[c]) : [] } }
+assert sampleFromRow(bare(h5ad: '/x/a.h5ad'), cols, true)[0] == [id: 's2', batch: 's2']
+assert sampleFromRow(bare(h5ad: '/x/a.h5ad'), cols)[0] == [id: 's2']
+assert sampleFromRow(row(h5ad: '/x/a.h5ad'), cols, true)[0] == meta
 for (bad in [row(spaceranger_dir: '/x/outs', h5ad: '/x/a.h5ad'), row([:])]) {
     try { sampleFromRow(bad, cols); assert false : "accepted ${bad}" }
     catch (IllegalStateException e) { assert e.message.startsWith("spotmap: samplesheet row 's1'") }

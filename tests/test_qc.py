@@ -72,9 +72,9 @@ def test_run_qc_removes_the_simulated_bad_spots(sim_small):
 @pytest.fixture(scope="module")
 def qc_out(sim_small, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("qc")
-    for s in ("sample1", "sample2"):
+    for s, batch in (("sample1", []), ("sample2", ["--batch", "run1"])):
         _qc(["--sample", s, "--input", str(sim_small / "samples" / s / "outs"), "--outdir", str(out),
-             "--min-genes", "100", "--reference", str(sim_small / "reference.h5ad")])
+             "--min-genes", "100", "--reference", str(sim_small / "reference.h5ad"), *batch])
     return out
 
 
@@ -86,6 +86,9 @@ def test_qc_cli_outputs(qc_out, sim_small):
     a = ad.read_h5ad(qc_out / "sample1.h5ad")
     assert sp.issparse(a.X) and np.all(a.X.data == np.round(a.X.data))
     assert a.obs_names[0] == f"sample1_{a.obs['barcode'].iloc[0]}" and (a.obs["sample"] == "sample1").all()
+    # --batch (the samplesheet's batch column) labels every spot; without it there is no batch column
+    b = ad.read_h5ad(qc_out / "sample2.h5ad", backed="r")
+    assert "batch" not in a.obs and set(b.obs["batch"]) == {"run1"} and b.uns["qc"]["batch"] == "run1"
     for c in ("total_counts", "n_genes_by_counts", "mt_frac"):
         assert c in a.obs
     assert isinstance(a.obsm["mt"], pd.DataFrame) and a.obsm["mt"].shape == (a.n_obs, 13)

@@ -15,7 +15,7 @@ include { MULTIQC    } from '../modules/local/multiqc/main'
 workflow SPOTMAP {
 
     take:
-    ch_samples     // channel: [ val(meta), path(spaceranger_dir, h5ad or counts), path(coordinates) or [] ]; meta.bin_size for Visium HD
+    ch_samples     // channel: [ val(meta), path(spaceranger_dir, h5ad or counts), path(coordinates) or [] ]; meta.bin_size for Visium HD, meta.batch
     ch_reference   // channel: [ val(meta), path(reference), path(cell_types) or [] ]; empty with --signatures
     ch_signatures  // channel: path(signatures.csv); empty unless --signatures is given
     seeds          // list of restart seeds, one MAP task per seed (and per sample in per_sample mode)
@@ -53,8 +53,13 @@ workflow SPOTMAP {
     // or each sample on its own (per_sample); auto: per_sample when any sample is Visium HD
     // (100,000s of bins each), joint otherwise
     //
+    // joint: samples sharing a samplesheet batch label share its batch-level parameters (--batch-key batch)
+    ch_batch_key  = QC.out.h5ad.map { meta, _h5ad -> meta.batch ? 'batch' : '' }.collect().map { keys -> keys.any() ? 'batch' : '' }
     ch_per_sample = QC.out.h5ad.map { meta, h5ad -> [ meta, [ h5ad ] ] }
-    ch_joint      = ch_qc_files.map { files -> [ [ id: 'joint', joint: true ], files ] }
+    ch_joint      = ch_qc_files
+        .map { files -> [ [ id: 'joint', joint: true ], files ] }
+        .combine(ch_batch_key)
+        .map { meta, files, key -> [ key ? meta + [ batch_key: key ] : meta, files ] }
     if (params.mapping_mode == 'per_sample') {
         ch_map_in = ch_per_sample
     } else if (params.mapping_mode == 'joint') {

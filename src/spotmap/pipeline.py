@@ -72,11 +72,22 @@ MAPPING_MODES = ("auto", "joint", "per_sample")
 HD_PLATFORM = "visium-hd"
 
 
+def _batches(sheet) -> dict[str, str]:
+    """``{sample: batch label}`` when the samplesheet gives a batch to any row (a row without one is its own
+    batch, named after the sample), else ``{}`` (every sample its own batch, as ``--batch-key sample``)."""
+    if "batch" not in sheet:
+        return {}
+    labels = {str(r["sample"]): r["batch"] if isinstance(r["batch"], str) and r["batch"] else str(r["sample"])
+              for _, r in sheet.iterrows()}
+    return labels if any(isinstance(v, str) and v for v in sheet["batch"]) else {}
+
+
 def _sample_inputs(sheet) -> list[tuple[str, str, list[str]]]:
-    """(sample, input path, extra qc args) per samplesheet row: ``--coordinates`` and ``--bin-size``
-    (Visium HD bin size in µm) when the row has them."""
+    """(sample, input path, extra qc args) per samplesheet row: ``--coordinates``, ``--bin-size``
+    (Visium HD bin size in µm) and ``--batch`` (see :func:`_batches`) when the row has them."""
     import pandas as pd
 
+    batches = _batches(sheet)
     rows = []
     for _, row in sheet.iterrows():
         path = next((row[c] for c in ("spaceranger_dir", "h5ad", "counts") if c in row and isinstance(row[c], str) and row[c]),
@@ -87,6 +98,8 @@ def _sample_inputs(sheet) -> list[tuple[str, str, list[str]]]:
         bin_size = row.get("bin_size") if "bin_size" in row else None
         if bin_size is not None and not (isinstance(bin_size, float) and pd.isna(bin_size)) and bin_size != "":
             extra += ["--bin-size", int(bin_size)]
+        if batches:
+            extra += ["--batch", batches[str(row["sample"])]]
         rows.append((str(row["sample"]), str(path), extra))
     return rows
 
@@ -153,6 +166,7 @@ def run_pipeline(params: RunParams) -> Path:
     out = Path(params.outdir)
     sheet = read_samplesheet(params.samplesheet)
     cells_per_sample = _cells_per_location(sheet)
+    batches = _batches(sheet)
     write_params(params, out / "pipeline_info" / "params.json")
 
     # 1. QC per sample
@@ -208,6 +222,8 @@ def run_pipeline(params: RunParams) -> Path:
                 "--name", f"{group + '_' if group else ''}restart_{seed}"]
             if params.map_max_epochs:
                 args += ["--max-epochs", params.map_max_epochs]
+            if batches and mapping_mode == "joint":  # samples sharing a batch label share y_e, s_eg, alpha_eg
+                args += ["--batch-key", "batch"]
             _invoke(map_cli.command, args + params.extra_map_args, f"map {group or 'all'} seed {seed}")
             restart_dirs.append(rdir)
         # 4. Aggregate restarts

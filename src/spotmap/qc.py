@@ -207,13 +207,16 @@ def _kept_without_mt(adata: ad.AnnData, rows: np.ndarray) -> ad.AnnData:
 
 def run_qc(adata: ad.AnnData, sample: str, min_counts: float | str | None = None,
            min_genes: int | str | None = None, max_mt_fraction: float | str | None = None,
-           mt_genes: Iterable[str] | None = None, min_spots: int = 1) -> tuple[ad.AnnData, dict]:
+           mt_genes: Iterable[str] | None = None, min_spots: int = 1,
+           batch: str | None = None) -> tuple[ad.AnnData, dict]:
     """QC one sample: metrics, spot filter, mitochondrial genes out of the counts.
 
     ``adata.obs`` gets the QC columns and ``pass_qc`` in place (every spot, for the metrics table).
     A threshold left out (``None``) or given as ``'auto'`` takes the platform's default
     (:func:`default_thresholds`: 500 / 250 / 0.2 for Visium and other inputs, as before; Visium HD bins,
-    recorded by the reader in ``uns['spotmap']``, get lower count thresholds).
+    recorded by the reader in ``uns['spotmap']``, get lower count thresholds). ``batch``, where given, is
+    written to every spot as ``obs['batch']`` (the samplesheet's batch label: samples sharing one share the
+    mapping model's batch-level parameters when mapped with ``--batch-key batch``).
 
     Returns
     -------
@@ -244,6 +247,8 @@ def run_qc(adata: ad.AnnData, sample: str, min_counts: float | str | None = None
             f"{o['mt_frac'].median():.3f}); lower --min-counts/--min-genes or raise --max-mt-fraction")
     filtered = _kept_without_mt(with_metrics, flags["pass_qc"].to_numpy())
     filtered.obs["sample"] = sample
+    if batch is not None:
+        filtered.obs["batch"] = str(batch)
     filtered.obs["pass_qc"] = True
     summary = {
         "sample": sample,
@@ -263,6 +268,8 @@ def run_qc(adata: ad.AnnData, sample: str, min_counts: float | str | None = None
                           "max_mt_fraction": float(max_mt_fraction), **{k: v for k, v in summary.items()}}
     if platform == "visium-hd":
         filtered.uns["qc"] |= {"platform": platform, "bin_size_um": int(bin_um)}
+    if batch is not None:
+        filtered.uns["qc"]["batch"] = str(batch)
     log.info("sample %s: %d of %d spots pass QC; %d mitochondrial genes moved to obsm['mt']", sample,
              summary["spots_after"], summary["spots_before"], summary["mt_genes"])
     return filtered, summary

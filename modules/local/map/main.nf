@@ -26,6 +26,8 @@ process MAP {
     def args   = task.ext.args ?: ''
     def device = task.ext.use_gpu ? 'cuda' : 'cpu'
     def name   = meta.joint ? "restart_${seed}" : "${meta.id}_restart_${seed}"
+    // joint mapping with samplesheet batches: obs['batch'] (written by QC) names each spot's batch
+    def batch_key = meta.batch_key ? "--batch-key ${meta.batch_key}" : ''
     // per-sample mapping: the samplesheet's n_cells_per_location (after ext.args, so it wins)
     def n_cells = meta.n_cells_per_location ? "--n-cells-per-location ${meta.n_cells_per_location}" : ''
     """
@@ -39,6 +41,7 @@ process MAP {
         --device ${device} \\
         --outdir restart_${seed} \\
         --name ${name} \\
+        ${batch_key} \\
         ${args} \\
         ${n_cells}
 

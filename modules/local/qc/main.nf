@@ -18,12 +18,14 @@ process QC {
     def args        = task.ext.args ?: ''
     def coords      = coordinates ? "--coordinates ${coordinates}" : ''
     def bin_size    = meta.bin_size ? "--bin-size ${meta.bin_size}" : ''
+    def batch       = meta.batch ? "--batch ${meta.batch}" : ''
     """
     spotmap qc \\
         --sample ${meta.id} \\
         --input ${input} \\
         ${coords} \\
         ${bin_size} \\
+        ${batch} \\
         --outdir qc/${meta.id} \\
         ${args}
 

@@ -51,6 +51,9 @@ _AUTO = (f"auto: {DEFAULT_MIN_COUNTS:g} / {DEFAULT_MIN_GENES} / {DEFAULT_MAX_MT_
 @click.option("--bin-size", type=click.IntRange(min=1), default=None,
               help="Visium HD: bin size in µm, picks outs/binned_outputs/square_{bin:03d}um  [default: 8]. "
               "Ignored for other inputs.")
+@click.option("--batch", default=None,
+              help="Batch label (no spaces) written to every spot as obs['batch'] (the samplesheet's batch column; "
+              "map several samples with --batch-key batch to share batch-level parameters).  [default: none]")
 @click.option("--min-counts", type=AutoNumber(float), default="auto", show_default=True,
               help="Remove spots with fewer UMI counts (nf-core/spatialvi qc_min_counts). " + _AUTO + ".")
 @click.option("--min-genes", type=AutoNumber(int), default="auto", show_default=True,
@@ -69,7 +72,8 @@ _AUTO = (f"auto: {DEFAULT_MIN_COUNTS:g} / {DEFAULT_MIN_GENES} / {DEFAULT_MAX_MT_
               help="With --reference: stop if fewer genes are shared (a warning under 5,000).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | None, orientation: str,
-            counts_layer: str, bin_size: int | None, min_counts, min_genes, max_mt_fraction, mt_genes: Path | None,
+            counts_layer: str, bin_size: int | None, batch: str | None, min_counts, min_genes, max_mt_fraction,
+            mt_genes: Path | None,
             reference: Path | None, cell_types: Path | None, labels_key: str, min_shared_genes: int,
             no_plots: bool) -> None:
     """QC one spatial sample and write OUTDIR/<SAMPLE>.h5ad (filtered spots, mitochondrial genes
@@ -81,6 +85,7 @@ def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | Non
 
     # Check thresholds and every input before reading or writing anything big.
     _check_sample(sample)
+    _check_batch(batch)
     _check_thresholds(*(1 if v == "auto" else v for v in (min_counts, min_genes)),
                       0.5 if max_mt_fraction == "auto" else max_mt_fraction)
     mt = read_mt_genes(mt_genes) if mt_genes is not None else None
@@ -89,7 +94,7 @@ def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | Non
     t = resolve_thresholds(adata, min_counts, min_genes, max_mt_fraction)
     min_counts, min_genes, max_mt_fraction = t["min_counts"], t["min_genes"], t["max_mt_fraction"]
     filtered, summary = run_qc(adata, sample, min_counts=min_counts, min_genes=min_genes,
-                               max_mt_fraction=max_mt_fraction, mt_genes=mt)
+                               max_mt_fraction=max_mt_fraction, mt_genes=mt, batch=batch)
     if reference is not None:
         ref = read_reference(reference, labels_key=labels_key, cell_types=cell_types)
         summary.update(shared_gene_report(filtered, ref, min_genes=min_shared_genes, source=str(reference)))
@@ -110,12 +115,22 @@ def _check_thresholds(min_counts: float, min_genes: int, max_mt_fraction: float)
 
 def _check_sample(sample: str) -> None:
     """The sample id names files: the samplesheet schema's rule (letters, digits, . _ -)."""
+    _check_label("--sample", "sample", sample,
+                 "must start with a letter or digit and hold only letters, digits, '.', '_' or '-'")
+
+
+def _check_batch(batch: str | None) -> None:
+    """The batch label: the samplesheet schema's rule (not empty, no whitespace)."""
+    if batch is not None:
+        _check_label("--batch", "batch", batch, "must be a label without spaces")
+
+
+def _check_label(option: str, column: str, value: str, rule: str) -> None:
+    """``value`` matches the samplesheet schema's pattern of ``column``, or one line naming ``option``."""
     import re
 
     from spotmap.errors import SpotmapError
     from spotmap.io.samplesheet import load_schema
 
-    pattern = load_schema()["items"]["properties"]["sample"]["pattern"]
-    if not re.match(pattern, sample):
-        raise SpotmapError(f"--sample must start with a letter or digit and hold only letters, digits, '.', '_' "
-                           f"or '-' (got {sample!r})")
+    if not re.match(load_schema()["items"]["properties"][column]["pattern"], value):
+        raise SpotmapError(f"{option} {rule} (got {value!r})")

@@ -56,20 +56,20 @@ def plot_reconstruction(observed: np.ndarray, expected: np.ndarray, name: str = 
     return fig
 
 
-def plot_spatial_qc(adata: ad.AnnData, batch_key: str = "sample", name: str = "",
+def plot_spatial_qc(adata: ad.AnnData, sample_key: str = "sample", name: str = "",
                     max_grid_px: int = 400) -> plt.Figure:
     """A row per sample: total counts, total cell abundance (Σ_f mean w_sf) and detection y_s over the tissue.
 
     Spots are drawn as dots; the bins of a square grid (Visium HD) as one image per panel, block-averaged
     to at most ``max_grid_px`` pixels a side, so the figure stays small and fast for 100,000s of bins.
     """
-    samples = [str(s) for s in pd.Categorical(adata.obs[batch_key].astype(str)).categories]
+    samples = [str(s) for s in pd.Categorical(adata.obs[sample_key].astype(str)).categories]
     panels = [("total_counts", "Total counts", "UMI counts per spot"),
               ("total_cell_abundance", "Total cell abundance", "cells per spot (Σ_f mean w_sf)"),
               ("detection_y_s", "Detection efficiency y_s", "y_s (posterior mean)")]
     fig, axes = plt.subplots(len(samples), 3, figsize=(12, 3.6 * len(samples)), squeeze=False)
     for i, sample in enumerate(samples):
-        sub = adata[(adata.obs[batch_key].astype(str) == sample).to_numpy()]
+        sub = adata[(adata.obs[sample_key].astype(str) == sample).to_numpy()]
         lib = sample if sample in sub.uns.get("spatial", {}) else None
         # Visium HD bins (a square grid): one image per panel (~ the panel's pixels), not 100,000s of dots
         layout = spatial_layout(sub, lib, img_key="lowres", max_px=max_grid_px)

@@ -105,7 +105,9 @@ def run_mapping(spatial: list[Path], signatures: Path, outdir: Path, name: str, 
     observed = mapper.X[spots].toarray()
     save_mqc_figure(plot_reconstruction(observed, mapper.expected_counts(spots), name),
                     outdir / f"{name}_reconstruction_mqc.png")
-    save_mqc_figure(plot_spatial_qc(result, batch_key, name), outdir / f"{name}_spatial_qc_mqc.png")
+    # a panel row per sample (several samples may share one batch)
+    by = "sample" if "sample" in result.obs else batch_key
+    save_mqc_figure(plot_spatial_qc(result, by, name), outdir / f"{name}_spatial_qc_mqc.png")
     write_results(result, outdir, history)
     log.info("wrote %s (%d spots × %d cell types; %d epochs%s)", outdir, result.n_obs, len(mapper.factor_names),
              len(history), ", converged" if history.attrs.get("converged") else "")
