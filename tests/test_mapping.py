@@ -157,6 +157,10 @@ def test_resume_from_checkpoint_is_bit_identical(case, tmp_path, batch_size):
     map_cell_types(case["adata"], case["sig"], max_epochs=14, checkpoint_path=str(ck), **kw)  # "killed" at 14
     state = torch.load(ck, weights_only=True)
     assert state["epoch"] == 14
+    # every gradient clipped as in full-batch training: at 10 × spots / batch in minibatches (globals too)
+    clip = {k: v["param_groups"][0]["clip_norm"] for k, v in state["optim"].items()}
+    scale = 1.0 if batch_size is None else case["adata"].n_obs / batch_size
+    assert clip["w_sf_loc"] == clip["alpha_eg_inv_loc"] == clip["m_g_loc"] == pytest.approx(10.0 * scale), clip
     resumed, h_res = map_cell_types(case["adata"], case["sig"], max_epochs=30, checkpoint_path=str(ck), **kw)
     np.testing.assert_array_equal(full.obsm["w_sf_loc"], resumed.obsm["w_sf_loc"])
     np.testing.assert_array_equal(full.obsm["w_sf_scale"], resumed.obsm["w_sf_scale"])

@@ -83,7 +83,7 @@ def test_state_survives_a_checkpoint_round_trip():
     assert torch.equal(x.detach(), whole)
 
 
-def _first_step(local_lr, batch_size, checkpoint=None):
+def _first_step(local_lr, batch_size, checkpoint=None, scale_global_clip=False):
     """One epoch of train_svi on a toy model with a per-observation mean (local) and a shared scale (global);
     returns how far each parameter moved."""
     import pyro
@@ -102,7 +102,8 @@ def _first_step(local_lr, batch_size, checkpoint=None):
         pyro.param("sigma", lambda: torch.tensor(2.0))
 
     cfg = TrainConfig(max_epochs=1, lr=0.01, local_lr=local_lr, local_params=("mu_loc",), batch_size=batch_size,
-                      progress=False, checkpoint_path=checkpoint, checkpoint_every=1 if checkpoint else None)
+                      progress=False, checkpoint_path=checkpoint, checkpoint_every=1 if checkpoint else None,
+                      scale_global_clip=scale_global_clip)
     train_svi(model, guide, 8, lambda idx: {"idx": torch.arange(8) if idx is None else idx}, cfg)
     store = pyro.get_param_store()
     return (store["mu_loc"].detach() - 3.0).abs(), (store["sigma"].detach() - 2.0).abs()
@@ -123,7 +124,14 @@ def test_local_parameters_are_clipped_as_in_full_batch_training(tmp_path):
     # the plate scales a minibatch's likelihood by n / batch (8 / 2 here): the local clip threshold follows
     from spotmap.training import load_checkpoint
 
-    _first_step(local_lr=None, batch_size=2, checkpoint=tmp_path / "ckpt.pt")
-    optim_state = load_checkpoint(tmp_path / "ckpt.pt")["optim"]
-    clip = {name: state["param_groups"][0]["clip_norm"] for name, state in optim_state.items()}
-    assert clip == {"mu_loc": 40.0, "sigma": 10.0}, clip
+    def clip_norms(**kw) -> dict:
+        _first_step(local_lr=None, checkpoint=tmp_path / "ckpt.pt", **kw)
+        optim_state = load_checkpoint(tmp_path / "ckpt.pt")["optim"]
+        (tmp_path / "ckpt.pt").unlink()
+        return {name: state["param_groups"][0]["clip_norm"] for name, state in optim_state.items()}
+
+    assert clip_norms(batch_size=2) == {"mu_loc": 40.0, "sigma": 10.0}
+    # scale_global_clip (the spatial model): global gradients, minibatch estimates whose spread grows with
+    # n / batch, are clipped at the scaled threshold too; full-batch training keeps the threshold everywhere
+    assert clip_norms(batch_size=2, scale_global_clip=True) == {"mu_loc": 40.0, "sigma": 40.0}
+    assert clip_norms(batch_size=8, scale_global_clip=True) == {"mu_loc": 10.0, "sigma": 10.0}

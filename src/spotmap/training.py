@@ -50,6 +50,9 @@ class TrainConfig:
     local_lr: float | None = None
     local_params: tuple[str, ...] = ()  #: param-store names of observation-level (one row per obs) parameters
     clip_norm: float = 10.0           #: gradients are clipped to [-clip_norm, clip_norm] elementwise
+    #: in minibatches, clip the global parameters' gradients at clip_norm × n_obs / batch_size as well (the
+    #: observation-level ones always are): see :func:`train_svi`
+    scale_global_clip: bool = False
     batch_size: int | None = None     #: observations per step; None = full batch
     seed: int = 0
     min_epochs: int = 100             #: the convergence rule is not checked before this epoch
@@ -123,14 +126,19 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
     local_lr = config.lr if full or config.local_lr is None else config.local_lr
     # A minibatch's likelihood is scaled by n_obs / batch_size (an unbiased estimate for the global
     # parameters), so an observation's own parameters see that multiple of their full-data gradient:
-    # their clip threshold scales alike, so they are clipped as in full-batch training.
-    local_clip = config.clip_norm * (1.0 if full else n_obs / config.batch_size)
+    # their clip threshold scales alike, so they are clipped as in full-batch training. A global
+    # parameter's minibatch gradient is an estimate whose spread grows with the same factor; clipping it at
+    # the full-batch threshold cuts its rare large values (a gene's high counts) and biases it (the spatial
+    # model's overdispersion ran towards Poisson), so with scale_global_clip it scales too.
+    scale = 1.0 if full else n_obs / config.batch_size
+    local_clip = config.clip_norm * scale
+    global_clip = config.clip_norm * (scale if config.scale_global_clip else 1.0)
     local = frozenset(config.local_params)
 
     def optim_args(name: str) -> dict:
         if name in local:
             return {"lr": local_lr, "clip_norm": local_clip}
-        return {"lr": config.lr, "clip_norm": config.clip_norm}
+        return {"lr": config.lr, "clip_norm": global_clip}
 
     # clipped Adam that leaves the rows of spot/cell-level parameters outside a minibatch alone (spotmap.optim)
     optim = PyroOptim(LazyClippedAdam, optim_args)

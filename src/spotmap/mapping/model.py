@@ -291,7 +291,8 @@ class SpatialMapper:
         mod = self.module()
         S = mod.dims.S
         config = TrainConfig(
-            max_epochs=s.max_epochs, lr=s.lr, clip_norm=s.clip_norm, local_lr=self.local_lr,
+            max_epochs=s.max_epochs, lr=s.lr, clip_norm=s.clip_norm, scale_global_clip=True,
+            local_lr=self.local_lr,
             local_params=tuple(f"{site}_{part}" for site in LOCAL_SITES for part in ("loc", "scale")),
             batch_size=self.batch_size, seed=s.seed,
             min_epochs=s.min_epochs, window=s.window, tol=s.tol, checkpoint_every=s.checkpoint_every,
