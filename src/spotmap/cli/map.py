@@ -29,7 +29,8 @@ _S, _P = MappingSettings(), MappingPriors()
               help="Co-located cell-type groups r of the w_sf prior factorisation.")
 @click.option("--max-epochs", default=_S.max_epochs, show_default=True, type=int,
               help="Upper bound on passes over all spots (training usually stops earlier by the convergence rule).")
-@click.option("--lr", default=_S.lr, show_default=True, type=float, help="Adam learning rate (gradients clipped at ±10).")
+@click.option("--lr", default=_S.lr, show_default=True, type=float,
+              help="Adam learning rate (gradients clipped at ±10; in minibatches at ±10 × spots / batch).")
 @click.option("--local-lr", default=None, type=float,
               help="Learning rate of the spot-level parameters in minibatch training (each spot moves once per "
                    "epoch, global parameters once per step) [default: 3 × --lr].")
