@@ -289,8 +289,8 @@ def test_per_sample_restart_names_and_optional_inputs():
     assert "--bin-size 8" in qc and "--batch" not in qc
     # the samplesheet's batch (meta.batch) reaches `spotmap qc --batch`; the joint model's meta.batch_key
     # reaches `spotmap map --batch-key`, before ext.args (which may override it)
-    qc = _render("QC", {"meta": {"id": "s1", "batch": "run1"}, "input": "outs", "coordinates": ""})
-    assert "--batch run1" in qc
+    qc = _render("QC", {"meta": {"id": "s1", "batch": "run(1)"}, "input": "outs", "coordinates": ""})
+    assert "--batch 'run(1)'" in qc
     mp = _render("MAP", {"meta": JOINT | {"batch_key": "batch"}, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv",
                          "seed": 0}, {"args": "--detection-alpha 20"})
     assert re.search(r"--batch-key batch\s*\\?\s*--detection-alpha 20", mp), mp

@@ -18,7 +18,8 @@ process QC {
     def args        = task.ext.args ?: ''
     def coords      = coordinates ? "--coordinates ${coordinates}" : ''
     def bin_size    = meta.bin_size ? "--bin-size ${meta.bin_size}" : ''
-    def batch       = meta.batch ? "--batch ${meta.batch}" : ''
+    // quoted: the schema allows any label without spaces
+    def batch       = meta.batch ? "--batch '${meta.batch}'" : ''
     """
     spotmap qc \\
         --sample ${meta.id} \\
