@@ -317,3 +317,47 @@ def test_hd_run_report_holds_raster_maps(hd_run):
     assert "drawn as an image on the bin grid" in html  # the HD legend
     assert len(_report_images(html)) >= 4
     assert report.stat().st_size < 6_000_000
+
+
+def test_default_cells_per_location_by_platform():
+    from spotmap.mapping.priors import default_cells_per_location
+
+    assert default_cells_per_location("visium-hd", 8) == 2.0
+    assert default_cells_per_location("visium-hd", 16) == 8.0      # 4× the area
+    assert default_cells_per_location("visium-hd", 2) == 0.125
+    assert default_cells_per_location("visium", None) == 8.0
+
+
+def test_map_without_cells_per_location_uses_the_hd_default(hd_run, tmp_path):
+    """``spotmap map`` on a QC'd 8 µm HD sample with no --n-cells-per-location: the prior is 2 cells per bin
+    (not the Visium spot's 8). A Visium input beside it makes the default ambiguous: a one-line error naming the
+    file, before anything is written."""
+    from spotmap.cli import cli
+
+    qc = hd_run["out"] / "qc" / "sample1" / "sample1.h5ad"
+    sig = hd_run["sim"] / "truth" / "signatures.csv"
+    out = tmp_path / "map"
+    r = CliRunner().invoke(cli, ["map", "--spatial", str(qc), "--signatures", str(sig), "--outdir", str(out),
+                                 "--max-epochs", "3", "--checkpoint-every", "0", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    res = ad.read_h5ad(out / "sp.h5ad", backed="r")
+    assert res.uns["mod"]["priors"]["N_cells_per_location"] == 2.0
+    res.file.close()
+
+    visium = ad.read_h5ad(qc)
+    visium.uns["spotmap"] = {"platform": "visium"}
+    visium.obs_names = [f"v_{n}" for n in visium.obs_names]
+    visium.write_h5ad(tmp_path / "visium.h5ad")
+    mixed = tmp_path / "mixed"
+    r = CliRunner().invoke(cli, ["map", "--spatial", str(qc), "--spatial", str(tmp_path / "visium.h5ad"),
+                                 "--signatures", str(sig), "--outdir", str(mixed), "--max-epochs", "3",
+                                 "--checkpoint-every", "0", "--device", "cpu"])
+    assert r.exit_code != 0
+    line = r.output.strip().splitlines()[-1]
+    assert "visium.h5ad" in line and "--n-cells-per-location" in line and "(8)" in line and "(2)" in line, line
+    assert not mixed.exists()
+    # an explicit value settles it
+    r = CliRunner().invoke(cli, ["map", "--spatial", str(qc), "--spatial", str(tmp_path / "visium.h5ad"),
+                                 "--signatures", str(sig), "--outdir", str(mixed), "--max-epochs", "2",
+                                 "--checkpoint-every", "0", "--device", "cpu", "--n-cells-per-location", "3"])
+    assert r.exit_code == 0, r.output

@@ -43,7 +43,7 @@ class RunParams:
     qc_max_mt_fraction: float | None = None
     seed: int = 0
     mapping_mode: str = "auto"
-    n_cells_per_location: float = 8.0
+    n_cells_per_location: float | None = None  # None: spotmap map's default by platform (8; Visium HD 2 per 8 µm bin)
     detection_alpha: float = 20.0
     signatures_max_epochs: int | None = None
     map_max_epochs: int | None = None
@@ -114,21 +114,6 @@ def _cells_per_location(sheet) -> dict[str, float]:
             if not pd.isna(r["n_cells_per_location"]) and r["n_cells_per_location"] != ""}
 
 
-def qc_platform(h5ad: Path) -> str | None:
-    """``uns['spotmap']['platform']`` of a QC output (e.g. ``'visium-hd'``), read without the counts."""
-    import h5py
-
-    try:
-        with h5py.File(h5ad, "r") as f:
-            node = f.get("uns/spotmap/platform")
-            if node is None:
-                return None
-            value = node[()]
-            return value.decode() if isinstance(value, bytes) else str(value)
-    except OSError:
-        return None
-
-
 def resolve_mapping_mode(mode: str, hd_samples: list[str]) -> str:
     """``auto`` → ``per_sample`` when any sample is Visium HD (100,000s of bins each: one model per
     sample), ``joint`` otherwise (as cell2location); ``joint`` and ``per_sample`` stay as given."""
@@ -156,6 +141,7 @@ def run_pipeline(params: RunParams) -> Path:
     from spotmap.cli import report as report_cli
     from spotmap.cli import signatures as signatures_cli
     from spotmap.io.samplesheet import read_samplesheet
+    from spotmap.qc import platform_of_file
 
     if params.reference is None and params.signatures is None:
         raise SpotmapError("give --reference (to estimate signatures) or --signatures (computed elsewhere)")
@@ -178,7 +164,7 @@ def run_pipeline(params: RunParams) -> Path:
         _invoke(qc_cli.command, ["--sample", sample, "--input", path, "--outdir", out / "qc" / sample,
                                  *thresholds, *extra, *params.extra_qc_args], f"qc {sample}")
         qc_files.append(out / "qc" / sample / f"{sample}.h5ad")
-        if "--bin-size" in extra or qc_platform(qc_files[-1]) == HD_PLATFORM:
+        if "--bin-size" in extra or platform_of_file(qc_files[-1])[0] == HD_PLATFORM:
             hd_samples.append(sample)
     mapping_mode = resolve_mapping_mode(params.mapping_mode, hd_samples)
     if params.mapping_mode == "auto":
@@ -186,7 +172,8 @@ def run_pipeline(params: RunParams) -> Path:
                  f"Visium HD sample(s): {', '.join(hd_samples)}" if hd_samples else "no Visium HD sample")
     if cells_per_sample and mapping_mode == "joint":
         log.warning("samplesheet n_cells_per_location is applied in per-sample mapping only; the joint model uses "
-                    "--n-cells-per-location %g for every sample", params.n_cells_per_location)
+                    "%s for every sample", f"--n-cells-per-location {params.n_cells_per_location:g}"
+                    if params.n_cells_per_location is not None else "spotmap map's default")
     if len(qc_files) > 1:
         _invoke(qc_batch_cli.command, [a for f in qc_files for a in ("--spatial", f)]
                 + ["--outdir", out / "qc" / "qc_batch"], "qc-batch")
@@ -217,9 +204,11 @@ def run_pipeline(params: RunParams) -> Path:
             rdir = base / f"restart_{seed}"
             args = [a for f in files for a in ("--spatial", f)] + [
                 "--signatures", signatures, "--outdir", rdir, "--seed", seed, "--device", params.device,
-                "--n-cells-per-location", cells_per_sample.get(group, params.n_cells_per_location),
                 "--detection-alpha", params.detection_alpha,
                 "--name", f"{group + '_' if group else ''}restart_{seed}"]
+            n_cells = cells_per_sample.get(group, params.n_cells_per_location)
+            if n_cells is not None:  # else spotmap map's default for the input's platform
+                args += ["--n-cells-per-location", n_cells]
             if params.map_max_epochs:
                 args += ["--max-epochs", params.map_max_epochs]
             if batches and mapping_mode == "joint":  # samples sharing a batch label share y_e, s_eg, alpha_eg

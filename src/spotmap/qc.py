@@ -49,6 +49,26 @@ def platform_of(adata: ad.AnnData) -> tuple[str, int | None]:
     return "visium", None
 
 
+def platform_of_file(h5ad: str | Path) -> tuple[str, int | None]:
+    """:func:`platform_of` of an ``.h5ad`` file (e.g. a ``spotmap qc`` output), read without its counts."""
+    import h5py
+
+    def text(node) -> str | None:
+        if node is None:
+            return None
+        value = node[()]
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    try:
+        with h5py.File(h5ad, "r") as f:
+            if text(f.get("uns/spotmap/platform")) != "visium-hd":
+                return "visium", None
+            size = f.get("uns/spotmap/bin_size_um")
+            return "visium-hd", int(size[()]) if size is not None else 8
+    except OSError:
+        return "visium", None
+
+
 def default_thresholds(platform: str = "visium", bin_size_um: float | None = None) -> dict:
     """Default QC thresholds of a platform: ``min_counts``, ``min_genes``, ``max_mt_fraction``.
 

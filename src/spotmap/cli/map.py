@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from spotmap.mapping.settings import LIKELIHOODS, SPARSE_DENSITY, MappingSettings
-from spotmap.mapping.priors import MappingPriors
+from spotmap.mapping.priors import HD_CELLS_PER_8UM_BIN, MappingPriors
 
 _S, _P = MappingSettings(), MappingPriors()
 
@@ -20,8 +20,10 @@ _S, _P = MappingSettings(), MappingPriors()
               help="Reference signatures: CSV/TSV genes × cell types (expected counts per cell), or a reference "
                    ".h5ad with varm['means_per_cluster_mu_fg'].")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Result folder.")
-@click.option("--n-cells-per-location", default=_P.N_cells_per_location, show_default=True, type=float,
-              help="Expected cells per spot (prior mean of n_s); set it from histology.")
+@click.option("--n-cells-per-location", default=None, type=float,
+              help="Expected cells per spot (prior mean of n_s); set it from histology. [default: "
+                   f"{_P.N_cells_per_location:g}; Visium HD inputs: {HD_CELLS_PER_8UM_BIN:g} per 8 µm bin, scaled with "
+                   "the bin's area]")
 @click.option("--detection-alpha", default=_P.detection_alpha, show_default=True, type=float,
               help="Shape of the per-spot detection efficiency y_s around its sample mean (20: strong "
                    "within-slide technical variability; 200: little).")
@@ -61,7 +63,7 @@ _S, _P = MappingSettings(), MappingPriors()
 @click.option("--init-iterations", default=_S.init_iterations, show_default=True, type=int,
               help="Poisson-NMF iterations of the w_sf initialisation on the fixed signatures (cheap next to an "
                    "epoch; more bring the start closer to the fit).")
-def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_per_location: float,
+def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_per_location: float | None,
             detection_alpha: float, n_groups: int, max_epochs: int, lr: float, local_lr: float | None,
             batch_size: int | None, seed: int, device: str, checkpoint_every: int | None, batch_key: str,
             name: str | None, min_epochs: int, tol: float, window: int, likelihood: str,

@@ -33,8 +33,10 @@ import click
               help="joint: all samples in one model (as cell2location); per_sample: one model per sample; "
                    "auto: per_sample when any sample is Visium HD (a bin_size in the samplesheet, or read as HD), "
                    "joint otherwise.")
-@click.option("--n-cells-per-location", default=8.0, show_default=True,
-              help="Expected cells per spot (N); count nuclei in a few spots of your images to set it.")
+@click.option("--n-cells-per-location", default=None, type=float,
+              help="Expected cells per spot (N); count nuclei in a few spots of your images to set it. A "
+                   "samplesheet value wins in per-sample mapping. [default: 8; Visium HD: 2 per 8 µm bin, "
+                   "scaled with the bin's area]")
 @click.option("--detection-alpha", default=20.0, show_default=True,
               help="Within-slide detection variability prior: 20 for high, 200 for low technical variability.")
 @click.option("--signatures-max-epochs", type=int, default=None, help="Override the signatures step's epochs.")
@@ -43,7 +45,7 @@ import click
               help="Where to train.")
 def command(samplesheet: Path, reference: Path | None, signatures: Path | None, outdir: Path, labels_key: str,
             cell_types: Path | None, batch_key: str | None, qc_min_counts: float | None, qc_min_genes: int | None,
-            qc_max_mt_fraction: float | None, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float,
+            qc_max_mt_fraction: float | None, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float | None,
             detection_alpha: float, signatures_max_epochs: int | None, map_max_epochs: int | None,
             device: str) -> None:
     """Run QC → signatures → map (one per restart) → aggregate → report into OUTDIR.

@@ -21,10 +21,11 @@ from spotmap.errors import SpotmapError, input_error
 from spotmap.io.genes import match_genes
 from spotmap.mapping.likelihood import CountHistogram, SpotCounts
 from spotmap.mapping.module import GLOBAL_SITES, LOCAL_SITES, MappingModule
-from spotmap.mapping.priors import MappingPriors
+from spotmap.mapping.priors import MappingPriors, default_cells_per_location
 from spotmap.mapping.settings import (GPU_BYTES_PER_NONZERO, GPU_MEMORY_FRACTION, LIKELIHOODS, SPARSE_AUTO_BATCH,
                                       SPARSE_DENSITY, MappingSettings)
 from spotmap.mapping.sparse import SparseLikelihood, approximation_check, choose_exact_genes, sparse_nmf
+from spotmap.qc import platform_of
 from spotmap.results import add_posterior
 from spotmap.training import TrainConfig, fingerprint_of, train_svi
 from spotmap.utils import log, resolve_device
@@ -430,7 +431,7 @@ def _json_safe(d: dict) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 # the one-call API
 # ------------------------------------------------------------------------------------------------------------
-def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_location: float = 8.0,
+def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_location: float | None = None,
                    detection_alpha: float = 20.0, n_groups: int = 50, priors: MappingPriors | None = None,
                    signature_ids: pd.Series | None = None, return_mapper: bool = False,
                    **settings) -> tuple[ad.AnnData, pd.DataFrame]:
@@ -444,6 +445,8 @@ def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_l
         Genes × cell types reference signatures (expected mRNA counts per cell), e.g. from ``spotmap signatures``.
     n_cells_per_location, detection_alpha, n_groups
         The priors users set most (see :class:`MappingPriors`); ``priors`` overrides all of them.
+        ``n_cells_per_location`` None: the default of ``adata``'s platform as ``spotmap qc`` recorded it
+        (:func:`spotmap.mapping.priors.default_cells_per_location`: 8; 2 per 8 µm Visium HD bin).
     signature_ids
         Gene ids of the signature rows, to match genes by id (else by symbol).
     **settings
@@ -460,6 +463,8 @@ def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_l
     if unknown:
         raise SpotmapError(f"map_cell_types: unknown setting(s) {sorted(unknown)}")
     if priors is None:
+        if n_cells_per_location is None:
+            n_cells_per_location = default_cells_per_location(*platform_of(adata))
         priors = MappingPriors(N_cells_per_location=float(n_cells_per_location),
                                detection_alpha=float(detection_alpha), n_groups=int(n_groups))
     cfg = MappingSettings(**settings)

@@ -2,7 +2,8 @@
 
 Every default is cell2location 0.1.5's (``LocationModelLinearDependentWMultiExperimentLocationBackground
 NormLevelGeneAlphaPyroModel``), except ``N_cells_per_location`` whose default (8) follows the seed
-tutorial's mouse-brain advice; users should set it from histology (cells per 55 µm Visium spot).
+tutorial's mouse-brain advice; users should set it from histology (cells per 55 µm Visium spot). Visium HD
+bins get their own default (:func:`default_cells_per_location`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from spotmap.errors import SpotmapError
+
+#: expected cells per 8 µm Visium HD bin when none is given: the published cell2location protocol on 8 µm
+#: HD bins uses N_cells_per_location = 2 (FlashDeconv's cell2location baseline; 8 µm bins hold 0–3 cells)
+HD_CELLS_PER_8UM_BIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -66,3 +71,14 @@ class MappingPriors:
     def as_dict(self) -> dict:
         """JSON-safe dict (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def default_cells_per_location(platform: str, bin_size_um: float | None = None) -> float:
+    """Default ``N_cells_per_location`` of a platform (cells per spot).
+
+    ``visium-hd``: ``HD_CELLS_PER_8UM_BIN × (bin_size / 8)²`` — 2 cells per 8 µm bin, scaled with the bin's
+    area (16 µm → 8, 2 µm → 0.125); every other platform: :class:`MappingPriors`' default, 8 per 55 µm spot.
+    """
+    if platform == "visium-hd":
+        return HD_CELLS_PER_8UM_BIN * (float(bin_size_um or 8) / 8.0) ** 2
+    return MappingPriors.N_cells_per_location

@@ -70,9 +70,33 @@ def read_signature_table(path: Path) -> tuple[pd.DataFrame, pd.Series | None]:
     return sig, ids
 
 
+def cells_per_location_of(paths: list[Path]) -> float:
+    """The default ``N_cells_per_location`` of the inputs' platform (:func:`spotmap.mapping.priors.default_cells_per_location`:
+    8 per Visium spot, 2 per 8 µm Visium HD bin); inputs whose defaults differ need an explicit value."""
+    from spotmap.mapping.priors import default_cells_per_location
+    from spotmap.qc import platform_of_file
+
+    platforms = {Path(p): platform_of_file(p) for p in paths}
+    values = {p: default_cells_per_location(*pf) for p, pf in platforms.items()}
+    first = next(iter(values))
+    for path, value in values.items():
+        if value != values[first]:
+            raise input_error(path, f"the default cells per location of its platform ({value:g}) differs from "
+                                    f"{first}'s ({values[first]:g}): set --n-cells-per-location, or map the samples "
+                                    "one by one", field="uns['spotmap']", value=_platform_text(*platforms[path]))
+    return values[first]
+
+
+def _platform_text(platform: str, bin_size_um: int | None) -> str:
+    return f"{platform} {bin_size_um} µm bins" if bin_size_um else platform
+
+
 def run_mapping(spatial: list[Path], signatures: Path, outdir: Path, name: str, checkpoint_every: int | None = None,
                 **settings) -> ad.AnnData:
-    """Map and write ``outdir`` (see :mod:`spotmap.results` and ``docs/mapping.md``); returns the result AnnData."""
+    """Map and write ``outdir`` (see :mod:`spotmap.results` and ``docs/mapping.md``); returns the result AnnData.
+
+    ``settings['n_cells_per_location']`` None (or absent): the inputs' platform default (:func:`cells_per_location_of`).
+    """
     from spotmap.mapping.model import map_cell_types
     from spotmap.mapping.plots import history_tail, plot_history, plot_reconstruction, plot_spatial_qc
     from spotmap.report.mqc import save_mqc_figure, write_mqc_linegraph
@@ -80,6 +104,9 @@ def run_mapping(spatial: list[Path], signatures: Path, outdir: Path, name: str, 
 
     outdir = Path(outdir)
     batch_key = settings.get("batch_key", "sample")
+    if settings.get("n_cells_per_location") is None:
+        settings["n_cells_per_location"] = cells_per_location_of([Path(p) for p in spatial])
+        log.info("--n-cells-per-location %g (the default for these inputs' platform)", settings["n_cells_per_location"])
     adata = read_spatial_inputs([Path(p) for p in spatial], batch_key)
     sig, ids = read_signature_table(Path(signatures))
     every = DEFAULT_CHECKPOINT_EVERY if checkpoint_every is None else int(checkpoint_every)
