@@ -83,3 +83,28 @@ def test_non_finite_loss_names_epoch_and_cause():
 
     with pytest.raises(SpotmapError, match="epoch 1: the loss is not finite.*my hint"):
         train_svi(bad_model, guide, len(DATA), kwargs, TrainConfig(max_epochs=5, progress=False, nan_hint="my hint"))
+
+
+def test_log_lines_come_by_time_as_well_as_by_epochs(caplog, monkeypatch):
+    """Without a progress bar a line is logged every ``log_every`` epochs and at least every ``log_seconds``
+    (with the time per epoch and the most left to go), so a slow run's task log is never silent for long."""
+    import logging
+
+    from spotmap import training
+
+    clock = iter(range(0, 10**6, 7))  # every reading of the clock is 7 s after the last
+    monkeypatch.setattr(training.time, "perf_counter", lambda: float(next(clock)))
+    cfg = TrainConfig(max_epochs=12, lr=0.05, min_epochs=10**6, progress=False, log_every=10, log_seconds=20.0)
+    with caplog.at_level(logging.INFO, logger="spotmap"):
+        train_svi(model, guide, len(DATA), kwargs, cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    epochs = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert 10 in epochs and len(epochs) >= 3, lines   # by epochs, and by time in between
+    assert all(b - a <= 3 for a, b in zip([0] + epochs, epochs)), epochs   # ≤ 21 s of fake clock apart
+    assert "s per epoch, at most" in lines[0] and lines[-1].endswith("to go")
+    cfg = TrainConfig(max_epochs=12, lr=0.05, min_epochs=10**6, progress=False, log_every=10, log_seconds=0)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="spotmap"):
+        train_svi(model, guide, len(DATA), kwargs, cfg)
+    assert [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("epoch ")] == ["10/12"]
+    assert training._duration(3725) == "1 h 02 min" and training._duration(75) == "1 min 15 s"

@@ -62,6 +62,9 @@ class TrainConfig:
     checkpoint_path: Path | None = None
     progress: bool = True             #: progress bar on stderr (only when stderr is a terminal)
     log_every: int = 100              #: epochs between log lines when there is no progress bar
+    #: ... and at most this many seconds between them (a whole Visium HD sample on a CPU takes ~20 s per
+    #: epoch: 100 epochs would leave a pipeline's task log silent for half an hour); 0: by epochs only
+    log_seconds: float = 60.0
     nan_hint: str = "check the input counts and lower the learning rate"
     fingerprint: dict = field(default_factory=dict)  #: inputs and settings a checkpoint must match
 
@@ -94,6 +97,14 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as exc:  # corrupt or foreign file
         raise SpotmapError(f"{path}: cannot be loaded as a spotmap checkpoint ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to start afresh") from None
+
+
+def _duration(seconds: float) -> str:
+    """``1 h 05 min``, ``12 min 30 s`` or ``45 s``."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callable[[torch.Tensor | None], dict],
@@ -179,6 +190,7 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
         progress.start()
         task = progress.add_task("train", total=config.max_epochs, completed=start_epoch, loss="…")
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    session_t0 = last_log = time.perf_counter()
     epoch = start_epoch
     try:
         while epoch < config.max_epochs and not converged:
@@ -215,8 +227,13 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
                             "seconds": time.perf_counter() - t0})
             if progress is not None:
                 progress.update(task, completed=epoch, loss=f"{value:.4g}")
-            elif config.log_every and epoch % config.log_every == 0:
-                log.info("epoch %d/%d  -ELBO %.6g  rel.change %.2e", epoch, config.max_epochs, value, rel)
+            elif config.log_every and (epoch % config.log_every == 0 or (
+                    config.log_seconds and time.perf_counter() - last_log >= config.log_seconds)):
+                last_log = time.perf_counter()
+                per_epoch = (last_log - session_t0) / (epoch - start_epoch)
+                log.info("epoch %d/%d  -ELBO %.6g  rel.change %.2e  %.3g s per epoch, at most %s to go",
+                         epoch, config.max_epochs, value, rel, per_epoch,
+                         _duration(per_epoch * (config.max_epochs - epoch)))
             if ckpt is not None and config.checkpoint_every and (epoch % config.checkpoint_every == 0 or converged):
                 _save_checkpoint(Path(ckpt), epoch, optim, history, fp, converged)
     finally:
