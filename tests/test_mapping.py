@@ -15,6 +15,7 @@ from spotmap.errors import SpotmapError
 from spotmap.mapping import map_cell_types
 from spotmap.mapping.likelihood import CountHistogram, SpotCounts, nb_loglik_reference, nb_mean_loglik
 from spotmap.results import table
+from spotmap.training import load_checkpoint
 
 FAST = dict(max_epochs=25, min_epochs=1000, progress=False, device="cpu")
 
@@ -222,6 +223,28 @@ def test_cli_writes_the_result_folder_and_resumes(case, tmp_path):
     assert len(pd.read_csv(out / "training_history.tsv", sep="\t")) == 20
     once, _ = map_cell_types(case["adata"], case["sig"], seed=5, max_epochs=20, progress=False, device="cpu")
     np.testing.assert_array_equal(ad.read_h5ad(out / "sp.h5ad").obsm["w_sf_loc"], once.obsm["w_sf_loc"])
+
+
+def test_cli_checkpoint_file_elsewhere(case, tmp_path):
+    """``--checkpoint FILE`` puts the checkpoint outside OUTDIR (a pipeline task's work folder is discarded
+    on retry) and a rerun into a fresh OUTDIR resumes from it; a folder that cannot be made is a one-line
+    error before training."""
+    ckpt = tmp_path / "shared" / "ck" / "s1_restart_0.pt"
+    base = ["--spatial", case["files"][0], "--signatures", case["sig_path"], "--checkpoint-every", 2,
+            "--checkpoint", ckpt, "--device", "cpu", "--n-cells-per-location", 8]
+    r = _invoke(base + ["--outdir", tmp_path / "task1" / "restart_0", "--max-epochs", 4])
+    assert r.exit_code == 0, r.output
+    assert ckpt.is_file() and not (tmp_path / "task1" / "restart_0" / "checkpoint.pt").exists()
+    r = _invoke(base + ["--outdir", tmp_path / "task2" / "restart_0", "--max-epochs", 6])   # the retried task
+    assert r.exit_code == 0, r.output
+    hist = pd.read_csv(tmp_path / "task2" / "restart_0" / "training_history.tsv", sep="\t")
+    assert len(hist) == 6 and load_checkpoint(ckpt)["epoch"] == 6
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = tmp_path / "task3"
+    r = _invoke(base[:-6] + ["--checkpoint", blocker / "ck.pt", "--outdir", out, "--max-epochs", 2])
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("spotmap: error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and "ck.pt" in errors[0] and not out.exists(), r.output
 
 
 def test_cli_bad_inputs_one_line_no_output(case, tmp_path):

@@ -42,7 +42,10 @@ GPU_PROCESSES = {"SIGNATURES", "MAP"}
 JOINT = {"id": "joint", "joint": True}  # the meta of the all-samples model (workflows/spotmap.nf)
 # Params that only the pipeline has (no CLI option behind them)
 PIPELINE_ONLY = {"input", "outdir", "simulate", "publish_dir_mode", "skip_multiqc", "container_cpu",
-                 "container_gpu", "validate_params"}
+                 "container_gpu", "validate_params",
+                 # Nextflow runs each task in a fresh work folder; `spotmap run` keeps every restart's checkpoint in
+                 # its result folder, where a rerun finds it
+                 "checkpoint_dir"}
 # Options of `spotmap run` that are not pipeline params, and why
 RUN_ONLY = {"samplesheet": "is --input", "device": "chosen per profile (gpu -> cuda, else cpu)"}
 # CLI options the modules fill from meta or inputs (not via ext.args) -> the param behind them
@@ -270,7 +273,10 @@ def test_gpu_processes_choose_device(use_gpu, device):
 def test_per_sample_restart_names_and_optional_inputs():
     mp = _render("MAP", {"meta": {"id": "s1"}, "spatial": "spatial/s1.h5ad", "signatures": "s.csv", "seed": 1})
     assert "--name s1_restart_1" in mp and "--outdir restart_1" in mp
-    assert "--n-cells-per-location" not in mp
+    assert "--n-cells-per-location" not in mp and "--checkpoint " not in mp
+    mp = _render("MAP", {"meta": {"id": "s1"}, "spatial": "spatial/s1.h5ad", "signatures": "s.csv", "seed": 1},
+                 {"checkpoint_dir": "/shared/ckpt"})
+    assert "--checkpoint /shared/ckpt/s1_restart_1.pt" in mp
     # per sample, the samplesheet's n_cells_per_location comes after ext.args (the last value wins)
     mp = _render("MAP", {"meta": {"id": "hd1", "bin_size": 8, "n_cells_per_location": 2}, "spatial": "spatial/hd1.h5ad",
                          "signatures": "s.csv", "seed": 1}, {"args": "--n-cells-per-location 8 --detection-alpha 20"})
@@ -349,10 +355,11 @@ class Contract:
         self.root = root
         self.results: dict[str, nfh.TaskResult] = {}
 
-    def run(self, key: str, name: str, inputs: dict, process_path: str | None = None) -> nfh.TaskResult:
+    def run(self, key: str, name: str, inputs: dict, process_path: str | None = None,
+            ext: dict | None = None) -> nfh.TaskResult:
         if key not in self.results:
             self.results[key] = nfh.run_task(PROCS[name], self.root / key, inputs,
-                                             ext={"args": EXT.get(name, "")},
+                                             ext={"args": EXT.get(name, ""), **(ext or {})},
                                              process_path=process_path or f"SPOTMAP:{name}")
         return self.results[key]
 
@@ -401,7 +408,8 @@ class Contract:
     def map_hd(self):
         h5ad = self.need("QC (HD)", self.qc_hd()).outputs["h5ad"][0]
         sig = self.need("SIMULATE (HD)", self.simulate_hd()).workdir / "simulated" / "truth" / "signatures.csv"
-        return self.run("MAP_HD", "MAP", {"meta": HD_META, "spatial": [h5ad], "signatures": sig, "seed": 0})
+        return self.run("MAP_HD", "MAP", {"meta": HD_META, "spatial": [h5ad], "signatures": sig, "seed": 0},
+                        ext={"checkpoint_dir": str(self.root / "checkpoints")})  # --checkpoint_dir
 
     def aggregate_hd(self):
         restart = self.need("MAP (HD)", self.map_hd()).outputs["restart"][0]
@@ -517,6 +525,12 @@ def test_contract_visium_hd(contract):
     res = contract.map_hd()
     _check(res, "SPOTMAP:MAP")
     assert "--name sample1_restart_0" in res.script and "--n-cells-per-location 2" in res.script
+    # with --checkpoint_dir the checkpoint lives outside the task's work folder, named after the restart
+    ckpt = contract.root / "checkpoints" / "sample1_restart_0.pt"
+    assert ckpt.is_file() and not (res.workdir / "restart_0" / "checkpoint.pt").exists()
+    from spotmap.training import load_checkpoint
+
+    assert load_checkpoint(ckpt)["epoch"] == 5
     res = contract.aggregate_hd()
     _check(res, "SPOTMAP:AGGREGATE")
 

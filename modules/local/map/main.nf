@@ -28,6 +28,8 @@ process MAP {
     def name   = meta.joint ? "restart_${seed}" : "${meta.id}_restart_${seed}"
     // joint mapping with samplesheet batches: obs['batch'] (written by QC) names each spot's batch
     def batch_key = meta.batch_key ? "--batch-key ${meta.batch_key}" : ''
+    // checkpoints outside the task's work folder (--checkpoint_dir): a retried or resumed task continues
+    def checkpoint = task.ext.checkpoint_dir ? "--checkpoint ${task.ext.checkpoint_dir}/${name}.pt" : ''
     // per-sample mapping: the samplesheet's n_cells_per_location (after ext.args, so it wins)
     def n_cells = meta.n_cells_per_location ? "--n-cells-per-location ${meta.n_cells_per_location}" : ''
     """
@@ -41,6 +43,7 @@ process MAP {
         --device ${device} \\
         --outdir restart_${seed} \\
         --name ${name} \\
+        ${checkpoint} \\
         ${batch_key} \\
         ${args} \\
         ${n_cells}

@@ -46,6 +46,10 @@ _S, _P = MappingSettings(), MappingPriors()
 @click.option("--checkpoint-every", default=None, type=int,
               help="Epochs between checkpoints (OUTDIR/checkpoint.pt; 0: none); rerunning the same command resumes. "
                    "[default: every 200 epochs]")
+@click.option("--checkpoint", "checkpoint", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Checkpoint file [default: OUTDIR/checkpoint.pt]. A path outside a pipeline task's work folder "
+                   "(Nextflow: --checkpoint_dir) lets a retried or resumed task continue where the killed one "
+                   "stopped; a checkpoint of other inputs or settings is ignored and overwritten.")
 @click.option("--batch-key", default=_S.batch_key, show_default=True,
               help="obs column naming each spot's batch (s_eg, alpha_eg and y_e are per batch).")
 @click.option("--name", default=None, help="Run name for the MultiQC files [default: restart_<seed>].")
@@ -65,7 +69,8 @@ _S, _P = MappingSettings(), MappingPriors()
                    "epoch; more bring the start closer to the fit).")
 def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_per_location: float | None,
             detection_alpha: float, n_groups: int, max_epochs: int, lr: float, local_lr: float | None,
-            batch_size: int | None, seed: int, device: str, checkpoint_every: int | None, batch_key: str,
+            batch_size: int | None, seed: int, device: str, checkpoint_every: int | None, checkpoint: Path | None,
+            batch_key: str,
             name: str | None, min_epochs: int, tol: float, window: int, likelihood: str,
             sparse_mu_max: float, init_iterations: int) -> None:
     """Map cell types onto spatial data with the cell2location model (one restart = one seed).
@@ -79,5 +84,5 @@ def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_p
     run_mapping(list(spatial), signatures, outdir, name=name or f"restart_{seed}",
                 n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, n_groups=n_groups,
                 max_epochs=max_epochs, lr=lr, local_lr=local_lr, batch_size=batch_size, seed=seed, device=device,
-                checkpoint_every=checkpoint_every, batch_key=batch_key, min_epochs=min_epochs, tol=tol,
+                checkpoint_every=checkpoint_every, checkpoint=checkpoint, batch_key=batch_key, min_epochs=min_epochs, tol=tol,
                 window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max, init_iterations=init_iterations)

@@ -92,10 +92,11 @@ def _platform_text(platform: str, bin_size_um: int | None) -> str:
 
 
 def run_mapping(spatial: list[Path], signatures: Path, outdir: Path, name: str, checkpoint_every: int | None = None,
-                **settings) -> ad.AnnData:
+                checkpoint: Path | None = None, **settings) -> ad.AnnData:
     """Map and write ``outdir`` (see :mod:`spotmap.results` and ``docs/mapping.md``); returns the result AnnData.
 
     ``settings['n_cells_per_location']`` None (or absent): the inputs' platform default (:func:`cells_per_location_of`).
+    ``checkpoint``: the checkpoint file (default ``outdir/checkpoint.pt``).
     """
     from spotmap.mapping.model import map_cell_types
     from spotmap.mapping.plots import history_tail, plot_history, plot_reconstruction, plot_spatial_qc
@@ -112,9 +113,17 @@ def run_mapping(spatial: list[Path], signatures: Path, outdir: Path, name: str, 
     every = DEFAULT_CHECKPOINT_EVERY if checkpoint_every is None else int(checkpoint_every)
     if every < 0:
         raise input_error(None, "--checkpoint-every must be 0 (off) or a positive number of epochs", value=every)
+    if checkpoint is not None and every:  # fail now, not at the first checkpoint
+        checkpoint = Path(checkpoint)
+        try:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise input_error(checkpoint, f"cannot create the checkpoint's folder ({exc.strerror})",
+                              field="--checkpoint") from None
+    checkpoint = checkpoint or outdir / "checkpoint.pt"
     result, history, mapper = map_cell_types(
         adata, sig, signature_ids=ids, return_mapper=True, checkpoint_every=every or None,
-        checkpoint_path=str(outdir / "checkpoint.pt") if every else None, **settings)
+        checkpoint_path=str(checkpoint) if every else None, **settings)
     result.uns["mod"]["name"] = name
 
     # QC figures and MultiQC content first; sp.h5ad (written last by write_results) marks a complete folder
