@@ -260,7 +260,8 @@ def test_samplesheet_cells_per_location_per_sample(tmp_path):
 def hd_run(tmp_path_factory):
     """``spotmap simulate --platform visium-hd`` (one sample, 2,000 bins × 1,000 genes × 6 types) →
     ``spotmap run`` with default mapping mode (auto), the true signatures and few epochs. The
-    samplesheet gets ``n_cells_per_location = 2`` (8 µm bins hold 0–3 cells; applied per sample)."""
+    samplesheet gets ``n_cells_per_location = 1.5`` (8 µm bins hold 0–3 cells; applied per sample; not the
+    HD default of 2, so that the test sees which one reached the model)."""
     from spotmap.cli import cli
 
     root = tmp_path_factory.mktemp("hd_run")
@@ -271,7 +272,7 @@ def hd_run(tmp_path_factory):
                                  "--seed", "1"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     sheet = pd.read_csv(sim / "samplesheet.csv")
-    sheet["n_cells_per_location"] = 2
+    sheet["n_cells_per_location"] = 1.5
     sheet.to_csv(sim / "samplesheet.csv", index=False)
     r = CliRunner().invoke(cli, ["run", "--samplesheet", str(sim / "samplesheet.csv"),
                                  "--signatures", str(sim / "truth" / "signatures.csv"), "--outdir", str(out),
@@ -292,12 +293,15 @@ def test_hd_run_maps_per_sample_and_aggregates(hd_run):
                 "consensus/W_cell_density.csv"]:
         assert (out / "mapping" / "sample1" / rel).is_file(), rel
     assert not (out / "mapping" / "restart_0").exists() and not (out / "mapping" / "consensus").exists()
+    res = ad.read_h5ad(out / "mapping" / "sample1" / "restart_0" / "sp.h5ad", backed="r")
+    assert res.uns["mod"]["priors"]["N_cells_per_location"] == 1.5   # the samplesheet's value
+    res.file.close()
 
 
 def test_hd_run_recovers_the_truth(hd_run):
     """The consensus abundances follow the simulated truth (per 8 µm bin), every type clearly, and the
-    number of cells per bin is right within a factor of 2 (it would be ~3× too high with the default
-    8 cells per location: the samplesheet's n_cells_per_location reached the per-sample model)."""
+    number of cells per bin is right within a factor of 2 (it would be ~3× too high with Visium's 8 cells
+    per location)."""
     w = pd.read_csv(hd_run["out"] / "mapping" / "sample1" / "consensus" / "W_cell_density.csv", index_col=0)
     truth = pd.read_parquet(hd_run["sim"] / "truth" / "cell_abundance.parquet")
     assert set(w.index) <= set(truth.index) and len(w) > 1000
