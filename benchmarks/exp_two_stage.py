@@ -8,10 +8,13 @@ draw per step, MappingModule.elbo_loss); in ``frozen`` mode the global sites' (l
 and only the spot-level parameters are optimised, with the learning rate constant for the first half and
 falling geometrically to ``lr × DECAY`` over the second.
 
+Environment: CLIP (default 10) is the elementwise gradient clip; CLIP=0 turns it off.
+
 usage (1 torch thread each; SUB.h5ad: a QC'd subset of a `spotmap simulate --platform visium-hd` sample):
   python exp_two_stage.py ref    SUB.h5ad SIG TRUTH OUT.pt EPOCHS                 # all params; saves them
   python exp_two_stage.py frozen SUB.h5ad SIG TRUTH GLOBALS.pt EPOCHS LR DECAY    # globals from GLOBALS.pt
 """
+import os
 import sys
 import time
 
@@ -30,6 +33,7 @@ from spotmap.metrics import evaluate
 from spotmap.reference.signatures import read_signatures
 
 torch.set_num_threads(1)
+CLIP = float(os.environ.get("CLIP", "10"))
 mode, sub, sig_path, truth_path = sys.argv[1:5]
 adata = ad.read_h5ad(sub)
 sig = validate_signatures(read_signatures(sig_path))
@@ -85,12 +89,16 @@ for ep in range(1, epochs + 1):
     opt.zero_grad()
     loss = mod.elbo_loss(None, None, **kw)
     loss.backward()
-    for p in params:
-        p.grad.clamp_(-10, 10)
+    if CLIP:
+        for p in params:
+            p.grad.clamp_(-CLIP, CLIP)
     opt.step()
     if ep % 50 == 0 or ep == epochs:
         print(f"epoch {ep} -elbo {loss.item():.6g}", flush=True)
         score(f"epoch {ep}", t0)
+store = pyro.get_param_store()
+alpha = 1.0 / torch.exp(2 * store["alpha_eg_inv_loc"].detach()) if "alpha_eg_inv_loc" in store else None
+if alpha is not None:
+    print("alpha_eg quantiles 5/50/95 %:", [round(float(alpha.quantile(q)), 2) for q in (0.05, 0.5, 0.95)])
 if mode == "ref":
-    store = pyro.get_param_store()
     torch.save({k: store[k].detach().clone() for k in store.keys()}, sys.argv[5])
