@@ -43,30 +43,31 @@ def platform_of(adata: ad.AnnData) -> tuple[str, int | None]:
     """``(platform, bin_size_um)`` as the reader recorded them in ``uns['spotmap']`` (Visium HD), else
     ``('visium', None)`` (Visium and every other input)."""
     meta = adata.uns.get("spotmap", {}) if hasattr(adata, "uns") else {}
-    if isinstance(meta, dict) and meta.get("platform") == "visium-hd":
-        b = meta.get("bin_size_um")
-        return "visium-hd", int(b) if b is not None else 8
-    return "visium", None
+    return _platform(meta if isinstance(meta, dict) else {})
 
 
 def platform_of_file(h5ad: str | Path) -> tuple[str, int | None]:
     """:func:`platform_of` of an ``.h5ad`` file (e.g. a ``spotmap qc`` output), read without its counts."""
     import h5py
 
-    def text(node) -> str | None:
-        if node is None:
-            return None
-        value = node[()]
-        return value.decode() if isinstance(value, bytes) else str(value)
-
+    meta = {}
     try:
         with h5py.File(h5ad, "r") as f:
-            if text(f.get("uns/spotmap/platform")) != "visium-hd":
-                return "visium", None
-            size = f.get("uns/spotmap/bin_size_um")
-            return "visium-hd", int(size[()]) if size is not None else 8
+            for key in ("platform", "bin_size_um"):
+                node = f.get(f"uns/spotmap/{key}")
+                if node is not None:
+                    value = node[()]
+                    meta[key] = value.decode() if isinstance(value, bytes) else value
     except OSError:
-        return "visium", None
+        pass
+    return _platform(meta)
+
+
+def _platform(meta: dict) -> tuple[str, int | None]:
+    if meta.get("platform") == "visium-hd":
+        b = meta.get("bin_size_um")
+        return "visium-hd", int(b) if b is not None else 8
+    return "visium", None
 
 
 def default_thresholds(platform: str = "visium", bin_size_um: float | None = None) -> dict:

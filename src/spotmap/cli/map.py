@@ -70,8 +70,7 @@ _S, _P = MappingSettings(), MappingPriors()
 def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_per_location: float | None,
             detection_alpha: float, n_groups: int, max_epochs: int, lr: float, local_lr: float | None,
             batch_size: int | None, seed: int, device: str, checkpoint_every: int | None, checkpoint: Path | None,
-            batch_key: str,
-            name: str | None, min_epochs: int, tol: float, window: int, likelihood: str,
+            batch_key: str, name: str | None, min_epochs: int, tol: float, window: int, likelihood: str,
             sparse_mu_max: float, init_iterations: int) -> None:
     """Map cell types onto spatial data with the cell2location model (one restart = one seed).
 
@@ -84,5 +83,5 @@ def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_p
     run_mapping(list(spatial), signatures, outdir, name=name or f"restart_{seed}",
                 n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, n_groups=n_groups,
                 max_epochs=max_epochs, lr=lr, local_lr=local_lr, batch_size=batch_size, seed=seed, device=device,
-                checkpoint_every=checkpoint_every, checkpoint=checkpoint, batch_key=batch_key, min_epochs=min_epochs, tol=tol,
-                window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max, init_iterations=init_iterations)
+                checkpoint_every=checkpoint_every, checkpoint=checkpoint, batch_key=batch_key,
+                min_epochs=min_epochs, tol=tol, window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max, init_iterations=init_iterations)
