@@ -15,7 +15,8 @@ With ``--checkpoints 500,1000,...`` one uninterrupted training run also writes `
 Lightning callback whose time is excluded from the training time.
 
 Writes into ``--out``: ``q05.csv``, ``means.csv`` or ``q50.csv`` (spots × types, plain type names), ``history.csv``
-(elbo per epoch) and ``timing.json`` (seconds for import, setup, training, export; epochs; versions).
+(elbo per epoch), ``timing.json`` (seconds for import, setup, training, export; epochs; versions) and, with
+``--export samples``, ``post_means.npz`` (the posterior mean of every site: w_sf, m_g, detection_y_s, ...).
 """
 
 from __future__ import annotations
@@ -135,6 +136,11 @@ def main(argv=None) -> int:
         names = [str(c)[len(prefix):] if str(c).startswith(prefix) else str(c) for c in obsm.columns]
         write(pd.DataFrame(np.asarray(obsm), columns=names)[types].to_numpy(), k)
     t_export = time.perf_counter() - t
+    if a.export == "samples":
+        # posterior means of every site (for the common objective and the global parameters' comparison)
+        means = adata.uns["mod"]["post_sample_means"]
+        np.savez_compressed(out / "post_means.npz",
+                            **{k: np.asarray(v) for k, v in means.items() if np.asarray(v).size < 5e7})
     hist = mod.history_["elbo_train"]
     hist.to_csv(out / "history.csv")
     timing = {

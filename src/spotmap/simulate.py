@@ -90,6 +90,7 @@ class SimulationParams:
     detection_mean: float = 0.4         #: mean spatial detection efficiency y_e
     detection_alpha: float = 20.0       #: shape of y_s around its sample mean (smaller: more variable)
     gene_sensitivity_sd: float = 0.4    #: log-sd of m_g (platform effect, spatial vs single cell)
+    gene_sensitivity_mean: float = 1.0  #: geometric mean of m_g (spatial vs single-cell mRNA capture)
     overdispersion: float = 10.0        #: median NB alpha_g (larger: closer to Poisson)
     ambient_fraction: float = 0.03      #: ambient counts as a fraction of a spot's signal
     batch_depth_ratio: float = 0.4      #: depth of the last reference batch relative to the first
@@ -124,6 +125,8 @@ def _check(p: SimulationParams) -> None:
             problems.append(f"bin_detection_mean must be in (0, 1] (got {p.bin_detection_mean:g})")
     if p.n_genes < p.n_mt_genes + 20:
         problems.append(f"--n-genes must be at least {p.n_mt_genes + 20} (got {p.n_genes})")
+    if not p.gene_sensitivity_mean > 0:
+        problems.append(f"gene_sensitivity_mean must be positive (got {p.gene_sensitivity_mean:g})")
     if p.n_cell_types < 2:
         problems.append(f"--n-cell-types must be at least 2 (got {p.n_cell_types})")
     if p.n_cells < 5 * p.n_cell_types:
@@ -287,7 +290,8 @@ def simulate(outdir: str | Path, params: SimulationParams | None = None) -> Path
     sig = simulate_signatures(p, rng, symbols)
     alpha_g = rng.lognormal(np.log(p.overdispersion), 0.5, size=p.n_genes)
     m_g = rng.lognormal(0.0, p.gene_sensitivity_sd, size=p.n_genes)
-    m_g /= np.exp(np.log(m_g).mean())  # geometric mean 1: sensitivity is relative
+    m_g /= np.exp(np.log(m_g).mean())  # geometric mean 1: sensitivity is relative ...
+    m_g *= p.gene_sensitivity_mean     # ... unless a level is given (× 1 is exact: the default is unchanged)
     ref = simulate_reference(p, rng, sig, ids, alpha_g,
                              chunk_cells=max(1, 2_000_000 // p.n_genes) if p.platform == "visium-hd" else None)
     missing = [t for t in p.missing_types_in_reference if t in sig.columns]
