@@ -9,12 +9,14 @@ Every problem is collected and reported in ONE error line, each with its row and
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 
 from spotmap.errors import input_error
+from spotmap.io.platform import is_visium_hd_input
 
 # Row numbers in messages: row 1 is the first row under the header (line 2 of the file).
 _SCHEMA_NAME = "schema_input.json"
@@ -142,3 +144,50 @@ def read_samplesheet(path: str | Path, schema: str | Path | None = None) -> pd.D
         raise input_error(path, f"{len(problems)} problem(s): " + "; ".join(problems))
     out = pd.DataFrame(rows)
     return out.set_index("sample", drop=False).rename_axis(None)
+
+
+# ------------------------------------------------------------------------------------------------ rows
+@dataclass(frozen=True)
+class SampleRow:
+    """One samplesheet row as the pipeline uses it (``workflows/spotmap.nf`` and ``main.nf`` read it alike).
+
+    ``batch``: the row's batch label when any row of the sheet gives one, its sample id where it is empty
+    (its own batch); None when no row gives one (every sample its own batch). ``input``: the one of
+    ``spaceranger_dir``, ``h5ad`` or ``counts`` that is set.
+    """
+
+    sample: str
+    input: str
+    coordinates: str | None = None
+    bin_size: int | None = None
+    batch: str | None = None
+    n_cells_per_location: float | None = None
+
+    @property
+    def is_visium_hd(self) -> bool:
+        """Whether ``--mapping-mode auto`` maps this sample on its own (:func:`spotmap.io.platform.is_visium_hd_input`)."""
+        return is_visium_hd_input(self.input, self.bin_size)
+
+
+def _value(row, column: str):
+    """The row's value of ``column``, None when the column is absent or the cell empty (NaN after a concat)."""
+    value = row.get(column) if column in row else None
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value == "":
+        return None
+    return value
+
+
+def sample_rows(sheet: pd.DataFrame) -> list[SampleRow]:
+    """The rows of a samplesheet read by :func:`read_samplesheet`, in order."""
+    any_batch = "batch" in sheet and any(isinstance(v, str) and v for v in sheet["batch"])
+    rows = []
+    for _, row in sheet.iterrows():
+        sample = str(row["sample"])
+        path = next((_value(row, c) for c in ("spaceranger_dir", "h5ad", "counts") if _value(row, c)), None)
+        bin_size, cells, batch = _value(row, "bin_size"), _value(row, "n_cells_per_location"), _value(row, "batch")
+        rows.append(SampleRow(
+            sample=sample, input=str(path), coordinates=_value(row, "coordinates"),
+            bin_size=int(bin_size) if bin_size is not None else None,
+            batch=(str(batch) if isinstance(batch, str) else sample) if any_batch else None,
+            n_cells_per_location=float(cells) if cells is not None else None))
+    return rows

@@ -25,7 +25,7 @@ from spotmap.mapping.priors import MappingPriors, default_cells_per_location
 from spotmap.mapping.settings import (GPU_BYTES_PER_NONZERO, GPU_MEMORY_FRACTION, LIKELIHOODS, SPARSE_AUTO_BATCH,
                                       SPARSE_DENSITY, MappingSettings)
 from spotmap.mapping.sparse import SparseLikelihood, approximation_check, choose_exact_genes, sparse_nmf
-from spotmap.qc import platform_of
+from spotmap.io.platform import platform_of
 from spotmap.results import add_posterior
 from spotmap.training import TrainConfig, fingerprint_of, train_svi
 from spotmap.utils import log, resolve_device
@@ -433,7 +433,8 @@ def _json_safe(d: dict) -> dict:
 # the one-call API
 # ------------------------------------------------------------------------------------------------------------
 def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_location: float | None = None,
-                   detection_alpha: float = 20.0, n_groups: int = 50, priors: MappingPriors | None = None,
+                   detection_alpha: float = MappingPriors.detection_alpha, n_groups: int = MappingPriors.n_groups,
+                   priors: MappingPriors | None = None,
                    signature_ids: pd.Series | None = None, return_mapper: bool = False,
                    **settings) -> tuple[ad.AnnData, pd.DataFrame]:
     """Map cell types onto spatial data with the cell2location model; return ``(result AnnData, history)``.
