@@ -59,6 +59,47 @@ def _message(err, spec: dict | None) -> str:
     return err.message
 
 
+def _row(rec: dict, props: dict, base: Path) -> dict:
+    """A CSV row as nf-schema reads it: empty cells absent, paths absolute, values cast to the schema's types."""
+    row = {}
+    for col, val in rec.items():
+        val = str(val).strip()
+        if val == "":
+            continue  # nf-schema: an empty cell is an absent value
+        spec = props.get(col, {})
+        if spec.get("format") in ("file-path", "directory-path", "path"):
+            p = Path(val).expanduser()
+            val = str(p if p.is_absolute() else (base / p))
+        row[col] = _typed(val, spec) if spec else val
+    return row
+
+
+def _row_problems(i: int, row: dict, validator, props: dict) -> list[str]:
+    """Every problem of row ``i``: the schema's, and nf-schema's ``exists: true``."""
+    problems = []
+    for err in sorted(validator.iter_errors(row), key=lambda e: list(e.path)):
+        col = err.path[0] if err.path else None
+        spec = props.get(col) if col else None
+        if col is None and err.validator == "oneOf":
+            given = [c for c in ("spaceranger_dir", "h5ad", "counts") if c in row]
+            msg = ("needs exactly one input: spaceranger_dir, h5ad, or counts together with coordinates"
+                   + (f" (has {', '.join(given)})" if given else " (none given)"))
+            problems.append(f"row {i}: {msg}")
+        elif col is None:
+            problems.append(f"row {i}: {err.message}")
+        else:
+            problems.append(f"row {i}, column '{col}': {_message(err, spec)} (got {row.get(col)!r})")
+    for col, spec in props.items():  # nf-schema's `exists: true`
+        if col not in row or not spec.get("exists"):
+            continue
+        p, fmt = Path(str(row[col])), spec.get("format")
+        ok = p.is_dir() if fmt == "directory-path" else p.is_file() if fmt == "file-path" else p.exists()
+        if not ok:
+            kind = "folder" if fmt == "directory-path" else "file"
+            problems.append(f"row {i}, column '{col}': {kind} does not exist (got {row[col]!r})")
+    return problems
+
+
 def read_samplesheet(path: str | Path, schema: str | Path | None = None) -> pd.DataFrame:
     """Read and validate ``samplesheet.csv``; return one row per sample with absolute paths.
 
@@ -92,44 +133,10 @@ def read_samplesheet(path: str | Path, schema: str | Path | None = None) -> pd.D
     if dup_cols:
         raise input_error(path, "duplicate column in the header", field=dup_cols[0].split(".")[0])
 
-    rows, problems = [], []
     base = path.resolve().parent
-    for i, rec in enumerate(df.to_dict("records"), start=1):
-        row = {}
-        for col, val in rec.items():
-            val = str(val).strip()
-            if val == "":
-                continue  # nf-schema: an empty cell is an absent value
-            spec = props.get(col, {})
-            if spec.get("format") in ("file-path", "directory-path", "path"):
-                p = Path(val).expanduser()
-                val = str(p if p.is_absolute() else (base / p))
-            row[col] = _typed(val, spec) if spec else val
-        rows.append(row)
-
+    rows = [_row(rec, props, base) for rec in df.to_dict("records")]
     validator = jsonschema.Draft202012Validator(sch["items"])
-    for i, row in enumerate(rows, start=1):
-        for err in sorted(validator.iter_errors(row), key=lambda e: list(e.path)):
-            col = err.path[0] if err.path else None
-            spec = props.get(col) if col else None
-            if col is None and err.validator == "oneOf":
-                given = [c for c in ("spaceranger_dir", "h5ad", "counts") if c in row]
-                msg = ("needs exactly one input: spaceranger_dir, h5ad, or counts together with coordinates"
-                       + (f" (has {', '.join(given)})" if given else " (none given)"))
-                problems.append(f"row {i}: {msg}")
-            elif col is None:
-                problems.append(f"row {i}: {err.message}")
-            else:
-                problems.append(f"row {i}, column '{col}': {_message(err, spec)} (got {row.get(col)!r})")
-        for col, spec in props.items():  # nf-schema's `exists: true`
-            if col not in row or not spec.get("exists"):
-                continue
-            p, fmt = Path(str(row[col])), spec.get("format")
-            ok = p.is_dir() if fmt == "directory-path" else p.is_file() if fmt == "file-path" else p.exists()
-            if not ok:
-                kind = "folder" if fmt == "directory-path" else "file"
-                problems.append(f"row {i}, column '{col}': {kind} does not exist (got {row[col]!r})")
-
+    problems = [msg for i, row in enumerate(rows, start=1) for msg in _row_problems(i, row, validator, props)]
     for key in sch.get("uniqueEntries", []):  # nf-schema's uniqueEntries
         seen: dict = {}
         for i, row in enumerate(rows, start=1):

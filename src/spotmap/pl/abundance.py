@@ -168,7 +168,7 @@ def abundance_overlay(adata: ad.AnnData, sample: str, abundance, types: list[str
     types is abundant fade into the (darkened) tissue image. Bins of a square grid (Visium HD) are
     drawn as an image of at most ``max_grid_px`` pixels a side (block means of the abundances).
     """
-    from matplotlib.colors import LinearSegmentedColormap, Normalize, to_rgb
+    from matplotlib.colors import to_rgb
 
     types = list(types) if types is not None else top_types(abundance, min(n_types, len(OVERLAY_COLOURS)))
     types = types[: len(OVERLAY_COLOURS)]
@@ -230,7 +230,14 @@ def abundance_overlay(adata: ad.AnnData, sample: str, abundance, types: list[str
     unit = "cells per bin" if layout is not None else "cells per spot"
     fig.suptitle(f"Sample {sample}: the {len(types)} most abundant cell types ({summary_label}, {unit})",
                  color="white", fontsize=11, y=0.97)
-    # one colour bar per type, stacked on the right
+    _overlay_colour_bars(fig, types, cols, vmax, unit)
+    return fig
+
+
+def _overlay_colour_bars(fig: plt.Figure, types: list[str], cols: np.ndarray, vmax: np.ndarray, unit: str) -> None:
+    """One colour bar per type of the overlay, stacked on the right."""
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
+
     h = min(0.12, 0.8 / max(len(types), 1))
     for i, (t, c) in enumerate(zip(types, cols)):
         cax = fig.add_axes((0.76, 0.86 - (i + 1) * h + 0.035, 0.17, h * 0.28))
@@ -244,7 +251,6 @@ def abundance_overlay(adata: ad.AnnData, sample: str, abundance, types: list[str
         cb.update_ticks()
     fig.text(0.76, 0.03, f"colour scale: {unit};\nsaturated at the 99.2% quantile", color="white",
              fontsize=7)
-    return fig
 
 
 def abundance_maps(adata: ad.AnnData, summary: str = "q05", samples=None, n_overlay: int = 6,
