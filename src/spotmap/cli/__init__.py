@@ -50,7 +50,7 @@ def command_process() -> None:
     before torch or matplotlib is first imported:
 
     * torch threads wait passively: on a CPU shared with other jobs OpenMP's default spin-waiting made two
-      threads many times slower than one (BENCHMARKS.md); passive waiting costs little on an idle machine.
+      threads many times slower than one (docs/mapping.md); passive waiting costs little on an idle machine.
       It only takes effect before torch is first imported.
     * figures are drawn off-screen (matplotlib's Agg backend): the command only writes files.
 

@@ -16,3 +16,15 @@ module                     command                                      returns
 :mod:`.report`             ``spotmap report``                           ``<outdir>/multiqc_report.html``
 =========================  ===========================================  =====================================
 """
+
+import importlib
+
+STEPS = ("qc", "qc_batch", "signatures", "map", "aggregate", "report")
+__all__ = list(STEPS)
+
+
+def __getattr__(name: str):
+    # `from spotmap import steps; steps.map.run(...)` without loading every step (and torch) up front
+    if name in STEPS:
+        return importlib.import_module(f"spotmap.steps.{name}")
+    raise AttributeError(f"module 'spotmap.steps' has no attribute {name!r}")
