@@ -387,7 +387,7 @@ def test_qc_plot_of_a_large_grid_is_block_means():
 
 def test_lean_subset_and_chunked_count_checks(monkeypatch):
     from spotmap.io import counts
-    from spotmap.qc import _select_csr
+    from spotmap.qc.metrics import _select_csr
 
     rng = np.random.default_rng(2)
     X = sp.random(500, 80, density=0.1, format="csr", random_state=3, dtype=np.float32)

@@ -36,8 +36,9 @@ def run(*, reference: str | os.PathLike, outdir: str | os.PathLike, labels_key: 
     seed_everything(seed)
     ref, sig, history = estimate_signatures(
         adata, labels_key, batch_key, method=method, covariate_keys=covariate_keys, gene_filter=gene_filter,
-        cell_count_cutoff=cell_count_cutoff, cell_percentage_cutoff2=cell_percentage_cutoff2,
-        nonz_mean_cutoff=nonz_mean_cutoff, max_epochs=max_epochs, batch_size=batch_size, lr=lr, seed=seed,
+        # numbers as the CLI's options give them (the gene filter's summary records them)
+        cell_count_cutoff=float(cell_count_cutoff), cell_percentage_cutoff2=float(cell_percentage_cutoff2),
+        nonz_mean_cutoff=float(nonz_mean_cutoff), max_epochs=max_epochs, batch_size=batch_size, lr=float(lr), seed=seed,
         device=device, source=str(reference), progress=progress, threads=threads)
     paths = write_signature_outputs(outdir, ref, sig, history, labels_key, batch_key, umap=umap, seed=seed)
     log.info("wrote %s (%d genes × %d cell types)", paths["signatures.csv"], sig.shape[0], sig.shape[1])
