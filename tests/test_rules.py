@@ -58,17 +58,17 @@ def test_visium_hd_rows_through_the_samplesheet(tmp_path):
 
 def test_auto_mapping_mode_follows_the_samplesheet_not_the_h5ad(tmp_path):
     """An HD .h5ad without bin_size is mapped jointly by `spotmap run`, as by Nextflow (the row decides)."""
-    from spotmap.io.platform import platform_of
-    from spotmap.workflow import resolve_mapping_mode
-
     import anndata as ad
     import numpy as np
+
+    from spotmap.io.platform import platform_of
+    from spotmap.io.samplesheet import read_samplesheet, sample_rows
+    from spotmap.workflow import resolve_mapping_mode
 
     a = ad.AnnData(np.ones((3, 2), dtype=np.float32))
     a.uns["spotmap"] = {"platform": "visium-hd", "bin_size_um": 8}
     a.write_h5ad(tmp_path / "hd.h5ad")
     assert platform_of(tmp_path / "hd.h5ad").is_hd  # the file says HD ...
-    from spotmap.io.samplesheet import read_samplesheet, sample_rows
 
     sheet = tmp_path / "s.csv"
     sheet.write_text(f"sample,h5ad\nhd,{tmp_path}/hd.h5ad\n")
@@ -165,3 +165,25 @@ def test_detection_alpha_is_written_once_in_src():
             if "detection_alpha" in line and re.search(r"(?<![\w.])20(\.0)?(?![\w.])", line.split("#")[0]):
                 hits.add(str(f.relative_to(REPO)))
     assert hits == {"src/spotmap/mapping/priors.py", "src/spotmap/simulate/params.py"}, hits
+
+
+# ------------------------------------------------------------------------------------------------ report sections
+def test_multiqc_config_follows_the_report_registry():
+    """assets/multiqc_config.yml (for a plain `multiqc` run) repeats only what files cannot carry, and that
+    equals the registry of src/spotmap/report/sections.py: the parents' order, the summary.txt section."""
+    import yaml
+
+    from spotmap.report import sections
+
+    cfg = yaml.safe_load((REPO / "assets" / "multiqc_config.yml").read_text())
+    parents = [p.id for p in sections.PARENTS.values()]
+    assert cfg["custom_content"]["order"] == parents + [sections.METHODS_ID, sections.SUMMARY_ID]
+    orders = [cfg["report_section_order"][pid]["order"] for pid in parents]
+    assert orders == sorted(orders, reverse=True), "parents in the registry's order"
+    for cid, entry in cfg["custom_data"].items():
+        if "section_name" not in entry:
+            continue  # the file's own header (from the registry) names it
+        sec = sections.BY_ID[cid]
+        parent = sections.PARENTS[sec.parent]
+        assert (entry["section_name"], entry["parent_id"], entry["parent_name"], entry["parent_description"]) == (
+            sec.title, parent.id, parent.title, parent.description), cid
