@@ -7,12 +7,12 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test install clean
 
-$(BIN)/spotmap: pyproject.toml
+$(BIN)/spotmap: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 10)' 2>/dev/null || { \
 	  echo "spotmap needs Python >= 3.10 with venv (Debian: apt-get install python3 python3-venv)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	@touch $@
 
 install: $(BIN)/spotmap

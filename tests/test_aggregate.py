@@ -27,8 +27,7 @@ def _truth(n_spots=300, n_types=6, seed=0):
     return ab * rng.gamma(8, 1 / 8, size=ab.shape)
 
 
-def _restart(truth, seed, noise=0.08, elbo=1.0e5, types=TYPES, spots=None, genes=None, groups=None,
-             broken=False):
+def _restart(truth, seed, noise=0.08, elbo=1.0e5, types=TYPES, spots=None, genes=None, broken=False):
     rng = np.random.default_rng(seed)
     S, F = truth.shape
     spots = spots or [f"s{i}" for i in range(S)]
@@ -46,8 +45,6 @@ def _restart(truth, seed, noise=0.08, elbo=1.0e5, types=TYPES, spots=None, genes
     mod.update({"elbo": float(elbo * (1 + rng.uniform(0, 1e-4))), "elbo_initial": float(elbo + 1e4), "seed": seed,
                 "settings": {"seed": seed}})
     a.uns["mod"] = mod
-    if groups is not None:
-        a.obsm["means_z_sr_groups"] = groups
     return a
 
 
@@ -196,23 +193,6 @@ def test_unstable_type_is_flagged_by_name():
     assert any(ln.startswith("Cell type Macro is unstable") for ln in res.summary)
 
 
-def test_colocation_groups_are_matched_by_assignment():
-    t = _truth()
-    rng = np.random.default_rng(4)
-    z = rng.gamma(2, 1, (t.shape[0], 4))
-    ads = {}
-    for k in (1, 2, 3):
-        perm = rng.permutation(4)  # group labels are arbitrary in each restart
-        g = z[:, perm] * rng.lognormal(0, 0.05, z.shape)
-        ads[f"restart_{k}"] = _restart(t, k, groups=pd.DataFrame(g, index=[f"s{i}" for i in range(t.shape[0])],
-                                                                   columns=[f"grp{j}" for j in range(4)]))
-    res = aggregate(ads)
-    assert res.groups is not None and (res.groups["stability"] > 0.95).all()
-    assert res.consensus.obsm["means_z_sr_groups"].shape == (t.shape[0], 4)
-    no = aggregate(_agreeing(2))
-    assert no.groups is None and any("co-location" in ln for ln in no.summary)
-
-
 def test_single_restart_passes_through():
     ads = _agreeing(1)
     res = aggregate(ads)
@@ -315,7 +295,11 @@ def test_cli_writes_the_consensus_folder(tmp_path):
     assert -1 <= hm["data"]["B cell"]["restart_1 vs restart_2"] <= 1
     head = [ln[2:] for ln in (out / "stability_mqc.tsv").read_text().splitlines() if ln.startswith("# ")]
     meta = yaml.safe_load("\n".join(head))
-    assert meta["id"] == "spotmap_stability" and meta["section_name"] == "Restart stability"
+    from spotmap.report import sections
+
+    # the registry's section: its title, under the report's "Restart stability"
+    assert meta["id"] == "spotmap_stability" and meta["section_name"] == sections.STABILITY.title
+    assert meta["parent_id"] == sections.PARENTS["stability"].id and "3 mapping restart(s)" in meta["description"]
     # rerunning into the same folder replaces it; a foreign non-empty folder is refused
     assert CliRunner().invoke(cli, ["aggregate", "--restart", str(dirs[0]), "--outdir", str(out)]).exit_code == 0
     assert not (out / "stability_heatmap_mqc.yaml").exists()  # one restart: no pairs, no heatmap
@@ -354,7 +338,7 @@ def test_load_restarts_takes_first_epoch_elbo_from_history(tmp_path):
 
 
 def test_results_do_not_depend_on_the_spot_chunking(monkeypatch):
-    import spotmap.aggregate as agg
+    import spotmap.aggregate.mixture as mixture
 
     t = _truth()
     ads = {"restart_1": _restart(t, 1), "restart_2": _restart(t, 2), "restart_3": _restart(t, 3, broken=True)}
@@ -366,7 +350,7 @@ def test_results_do_not_depend_on_the_spot_chunking(monkeypatch):
         got = whole.pairs[(whole.pairs["restart_a"] == f"restart_{i + 1}")
                           & (whole.pairs["restart_b"] == f"restart_{j + 1}")]["correlation"]
         np.testing.assert_allclose(got, direct, atol=1e-6)
-    monkeypatch.setattr(agg, "_CHUNK_ELEMENTS", 7 * 3 * len(TYPES))  # 7 spots per chunk
+    monkeypatch.setattr(mixture, "CHUNK_ELEMENTS", 7 * 3 * len(TYPES))  # 7 spots per chunk
     chunked = aggregate(ads)
     pd.testing.assert_frame_equal(chunked.stability, whole.stability, atol=1e-9)
     pd.testing.assert_frame_equal(chunked.restarts, whole.restarts, atol=1e-9)

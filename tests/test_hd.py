@@ -258,27 +258,27 @@ def test_qc_auto_keeps_visium_defaults(sim_small, tmp_path):
 
 
 def test_qc_spatial_plot_is_raster(hd):
-    from spotmap.qc import plot_qc_spatial, run_qc
+    from spotmap.pl import qc_spatial
+    from spotmap.qc import run_qc
 
     a = read_spatial(hd / "samples/sample1")
     run_qc(a, "sample1")
-    fig = plot_qc_spatial(a, "sample1")
+    fig = qc_spatial(a, "sample1")
     ax = fig.axes[0]
     assert len(ax.images) == 2 and not any(len(c.get_offsets()) > 10 for c in ax.collections)  # no per-bin markers
     assert ax.images[0].get_array().shape[0] < 100
 
 
 def test_samplesheet_bin_size_drives_qc(hd, tmp_path):
-    from spotmap.io.samplesheet import read_samplesheet
-    from spotmap.pipeline import _sample_inputs
+    from spotmap.io.samplesheet import read_samplesheet, sample_rows
 
     sheet = tmp_path / "samplesheet.csv"
     sheet.write_text(f"sample,spaceranger_dir,bin_size\nA,{hd / 'samples/sample1/outs'},16\n"
                      f"B,{hd / 'samples/sample2/outs'},\n")
-    rows = _sample_inputs(read_samplesheet(sheet))
-    (sa, pa, ea), (sb, pb, eb) = rows
-    assert [str(x) for x in ea] == ["--bin-size", "16"] and eb == []
-    r = run_cli("qc", "--sample", sa, "--input", pa, "--outdir", tmp_path / "qa", "--no-plots", *ea)
+    a, b = sample_rows(read_samplesheet(sheet))
+    assert a.bin_size == 16 and b.bin_size is None
+    r = run_cli("qc", "--sample", a.sample, "--input", a.input, "--outdir", tmp_path / "qa", "--no-plots",
+                "--bin-size", a.bin_size)
     assert r.exit_code == 0, r.output
     qa = ad.read_h5ad(tmp_path / "qa" / "A.h5ad")
     assert qa.uns["spotmap"]["bin_size_um"] == 16 and qa.obs_names[0].startswith("A_s_016um_")
@@ -348,7 +348,8 @@ def test_bad_bin_size_option(hd_tiny, tmp_path):
 
 
 def test_batch_umap_subsamples_large_samples(hd):
-    from spotmap.qc import batch_umap, run_qc
+    from spotmap.pl import batch_umap
+    from spotmap.qc import run_qc
 
     kept = {s: run_qc(read_spatial(hd / "samples" / s), s)[0] for s in ("sample1", "sample2")}
     assert min(a.n_obs for a in kept.values()) > 600
@@ -366,7 +367,7 @@ def test_run_qc_api_defaults_follow_the_platform(hd):
 
 
 def test_qc_plot_of_a_large_grid_is_block_means():
-    from spotmap.qc import QC_PLOT_MAX_PX, plot_qc_spatial
+    from spotmap.pl.qc import QC_PLOT_MAX_PX, qc_spatial as plot_qc_spatial
 
     rng = np.random.default_rng(0)
     n = 3000
@@ -386,7 +387,7 @@ def test_qc_plot_of_a_large_grid_is_block_means():
 
 def test_lean_subset_and_chunked_count_checks(monkeypatch):
     from spotmap.io import counts
-    from spotmap.qc import _select_csr
+    from spotmap.qc.metrics import _select_csr
 
     rng = np.random.default_rng(2)
     X = sp.random(500, 80, density=0.1, format="csr", random_state=3, dtype=np.float32)

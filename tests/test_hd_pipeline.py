@@ -77,7 +77,7 @@ def _pixel_of(layout, x: float, y: float) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------
 
 def test_grid_layout_only_for_square_grids():
-    from spotmap.report.plots import grid_layout
+    from spotmap.pl import grid_layout
 
     hd = make_hd_result(3000, image=False)
     assert grid_layout(hd) is not None
@@ -99,7 +99,7 @@ def test_grid_layout_only_for_square_grids():
 def test_raster_puts_every_bin_where_its_spot_is(flip_x, swap):
     """Each bin's value lands in the raster pixel under its obsm['spatial'] position, whatever the
     slide's orientation (x against array_col, or x along array_row)."""
-    from spotmap.report.plots import spatial_layout
+    from spotmap.pl import spatial_layout
 
     a = make_hd_result(4000, image=True, flip_x=flip_x, swap=swap)
     layout = spatial_layout(a, "hd1")
@@ -114,7 +114,7 @@ def test_raster_puts_every_bin_where_its_spot_is(flip_x, swap):
 
 
 def test_large_grids_are_block_averaged():
-    from spotmap.report.plots import grid_layout
+    from spotmap.pl import grid_layout
 
     a = make_hd_result(30_000, image=False)
     layout = grid_layout(a, max_px=50)
@@ -136,8 +136,7 @@ def test_hd_maps_are_images_not_dots():
     import matplotlib.pyplot as plt
     from matplotlib.collections import PathCollection
 
-    from spotmap.mapping.plots import plot_spatial_qc
-    from spotmap.report import abundance_maps
+    from spotmap.pl import abundance_maps, spatial_qc as plot_spatial_qc
 
     a = make_hd_result(20_000)
     figs = abundance_maps(a) + [plot_spatial_qc(a, name="restart_0")]
@@ -182,7 +181,7 @@ def _report_images(html: str) -> list[bytes]:
 
 def _synthetic_results(root: Path, n_bins: int) -> Path:
     """A results folder holding one HD consensus (sp.h5ad only) and its mapping QC figure."""
-    from spotmap.mapping.plots import plot_spatial_qc
+    from spotmap.pl import spatial_qc as plot_spatial_qc
     from spotmap.report.mqc import save_mqc_figure
     from spotmap.utils import write_h5ad
 
@@ -222,7 +221,7 @@ def test_hd_report_stays_small(tmp_path, n_bins):
 
 def test_mapping_mode_auto():
     from spotmap.errors import SpotmapError
-    from spotmap.pipeline import RunParams, resolve_mapping_mode
+    from spotmap.workflow import RunParams, resolve_mapping_mode
 
     assert RunParams().mapping_mode == "auto"
     assert resolve_mapping_mode("auto", ["hd1"]) == "per_sample"
@@ -234,26 +233,24 @@ def test_mapping_mode_auto():
 
 
 def test_samplesheet_bin_size_reaches_qc(tmp_path):
-    from spotmap.io.samplesheet import read_samplesheet
-    from spotmap.pipeline import _sample_inputs
+    from spotmap.io.samplesheet import read_samplesheet, sample_rows
 
     for name in ("a", "b"):
         (tmp_path / name / "outs").mkdir(parents=True)
     sheet = tmp_path / "s.csv"
     sheet.write_text(f"sample,spaceranger_dir,bin_size\nhd1,{tmp_path}/a/outs,16\nvis1,{tmp_path}/b/outs,\n")
-    rows = {s: extra for s, _, extra in _sample_inputs(read_samplesheet(sheet))}
-    assert rows == {"hd1": ["--bin-size", 16], "vis1": []}
+    rows = {r.sample: (r.bin_size, r.is_visium_hd) for r in sample_rows(read_samplesheet(sheet))}
+    assert rows == {"hd1": (16, True), "vis1": (None, False)}
 
 
 def test_samplesheet_cells_per_location_per_sample(tmp_path):
-    from spotmap.io.samplesheet import read_samplesheet
-    from spotmap.pipeline import _cells_per_location
+    from spotmap.io.samplesheet import read_samplesheet, sample_rows
 
     for name in ("a", "b"):
         (tmp_path / name / "outs").mkdir(parents=True)
     sheet = tmp_path / "s.csv"
     sheet.write_text(f"sample,spaceranger_dir,n_cells_per_location\nhd1,{tmp_path}/a/outs,2\nvis1,{tmp_path}/b/outs,\n")
-    assert _cells_per_location(read_samplesheet(sheet)) == {"hd1": 2.0}
+    assert [r.n_cells_per_location for r in sample_rows(read_samplesheet(sheet))] == [2.0, None]
 
 
 @pytest.fixture(scope="module")

@@ -216,16 +216,18 @@ def test_reference_label_table_problems(tmp_path):
 
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch, sim_single):
     """A crash half-way through writing the outputs leaves neither final nor temporary files."""
+    import spotmap.pl as pl
     import spotmap.qc as qc
+    from spotmap.steps.qc import write_qc_outputs
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(qc, "plot_qc_spatial", boom)
+    monkeypatch.setattr(pl, "qc_spatial", boom)
     a = read_spatial(sim_single / "samples" / "sample1", sample="sample1")
     filtered, summary = qc.run_qc(a, "sample1", min_counts=10, min_genes=10)
     with pytest.raises(RuntimeError):
-        qc.write_qc_outputs(a, filtered, summary, tmp_path / "o", "sample1", 10, 10)
+        write_qc_outputs(a, filtered, summary, tmp_path / "o", "sample1", 10, 10, 0.2)
     assert list((tmp_path / "o").iterdir()) == []
 
 

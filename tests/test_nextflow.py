@@ -10,9 +10,11 @@
   good samplesheet and rejects broken ones;
 * hadolint finds nothing in the Dockerfiles; image tags and versions follow pyproject.toml.
 
-The contract tests chain like the pipeline (SIMULATE -> QC -> QC_BATCH, SIGNATURES -> MAP x 2 seeds
--> AGGREGATE -> MULTIQC) on a tiny simulated case. Their ``task.ext.args`` is empty except where the
-defaults would make a tiny case slow or empty, and each such case says why.
+The contract tests take their inputs from the shared pipeline run (``conftest.pipeline_run``): QC and
+SIGNATURES read its simulated case, MAP its QC'd samples and signatures, AGGREGATE one of its restarts
+beside MAP's, MULTIQC the files of the processes run here; SIMULATE runs alone, and the Visium HD chain
+(SIMULATE -> QC -> MAP -> AGGREGATE) on its own tiny case. Their ``task.ext.args`` is empty except where
+the defaults would make a tiny case slow or empty, and each such case says why.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ SCHEMA = json.loads((REPO / "nextflow_schema.json").read_text())
 INPUT_SCHEMA_PATH = REPO / "assets" / "schema_input.json"
 PYPROJECT = (REPO / "pyproject.toml").read_text()
 VERSION = re.search(r'^version\s*=\s*"([^"]+)"', PYPROJECT, re.M).group(1)
-TORCH = re.search(r'"torch==([^"]+)"', PYPROJECT).group(1)
+TORCH = re.search(r"^torch==(\S+)", (REPO / "constraints.txt").read_text(), re.M).group(1)  # what the project ships
 GPU_PROCESSES = {"SIGNATURES", "MAP"}
 JOINT = {"id": "joint", "joint": True}  # the meta of the all-samples model (workflows/spotmap.nf)
 # Params that only the pipeline has (no CLI option behind them)
@@ -346,13 +348,15 @@ HD_META = {"id": "sample1", "bin_size": 8, "n_cells_per_location": 2}  # a sampl
 # the joint model's meta that the workflow then builds
 SAMPLE_META = {"sample1": {"id": "sample1", "batch": "run1"}, "sample2": {"id": "sample2", "batch": "sample2"}}
 JOINT_BATCH = JOINT | {"batch_key": "batch"}
+MAP_SEED = 1  # the contract's restart; the shared run's restart_0 is aggregated with it
 
 
 class Contract:
-    """Runs each process once per session, chained like the pipeline; failures are remembered."""
+    """Runs each process once per session on the shared pipeline run's inputs; failures are remembered."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, run: dict):
         self.root = root
+        self.shared = run  # conftest.pipeline_run: {"sim", "results", "report"}
         self.results: dict[str, nfh.TaskResult] = {}
 
     def run(self, key: str, name: str, inputs: dict, process_path: str | None = None,
@@ -372,28 +376,29 @@ class Contract:
         return self.run("SIMULATE", "SIMULATE", {}, process_path="SIMULATE")
 
     def qc(self, sample: str):
-        sim = self.need("SIMULATE", self.simulate())
-        outs = [d for d in sim.outputs["samples"] if d.parent.name == sample][0]
+        outs = self.shared["sim"] / "samples" / sample / "outs"
         return self.run(f"QC_{sample}", "QC", {"meta": SAMPLE_META[sample], "input": outs, "coordinates": []})
 
     def qc_files(self):
         return [self.need(f"QC {s}", self.qc(s)).outputs["h5ad"][0] for s in ("sample1", "sample2")]
 
     def signatures(self):
-        sim = self.need("SIMULATE", self.simulate())
         meta = {"id": "reference", "labels_key": "cell_type", "batch_key": "batch"}
-        return self.run("SIGNATURES", "SIGNATURES", {"meta": meta, "reference": sim.outputs["reference"][0],
+        return self.run("SIGNATURES", "SIGNATURES", {"meta": meta, "reference": self.shared["sim"] / "reference.h5ad",
                                                      "cell_types": []})
 
-    def map(self, seed: int):
-        spatial = self.qc_files()
-        sig = self.need("SIGNATURES", self.signatures()).outputs["signatures"][0]
-        return self.run(f"MAP_{seed}", "MAP", {"meta": JOINT_BATCH, "spatial": spatial, "signatures": sig,
-                                               "seed": seed})
+    def map(self, seed: int = MAP_SEED):
+        """One restart on the shared run's QC'd samples and signatures, so that it pools with its restarts."""
+        res = self.shared["results"]
+        spatial = [res / "qc" / s / f"{s}.h5ad" for s in ("sample1", "sample2")]
+        return self.run(f"MAP_{seed}", "MAP", {"meta": JOINT_BATCH, "spatial": spatial,
+                                               "signatures": res / "signatures" / "signatures.csv", "seed": seed})
 
     def aggregate(self):
-        dirs = [self.need(f"MAP seed {s}", self.map(s)).outputs["restart"][0] for s in (0, 1)]
-        return self.run("AGGREGATE", "AGGREGATE", {"meta": JOINT, "restarts": dirs})
+        """MAP's restart beside one of the shared run's (the same spots, genes and cell types)."""
+        restart = self.need(f"MAP seed {MAP_SEED}", self.map()).outputs["restart"][0]
+        return self.run("AGGREGATE", "AGGREGATE", {"meta": JOINT, "restarts": [
+            self.shared["results"] / "mapping" / "restart_0", restart]})
 
     def simulate_hd(self):
         if "SIMULATE_HD" not in self.results:
@@ -423,7 +428,7 @@ class Contract:
         own test), plus a software-versions file as the workflow writes it."""
         files = []
         steps = [lambda: self.qc("sample1"), lambda: self.qc("sample2"), self.qc_batch, self.signatures,
-                 lambda: self.map(0), lambda: self.map(1), self.aggregate]
+                 self.map, self.aggregate]
         for step in steps:
             try:
                 res = step()
@@ -455,8 +460,8 @@ def params_json(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def contract(tmp_path_factory):
-    return Contract(tmp_path_factory.mktemp("nf_contract"))
+def contract(tmp_path_factory, pipeline_run):
+    return Contract(tmp_path_factory.mktemp("nf_contract"), pipeline_run)
 
 
 def _check(res: nfh.TaskResult, process_path: str):
@@ -496,11 +501,10 @@ def test_contract_signatures(contract):
     assert "--device cpu" in res.script and "--batch-key batch" in res.script
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_contract_map(contract, seed):
-    res = contract.map(seed)
+def test_contract_map(contract):
+    res = contract.map()
     _check(res, "SPOTMAP:MAP")
-    assert res.outputs["restart"][0].name == f"restart_{seed}"
+    assert res.outputs["restart"][0].name == f"restart_{MAP_SEED}"
     # the joint model's batches are the samplesheet's batch labels (meta.batch_key -> --batch-key batch)
     assert "--batch-key batch" in res.script
     mod = ad.read_h5ad(res.outputs["h5ad"][0], backed="r").uns["mod"]
@@ -538,6 +542,8 @@ def test_contract_visium_hd(contract):
 def test_contract_aggregate(contract):
     res = contract.aggregate()
     _check(res, "SPOTMAP:AGGREGATE")
+    restarts = (res.outputs["consensus"][0] / "restarts.tsv").read_text()
+    assert "restart_0" in restarts and f"restart_{MAP_SEED}" in restarts
 
 
 def test_contract_multiqc(contract):
@@ -710,16 +716,12 @@ def _sheet_rows(path: Path) -> list[dict]:
     return rows
 
 
-def test_schema_input_accepts_good_and_rejects_broken_samplesheets(tmp_path):
+def test_schema_input_accepts_good_and_rejects_broken_samplesheets(sim_small):
     from jsonschema import Draft202012Validator
 
     schema = json.loads(INPUT_SCHEMA_PATH.read_text())
     v = Draft202012Validator(schema)
-    from spotmap.simulate import SimulationParams, simulate
-
-    sim = tmp_path / "sim"  # the samplesheet `spotmap simulate` writes (as the test profile's data)
-    simulate(sim, SimulationParams(n_cells=60, n_spots=20, n_genes=50, n_cell_types=3, n_samples=2, seed=0))
-    good = _sheet_rows(sim / "samplesheet.csv")
+    good = _sheet_rows(sim_small / "samplesheet.csv")  # as `spotmap simulate` writes it (the test profile's data)
     assert len(good) == 2
     good[0].update(batch="b1", n_cells_per_location=8)
     assert not list(v.iter_errors(good))
@@ -778,7 +780,7 @@ def test_dockerfile_lints_clean(dockerfile):
     assert "HEALTHCHECK" not in text
     assert f"ARG SPOTMAP_VERSION={VERSION}" in text
     assert 'org.opencontainers.image.version="${SPOTMAP_VERSION}"' in text
-    assert f"torch=={TORCH}" in text, "the image's torch must be the version pyproject.toml pins"
+    assert f"torch=={TORCH}" in text, "the image's torch must be the version constraints.txt pins"
     if dockerfile.endswith("cuda"):
         assert base.startswith(("nvidia/cuda:", "pytorch/pytorch:")) and "runtime" in base
 

@@ -4,7 +4,8 @@ Nextflow cannot run here, but its helper functions are plain Groovy: this test c
 ``def name(...) { ... }`` out of the two files, runs them with stand-ins for Nextflow's ``file()``,
 ``error()``, ``params``, ``workflow`` and ``projectDir``, and checks what they return: the
 samplesheet columns in schema order (samplesheetToList's order), the QC input per samplesheet row,
-the merged versions YAML and params.json.
+the merged versions YAML and params.json; and ``isVisiumHd`` and the samplesheet's batch default on the
+tables of cases (``tests/data/``) that the Python rules are tested against too.
 
 Needs a ``groovy`` binary and SnakeYAML (Debian: ``apt-get install groovy libyaml-snake-java``);
 without them the test is skipped and says so.
@@ -12,6 +13,7 @@ without them the test is skipped and says so.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -50,18 +52,7 @@ for (bad in [row(spaceranger_dir: '/x/outs', h5ad: '/x/a.h5ad'), row([:])]) {
     catch (IllegalStateException e) { assert e.message.startsWith("spotmap: samplesheet row 's1'") }
 }
 
-// Visium HD samples (mapped per sample with --mapping_mode auto): bin_size, or binned Space Ranger output
-def tmp = java.nio.file.Files.createTempDirectory('hd')
-java.nio.file.Files.createDirectories(tmp.resolve('hd/outs/binned_outputs/square_008um'))
-java.nio.file.Files.createDirectories(tmp.resolve('visium/outs/spatial'))
-assert isVisiumHd([id: 's1', bin_size: 8], Paths.get('/x/a.h5ad'))
-assert !isVisiumHd([id: 's1'], Paths.get('/x/a.h5ad'))
-assert isVisiumHd([id: 's1'], tmp.resolve('hd/outs'))
-assert isVisiumHd([id: 's1'], tmp.resolve('hd'))
-assert isVisiumHd([id: 's1'], tmp.resolve('hd/outs/binned_outputs/square_008um'))
-assert isVisiumHd([id: 's1'], tmp.resolve('hd/outs/binned_outputs/square_008um').toString() + '/')
-assert !isVisiumHd([id: 's1'], tmp.resolve('visium/outs'))
-assert !isVisiumHd([id: 's1'], tmp.resolve('visium'))
+// Visium HD samples (isVisiumHd): tests/data/hd_detection_cases.json, test_groovy_rules_follow_the_shared_tables
 
 def v = File.createTempFile('versions', '.yml')
 v.text = '"SPOTMAP:QC":\n    spotmap: "0.1.0"\n    torch: "2.13.0+cpu"\n'
@@ -103,17 +94,10 @@ def _java_home() -> str | None:
     return str(Path(java).resolve().parents[1]) if java else None
 
 
-@pytest.mark.skipif("_groovy_missing()",
-                    reason="needs groovy, java and SnakeYAML (apt-get install groovy libyaml-snake-java)")
-def test_groovy_helpers(tmp_path):
-    import json
-
+def _run_groovy(tmp_path: Path, checks: str) -> subprocess.CompletedProcess:
+    """The helper functions of main.nf and workflows/spotmap.nf with Nextflow's stand-ins, then ``checks``."""
     props = json.loads((REPO / "assets" / "schema_input.json").read_text())["items"]["properties"]
     order = ", ".join(f"'{k}'" for k in props)  # Python keeps the file's order
-    funcs = _functions()
-    for name in ["samplesheetColumns", "sampleFromRow", "processVersionsFromYAML", "workflowVersionToYAML",
-                 "paramsJson", "checkInputParams", "isVisiumHd"]:
-        assert f"def {name}(" in funcs, name
     script = "\n".join([
         "import java.nio.file.Path", "import java.nio.file.Paths",
         "def file(p) { Paths.get(p.toString()) }",
@@ -122,11 +106,68 @@ def test_groovy_helpers(tmp_path):
         "params = [input: 'sheet.csv', reference: Paths.get('/data/ref.h5ad'), restarts: 2, outdir: 'r', seed: 0]",
         "workflow = [manifest: [name: 'spotmap', version: '0.1.0'], nextflow: [version: '24.04.0']]",
         f"schemaOrder = [{order}]",
-        funcs, CHECKS])
+        _functions(), checks])
     (tmp_path / "check.groovy").write_text(script)
     env = dict(os.environ, JAVA_HOME=_java_home())
-    r = subprocess.run(["groovy", "-cp", SNAKEYAML[0], str(tmp_path / "check.groovy")], capture_output=True,
-                       text=True, env=env, timeout=300)
+    return subprocess.run(["groovy", "-cp", SNAKEYAML[0], str(tmp_path / "check.groovy")], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+#: the cases of tests/data/hd_detection_cases.json, through isVisiumHd (workflows/spotmap.nf)
+HD_CHECKS = r'''
+def table = new groovy.json.JsonSlurper().parse(new File(casesFile))
+def tmp = java.nio.file.Files.createTempDirectory('hd')
+def n = 0
+for (c in table.cases) {
+    (c.dirs ?: []).each { d -> java.nio.file.Files.createDirectories(tmp.resolve(d)) }
+    def meta = c.bin_size != null ? [id: 's1', bin_size: c.bin_size] : [id: 's1']
+    def input = Paths.get(c.path.replace('{tmp}', tmp.toString()))
+    assert isVisiumHd(meta, input) == c.expected : "isVisiumHd: ${c.why}: ${c.path} bin_size ${c.bin_size}"
+    n++
+}
+println "HD CASES OK ${n}"
+'''
+
+#: the cases of tests/data/batch_default_cases.json, through sampleFromRow (main.nf) as main.nf calls it
+BATCH_CHECKS = r'''
+def table = new groovy.json.JsonSlurper().parse(new File(casesFile))
+def cols = samplesheetColumns("${projectDir}/assets/schema_input.json")
+def n = 0
+for (c in table.cases) {
+    def rows = c.rows.collect { r ->
+        def meta = [id: r.sample] + (r.batch ? [batch: r.batch] : [:])
+        [meta] + cols.collect { col -> col == 'h5ad' ? Paths.get('/x/a.h5ad') : [] }
+    }
+    def any_batch = rows.any { row -> row[0].batch }
+    def got = rows.collect { row -> sampleFromRow(row, cols, any_batch)[0].batch }
+    assert got == c.expected : "batches ${got} != ${c.expected} for ${c.rows}"
+    n++
+}
+println "BATCH CASES OK ${n}"
+'''
+
+
+@pytest.mark.skipif("_groovy_missing()",
+                    reason="needs groovy, java and SnakeYAML (apt-get install groovy libyaml-snake-java)")
+@pytest.mark.parametrize("table,checks,done", [("hd_detection_cases.json", HD_CHECKS, "HD CASES OK"),
+                                               ("batch_default_cases.json", BATCH_CHECKS, "BATCH CASES OK")])
+def test_groovy_rules_follow_the_shared_tables(tmp_path, table, checks, done):
+    """isVisiumHd and the samplesheet's batch default, on the tables the Python rules are tested against
+    (tests/test_rules.py): one table of cases, two implementations."""
+    cases = REPO / "tests" / "data" / table
+    n = len(json.loads(cases.read_text())["cases"])
+    r = _run_groovy(tmp_path, f"casesFile = '{cases}'\n" + checks)
+    assert r.returncode == 0 and f"{done} {n}" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+@pytest.mark.skipif("_groovy_missing()",
+                    reason="needs groovy, java and SnakeYAML (apt-get install groovy libyaml-snake-java)")
+def test_groovy_helpers(tmp_path):
+    funcs = _functions()
+    for name in ["samplesheetColumns", "sampleFromRow", "processVersionsFromYAML", "workflowVersionToYAML",
+                 "paramsJson", "checkInputParams", "isVisiumHd"]:
+        assert f"def {name}(" in funcs, name
+    r = _run_groovy(tmp_path, CHECKS)
     assert r.returncode == 0 and "GROOVY CHECKS OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
 
 

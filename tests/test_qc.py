@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from spotmap.cli import cli
 from spotmap.io import read_spatial
-from spotmap.qc import batch_umap, compute_qc_metrics, filter_spots, remove_mt_genes, run_qc
+from spotmap.pl import batch_umap
+from spotmap.qc import compute_qc_metrics, filter_spots, remove_mt_genes, run_qc
 
 OUT_FILES = ["{s}.h5ad", "{s}_qc_metrics.tsv", "{s}_qc_summary_mqc.tsv", "{s}_qc_histograms_mqc.png",
              "{s}_qc_spatial_mqc.png"]
@@ -32,13 +33,17 @@ def test_metrics_by_hand():
                       shape=(2, 4))
     a = ad.AnnData(X=X, obs=pd.DataFrame(index=["s1", "s2"]),
                    var=pd.DataFrame({"gene_ids": ["E0", "E1", "E2", "E3"]}, index=["MT-CO1", "A", "B", "mt-Nd1"]))
-    m = compute_qc_metrics(a)
+    m = compute_qc_metrics(a, copy=True)
     assert m.obs["total_counts"].tolist() == [4.0, 8.0]
     assert m.obs["n_genes_by_counts"].tolist() == [2, 2]
     np.testing.assert_allclose(m.obs["mt_frac"], [3 / 4, 8 / 8])
     assert m.var["mt"].tolist() == [True, False, False, True]
-    assert "total_counts" not in a.obs  # the input is left alone
-    by_id = compute_qc_metrics(a, mt_genes=["E2"])  # a list given by option, matched on ids
+    assert "total_counts" not in a.obs  # copy=True: the input is left alone
+    inplace = a.copy()
+    assert compute_qc_metrics(inplace) is None  # as scanpy: annotated in place, nothing returned
+    pd.testing.assert_frame_equal(inplace.obs, m.obs)
+    assert inplace.var["mt"].tolist() == m.var["mt"].tolist()
+    by_id = compute_qc_metrics(a, mt_genes=["E2"], copy=True)  # a list given by option, matched on ids
     np.testing.assert_allclose(by_id.obs["mt_frac"], [1 / 4, 0.0])
     kept = filter_spots(m, min_counts=0, min_genes=0, max_mt_fraction=0.9)
     assert kept.obs_names.tolist() == ["s1"] and m.obs["pass_qc"].tolist() == [True, False]
@@ -103,7 +108,8 @@ def test_qc_cli_outputs(qc_out, sim_small):
     assert s.loc["sample1", "spots_after"] == a.n_obs and s.loc["sample1", "genes_after"] == a.n_vars
     assert s.loc["sample1", "genes_shared_with_reference"] == a.n_vars and s.loc["sample1", "genes_matched_by"] == "id"
     head = [ln for ln in (qc_out / "sample1_qc_summary_mqc.tsv").read_text().splitlines() if ln.startswith("#")]
-    assert "# id: spotmap_qc" in head and "# section_name: Samples and QC" in head
+    assert "# id: spotmap_qc" in head and "# section_name: QC summary per sample" in head
+    assert "# parent_name: Samples and QC" in head  # the registry's section, under the report's QC part
 
 
 def test_multiqc_parses_qc_outputs(qc_out, tmp_path):

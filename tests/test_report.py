@@ -1,8 +1,6 @@
-"""The report step: a small simulated run → ``spotmap report`` → the real MultiQC report, opened in
-headless Chromium as a user would (no JavaScript errors, every section there, a screenshot saved).
-
-The results tree is built with the steps' own library functions (QC, signatures, mapping,
-aggregate) on a tiny simulated case with few epochs, so the test sees exactly what the steps write.
+"""The report step: the shared pipeline run's report (``spotmap run`` on a small simulated case, few epochs),
+made by the real MultiQC and opened in headless Chromium as a user would (no JavaScript errors, every
+section there, a screenshot saved); and the report builder on results that break the conventions.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,75 +26,11 @@ ARTEFACTS = REPO / "test-artifacts"  # gitignored
 SEEDS = (0, 1)
 
 
-# ------------------------------------------------------------------------------------------------
-# A small results tree, as `spotmap run` publishes it
-# ------------------------------------------------------------------------------------------------
-
-def _read_samples(sim: Path):
-    from spotmap.io.spaceranger import read_spaceranger
-
-    sheet = pd.read_csv(sim / "samplesheet.csv")
-    out = {}
-    for row in sheet.itertuples(index=False):
-        d = Path(row.spaceranger_dir)
-        a = read_spaceranger(d if d.is_absolute() else sim / d, sample=row.sample)
-        a.obs_names = [f"{row.sample}_{bc}" for bc in a.obs_names]
-        out[row.sample] = a
-    return out
-
-
-def build_results_tree(sim: Path, R: Path, seeds=SEEDS, epochs: int = 25) -> Path:
-    """Run the real steps on the simulated case ``sim`` into ``R`` with the layout of ``spotmap run``:
-    ``qc/<sample>/``, ``signatures/``, ``mapping/restart_<seed>/``, ``mapping/consensus/`` and
-    ``pipeline_info/params.json`` (few epochs: the report is what is tested, not the fit)."""
-    import anndata as ad
-
-    from spotmap.aggregate import aggregate, load_restarts, write_aggregate
-    from spotmap.mapping.run import run_mapping
-    from spotmap.qc import run_qc, write_qc_outputs
-    from spotmap.reference.outputs import write_signature_outputs
-    from spotmap.reference.signatures import estimate_signatures
-
-    h5ads = []
-    for sample, a in _read_samples(sim).items():
-        f, summary = run_qc(a, sample, min_counts=100, min_genes=20)
-        write_qc_outputs(a, f, summary, R / "qc" / sample, sample, min_counts=100, min_genes=20)
-        h5ads.append(R / "qc" / sample / f"{sample}.h5ad")
-
-    ref, sig, hist = estimate_signatures(ad.read_h5ad(sim / "reference.h5ad"), "cell_type", batch_key="batch",
-                                         max_epochs=epochs, progress=False, device="cpu")
-    write_signature_outputs(R / "signatures", ref, sig, hist, "cell_type", "batch", umap=False)
-
-    for seed in seeds:
-        run_mapping(h5ads, R / "signatures" / "signatures.csv", R / "mapping" / f"restart_{seed}",
-                    name=f"restart_{seed}", checkpoint_every=0, max_epochs=epochs, min_epochs=5, seed=seed,
-                    device="cpu", progress=False)
-    adatas, sources = load_restarts([R / "mapping" / f"restart_{s}" for s in seeds])
-    write_aggregate(aggregate(adatas, sources=sources), R / "mapping" / "consensus")
-
-    info = R / "pipeline_info"
-    info.mkdir(parents=True, exist_ok=True)
-    defaults = {"restarts": 3, "seed": 0, "map_max_epochs": None, "n_cells_per_location": 8.0,
-                "detection_alpha": 20.0, "mapping_mode": "joint"}
-    params = {**defaults, "restarts": len(seeds), "map_max_epochs": epochs, "detection_alpha": 200.0,
-              "samplesheet": "samplesheet.csv"}
-    (info / "params.json").write_text(json.dumps({"params": params, "defaults": defaults}))
-    return R
-
-
 @pytest.fixture(scope="module")
-def sim_report(tmp_path_factory):
-    """A simulated case (2 samples × 150 spots, 6 cell types), its results tree and its report."""
-    from spotmap.report import build_report
-    from spotmap.simulate import SimulationParams, simulate
-
-    root = tmp_path_factory.mktemp("report")
-    sim = simulate(root / "sim", SimulationParams(n_cells=300, n_spots=120, n_genes=250, n_cell_types=6,
-                                                  n_samples=2, seed=3))
-    R = build_results_tree(sim, root / "results")
-    t0 = time.perf_counter()
-    report = build_report(R, root / "report")
-    return {"root": root, "results": R, "report": report, "seconds": time.perf_counter() - t0}
+def sim_report(pipeline_run):
+    """The shared pipeline run (:func:`conftest.pipeline_run`: 2 samples × 120 spots, 6 cell types, 2 restarts)
+    and its report."""
+    return pipeline_run
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,7 +63,7 @@ def test_report_has_every_section(sim_report):
     for seed in SEEDS:
         assert f"restart_{seed}" in html
     # generated content: one grid and one overlay per sample, rasterised PNGs
-    maps = sorted((sim_report["root"] / "report" / "report_content" / "abundance_maps").glob("*.png"))
+    maps = sorted((sim_report["report"].parent / "report_content" / "abundance_maps").glob("*.png"))
     assert len(maps) == 4, maps
     assert sim_report["report"].stat().st_size < 20e6
 
@@ -141,7 +74,7 @@ def test_workflow_summary_lists_changed_parameters_only(sim_report):
     assert m, "workflow summary missing"
     block = m.group(0)
     assert "map_max_epochs" in block and "detection_alpha" in block and "samplesheet" in block
-    assert "n_cells_per_location" not in block  # at its default
+    assert "n_cells_per_location" not in block and "mapping_mode" not in block  # at their defaults
 
 
 def test_software_versions_in_nf_core_format(sim_report):
@@ -149,7 +82,7 @@ def test_software_versions_in_nf_core_format(sim_report):
 
     import spotmap
 
-    gen = sim_report["root"] / "report" / "report_content" / "generated"
+    gen = sim_report["report"].parent / "report_content" / "generated"
     doc = yaml.safe_load((gen / "spotmap_software_mqc_versions.yml").read_text())
     assert doc["SPOTMAP"]["spotmap"] == spotmap.__version__
     assert "pyro-ppl" in doc["SPOTMAP"] and "torch" in doc["SPOTMAP"]
@@ -194,7 +127,7 @@ def test_bad_results_folder_is_one_line_error(tmp_path):
 def test_abundance_maps_api(sim_report):
     import matplotlib.pyplot as plt
 
-    from spotmap.report import abundance_maps
+    from spotmap.pl import abundance_maps
     from spotmap.results import read_results
 
     adata = read_results(sim_report["results"] / "mapping" / "consensus")
@@ -425,7 +358,9 @@ def test_deviating_step_files_are_placed_and_noted(tmp_path):
     """Files that break the conventions still reach the right section, and the report says what was fixed."""
     import yaml
 
-    from spotmap.report.build import PARENTS, ContentWriter, collect
+    from spotmap.report import sections
+    from spotmap.report.collect import collect
+    from spotmap.report.content import ContentWriter
 
     R = tmp_path / "results"
     for seed in (0, 1):  # two restarts that name their training series alike
@@ -446,15 +381,16 @@ def test_deviating_step_files_are_placed_and_noted(tmp_path):
     for p in files["structured"]:
         w.structured(p)
     by_id = {s.section_id: s.parent for s in w.found.sections}
-    assert by_id == {"spotmap_s1_qc_summary": "qc", "spotmap_mapping_history": "mapping"}
+    # the headerless table is known by its published name (the registry's): it gets the QC summary's id
+    assert by_id == {"spotmap_qc": "qc", "spotmap_mapping_history": "mapping"}
     notes = " | ".join(w.found.notes)
     assert "no '# id:' header line" in notes and "not valid YAML" in notes and "series 'joint'" in notes
 
     series = {}
     for f in sorted((tmp_path / "content").rglob("*_training_mqc.yaml")):
         doc = yaml.safe_load(f.read_text())
-        assert doc["parent_id"] == PARENTS["mapping"][0]
-        assert doc["section_name"] == "Mapping training curves"  # not the parent's own name
+        assert doc["parent_id"] == sections.PARENTS["mapping"].id
+        assert doc["section_name"] == sections.MAPPING_HISTORY.title  # the registry's, not the file's "Mapping"
         series.update(doc["data"])
         assert all(isinstance(x, float) for pts in doc["data"].values() for x in pts)  # numeric x axis
     assert len(series) == 2 and "joint" in series
@@ -464,7 +400,7 @@ def test_deviating_step_files_are_placed_and_noted(tmp_path):
 
 def test_inputs_staged_as_symlinks_are_found(tmp_path, sim_report):
     """Nextflow stages the steps' folders as symlinks (``stageAs: '?/*'``): they are followed."""
-    from spotmap.report.build import choose_mapping_result, collect
+    from spotmap.report.collect import choose_mapping_result, collect
 
     stage = tmp_path / "work"
     stage.mkdir()
@@ -484,14 +420,15 @@ def test_per_sample_consensus_sections_stay_apart(tmp_path, sim_report):
     """Per-sample mapping (Nextflow stages each consensus in a numbered folder): each consensus keeps
     its own stability sections, titled with its samples — one shared id would merge the tables row by
     row (cell types, restarts). Without any consensus, each mapping's best restart is drawn."""
-    from spotmap.report.build import ContentWriter, _consensus_labels, choose_mapping_result, collect
+    from spotmap.report.collect import choose_mapping_result, collect, consensus_labels
+    from spotmap.report.content import ContentWriter
 
     stage = tmp_path / "work"
     for n in ("1", "2"):  # copies: collect() visits a folder linked twice only once
         shutil.copytree(sim_report["results"] / "mapping" / "consensus", stage / n / "consensus")
     files = collect(stage)
     folders = sorted({p.parent for p in files["h5ad"]})
-    labels = _consensus_labels(folders)
+    labels = consensus_labels(folders)
     assert sorted(labels.values()) == ["sample1, sample2 (1)", "sample1, sample2 (2)"]
     w = ContentWriter(stage, tmp_path / "content")
     w.groups = labels

@@ -3,8 +3,8 @@
 Spot-level guide parameters (``w_sf_loc``, shape (S, F), …) get a gradient only for the spots of the current
 minibatch. pyro's :class:`~pyro.optim.ClippedAdam` still moves every row at every step — with the momentum
 of the row's last real gradient, for all the steps until that spot's next minibatch — so with many
-minibatches per epoch each spot takes ~8 stale steps per real one, and a whole-sample Visium HD fit
-(15 minibatches per epoch) drifted away after ~50 epochs while its loss rose. Here a row whose gradient is
+minibatches per epoch each spot takes many stale steps per real one, and a whole-sample Visium HD fit in
+minibatches drifted away while its loss rose (benchmarks/RESULTS_hd.md). Here a row whose gradient is
 all zero keeps its value and its moments, and every row counts its own steps for Adam's bias correction,
 so each spot gets exactly the Adam update it would get from its own gradients alone.
 

@@ -62,8 +62,8 @@ class TrainConfig:
     checkpoint_path: Path | None = None
     progress: bool = True             #: progress bar on stderr (only when stderr is a terminal)
     log_every: int = 100              #: epochs between log lines when there is no progress bar
-    #: ... and at most this many seconds between them (a whole Visium HD sample on a CPU takes ~20 s per
-    #: epoch: 100 epochs would leave a pipeline's task log silent for half an hour); 0: by epochs only
+    #: ... and at most this many seconds between them (an epoch over a whole Visium HD sample on a CPU is long:
+    #: 100 epochs would leave a pipeline's task log silent for a long time); 0: by epochs only
     log_seconds: float = 60.0
     nan_hint: str = "check the input counts and lower the learning rate"
     fingerprint: dict = field(default_factory=dict)  #: inputs and settings a checkpoint must match
@@ -107,6 +107,109 @@ def _duration(seconds: float) -> str:
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
+def _optimizer(config: TrainConfig, n_obs: int) -> tuple[PyroOptim, bool]:
+    """Clipped Adam that leaves the rows of spot/cell-level parameters outside a minibatch alone
+    (:mod:`spotmap.optim`), and whether training is full batch."""
+    full = config.batch_size is None or config.batch_size >= n_obs
+    local_lr = config.lr if full or config.local_lr is None else config.local_lr
+    # A minibatch's likelihood is scaled by n_obs / batch_size (an unbiased estimate for the global
+    # parameters), so an observation's own parameters see that multiple of their full-data gradient:
+    # their clip threshold scales alike, so they are clipped as in full-batch training. A global
+    # parameter's minibatch gradient is an estimate whose spread grows with the same factor; clipping it at
+    # the full-batch threshold cuts its rare large values (a gene's high counts) and biases it (the spatial
+    # model's overdispersion ran towards Poisson), so with scale_global_clip it scales too.
+    scale = 1.0 if full else n_obs / config.batch_size
+    local_clip = config.clip_norm * scale
+    global_clip = config.clip_norm * (scale if config.scale_global_clip else 1.0)
+    local = frozenset(config.local_params)
+
+    def optim_args(name: str) -> dict:
+        if name in local:
+            return {"lr": local_lr, "clip_norm": local_clip}
+        return {"lr": config.lr, "clip_norm": global_clip}
+
+    return PyroOptim(LazyClippedAdam, optim_args), full
+
+
+def _resume(ckpt: Path | None, fp: str, optim: PyroOptim) -> tuple[list[dict], int, bool]:
+    """``(history, epoch, converged)`` of the checkpoint ``ckpt`` when it belongs to this run (parameters,
+    optimiser and RNG state restored), else an empty start."""
+    if ckpt is None or not Path(ckpt).exists():
+        return [], 0, False
+    state = load_checkpoint(Path(ckpt))
+    if state.get("fingerprint") != fp:
+        log.warning("%s belongs to other inputs or settings; starting afresh (it will be overwritten)", ckpt)
+        return [], 0, False
+    params = dict(pyro.get_param_store().named_parameters())
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            if name not in params:
+                raise SpotmapError(f"{ckpt}: parameter {name!r} does not belong to this model; delete it")
+            params[name].copy_(value.to(params[name].device))
+    optim.set_state(state["optim"])
+    torch.set_rng_state(state["rng"])
+    hist = state["history"]
+    history = [dict(zip(hist.keys(), vals)) for vals in zip(*hist.values())] if hist else []
+    log.info("resuming from %s at epoch %d", ckpt, int(state["epoch"]))
+    return history, int(state["epoch"]), bool(state["converged"])
+
+
+def _epoch_loss(svi: SVI, batch_kwargs: Callable, config: TrainConfig, n_obs: int, full: bool, epoch: int) -> float:
+    """One pass over the data: the mean -ELBO of its steps (minibatches in an order seeded by the epoch)."""
+    try:
+        if full:
+            step_losses = [svi.step(**batch_kwargs(None))]
+        else:
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+            perm = torch.randperm(n_obs, generator=gen)
+            step_losses = [svi.step(**batch_kwargs(perm[i:i + config.batch_size]))
+                           for i in range(0, n_obs, config.batch_size)]
+    except ValueError as exc:
+        # pyro's argument validation meets NaN/inf parameters before the loss does
+        text = str(exc)
+        if isinstance(exc, SpotmapError) or not ("invalid values" in text or "nan" in text.lower()):
+            raise
+        raise SpotmapError(f"training stopped at epoch {epoch + 1}: the loss is not finite (non-finite "
+                           f"values reached the model: {text.splitlines()[0][:160]}); likely cause: "
+                           f"{config.nan_hint}") from None
+    value = float(np.mean(step_losses))
+    if not math.isfinite(value):
+        raise SpotmapError(f"training stopped at epoch {epoch + 1}: the loss is not finite ({value}); "
+                           f"likely cause: {config.nan_hint}")
+    return value
+
+
+class _Progress:
+    """A progress bar on a terminal, else a log line every ``log_every`` epochs or ``log_seconds`` seconds."""
+
+    def __init__(self, config: TrainConfig, start_epoch: int):
+        self.config, self.start_epoch = config, start_epoch
+        self.bar = None
+        if config.progress and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("-ELBO {task.fields[loss]}"), TimeRemainingColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=config.max_epochs, completed=start_epoch, loss="…")
+        self.session_t0 = self.last_log = time.perf_counter()
+
+    def update(self, epoch: int, value: float, rel: float) -> None:
+        c = self.config
+        if self.bar is not None:
+            self.bar.update(self.task, completed=epoch, loss=f"{value:.4g}")
+        elif c.log_every and (epoch % c.log_every == 0 or (
+                c.log_seconds and time.perf_counter() - self.last_log >= c.log_seconds)):
+            self.last_log = time.perf_counter()
+            per_epoch = (self.last_log - self.session_t0) / (epoch - self.start_epoch)
+            log.info("epoch %d/%d  -ELBO %.6g  rel.change %.2e  %.3g s per epoch, at most %s to go",
+                     epoch, c.max_epochs, value, rel, per_epoch, _duration(per_epoch * (c.max_epochs - epoch)))
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
 def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callable[[torch.Tensor | None], dict],
               config: TrainConfig, loss: pyro.infer.ELBO | None = None) -> pd.DataFrame:
     """Fit ``guide`` to ``model`` by SVI; return the training history (one row per epoch).
@@ -133,88 +236,20 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
     fp = fingerprint_of(**config.fingerprint) if config.fingerprint else ""
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    full = config.batch_size is None or config.batch_size >= n_obs
-    local_lr = config.lr if full or config.local_lr is None else config.local_lr
-    # A minibatch's likelihood is scaled by n_obs / batch_size (an unbiased estimate for the global
-    # parameters), so an observation's own parameters see that multiple of their full-data gradient:
-    # their clip threshold scales alike, so they are clipped as in full-batch training. A global
-    # parameter's minibatch gradient is an estimate whose spread grows with the same factor; clipping it at
-    # the full-batch threshold cuts its rare large values (a gene's high counts) and biases it (the spatial
-    # model's overdispersion ran towards Poisson), so with scale_global_clip it scales too.
-    scale = 1.0 if full else n_obs / config.batch_size
-    local_clip = config.clip_norm * scale
-    global_clip = config.clip_norm * (scale if config.scale_global_clip else 1.0)
-    local = frozenset(config.local_params)
-
-    def optim_args(name: str) -> dict:
-        if name in local:
-            return {"lr": local_lr, "clip_norm": local_clip}
-        return {"lr": config.lr, "clip_norm": global_clip}
-
-    # clipped Adam that leaves the rows of spot/cell-level parameters outside a minibatch alone (spotmap.optim)
-    optim = PyroOptim(LazyClippedAdam, optim_args)
+    optim, full = _optimizer(config, n_obs)
     svi = SVI(model, guide, optim, loss=loss or Trace_ELBO())
     # Create the parameters (the guide's first call draws from the RNG in a fresh and a resumed run alike).
     with torch.no_grad():
         guide(**batch_kwargs(None if full else torch.arange(min(n_obs, config.batch_size or n_obs))))
-
-    history: list[dict] = []
-    start_epoch, converged = 0, False
     ckpt = config.checkpoint_path
-    if ckpt is not None and Path(ckpt).exists():
-        state = load_checkpoint(Path(ckpt))
-        if state.get("fingerprint") != fp:
-            log.warning("%s belongs to other inputs or settings; starting afresh (it will be overwritten)", ckpt)
-        else:
-            params = dict(pyro.get_param_store().named_parameters())
-            with torch.no_grad():
-                for name, value in state["params"].items():
-                    if name not in params:
-                        raise SpotmapError(f"{ckpt}: parameter {name!r} does not belong to this model; delete it")
-                    params[name].copy_(value.to(params[name].device))
-            optim.set_state(state["optim"])
-            torch.set_rng_state(state["rng"])
-            hist = state["history"]
-            history = [dict(zip(hist.keys(), vals)) for vals in zip(*hist.values())] if hist else []
-            start_epoch, converged = int(state["epoch"]), bool(state["converged"])
-            log.info("resuming from %s at epoch %d", ckpt, start_epoch)
-
+    history, epoch, converged = _resume(ckpt, fp, optim)
     elbos = [h["elbo"] for h in history]
-    show_bar = config.progress and sys.stderr.isatty()
-    progress = None
-    if show_bar:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("-ELBO {task.fields[loss]}"), TimeRemainingColumn(), transient=True)
-        progress.start()
-        task = progress.add_task("train", total=config.max_epochs, completed=start_epoch, loss="…")
+    progress = _Progress(config, epoch)
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
-    session_t0 = last_log = time.perf_counter()
-    epoch = start_epoch
     try:
         while epoch < config.max_epochs and not converged:
-            try:
-                if full:
-                    step_losses = [svi.step(**batch_kwargs(None))]
-                else:
-                    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-                    perm = torch.randperm(n_obs, generator=gen)
-                    step_losses = [svi.step(**batch_kwargs(perm[i:i + config.batch_size]))
-                                   for i in range(0, n_obs, config.batch_size)]
-            except ValueError as exc:
-                # pyro's argument validation meets NaN/inf parameters before the loss does
-                text = str(exc)
-                if isinstance(exc, SpotmapError) or not ("invalid values" in text or "nan" in text.lower()):
-                    raise
-                raise SpotmapError(f"training stopped at epoch {epoch + 1}: the loss is not finite (non-finite "
-                                   f"values reached the model: {text.splitlines()[0][:160]}); likely cause: "
-                                   f"{config.nan_hint}") from None
-            value = float(np.mean(step_losses))
+            value = _epoch_loss(svi, batch_kwargs, config, n_obs, full, epoch)
             epoch += 1
-            if not math.isfinite(value):
-                raise SpotmapError(f"training stopped at epoch {epoch}: the loss is not finite ({value}); "
-                                   f"likely cause: {config.nan_hint}")
             elbos.append(value)
             w = config.window
             smoothed = float(np.mean(elbos[-w:]))
@@ -225,20 +260,11 @@ def train_svi(model: Callable, guide: Callable, n_obs: int, batch_kwargs: Callab
                 converged = epoch >= config.min_epochs and rel < config.tol
             history.append({"epoch": epoch, "elbo": value, "elbo_smoothed": smoothed, "rel_change": rel,
                             "seconds": time.perf_counter() - t0})
-            if progress is not None:
-                progress.update(task, completed=epoch, loss=f"{value:.4g}")
-            elif config.log_every and (epoch % config.log_every == 0 or (
-                    config.log_seconds and time.perf_counter() - last_log >= config.log_seconds)):
-                last_log = time.perf_counter()
-                per_epoch = (last_log - session_t0) / (epoch - start_epoch)
-                log.info("epoch %d/%d  -ELBO %.6g  rel.change %.2e  %.3g s per epoch, at most %s to go",
-                         epoch, config.max_epochs, value, rel, per_epoch,
-                         _duration(per_epoch * (config.max_epochs - epoch)))
+            progress.update(epoch, value, rel)
             if ckpt is not None and config.checkpoint_every and (epoch % config.checkpoint_every == 0 or converged):
                 _save_checkpoint(Path(ckpt), epoch, optim, history, fp, converged)
     finally:
-        if progress is not None:
-            progress.stop()
+        progress.stop()
     if ckpt is not None and config.checkpoint_every and history:
         _save_checkpoint(Path(ckpt), epoch, optim, history, fp, converged)
     if converged:

@@ -37,13 +37,11 @@ def reuse_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the system (Linux only).
 
     glibc serves every allocation above 32 MB with its own ``mmap`` and unmaps it on free, so each training
-    step of a large model (tensors of tens of MB per operation) faults in and zeroes fresh pages again. On
-    the 2-core test VM a 20,000-bin Visium HD step went 1.72 → 0.99 s (1 thread) and building its minibatch
-    0.77 → 0.21 s, with 4 % more peak memory; together with the sparse likelihood's fused non-zero terms, a
-    whole-sample epoch 23.3 → 20.7 s and the mapping's set-up 2 min 50 s → 1 min 27 s
-    (benchmarks/RESULTS_hd.md). The catch: the process keeps its peak footprint until it exits, so this is
-    called by the ``spotmap`` command (one step per process), not on import. Returns whether the setting
-    took effect (False off glibc).
+    step of a large model (tensors of tens of MB per operation) faults in and zeroes fresh pages again;
+    keeping them makes large Visium HD steps markedly faster for a little more peak memory (figures in
+    BENCHMARKS.md and benchmarks/RESULTS_hd.md). The catch: the process keeps its peak footprint until it
+    exits, so this is called by the ``spotmap`` command (one step per process), not on import. Returns
+    whether the setting took effect (False off glibc).
     """
     import ctypes
     import ctypes.util
@@ -119,8 +117,8 @@ def write_matrix_csv(df, path: str | os.PathLike) -> Path:
     """Write a numeric DataFrame (e.g. spots × cell types) with its index as the first column, atomically.
 
     The CSV ``df.to_csv`` writes (header: index name, then the columns; floats in their shortest round-trip
-    form; names quoted only where they need it), but by pyarrow's C++ writer: 1.7 s instead of 11.3 s for a
-    spots × types table of a whole Visium HD sample (293k × 40). Values read back identically; small numbers
+    form; names quoted only where they need it), but by pyarrow's C++ writer, several times faster on the
+    spots × types table of a whole Visium HD sample (benchmarks/RESULTS_hd.md). Values read back identically; small numbers
     may be spelled differently (``0.0000237`` or ``5.7e-7`` where pandas writes ``2.37e-05``, ``5.7e-07``), and
     where some name needs quotes arrow quotes every string.
     """

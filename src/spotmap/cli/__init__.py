@@ -1,12 +1,13 @@
 """The ``spotmap`` command: a click group whose subcommands are the pipeline steps.
 
-Each subcommand lives in its own file here and only parses options, then calls library
-functions that take and return AnnData / DataFrames. Logging goes to stderr, results to
-files. A :class:`~spotmap.errors.SpotmapError` becomes one line on stderr and exit code 2.
+Each subcommand lives in its own file here and only turns options into one ``run`` call of its
+step (:mod:`spotmap.steps`). Logging goes to stderr, results to files. A
+:class:`~spotmap.errors.SpotmapError` becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -39,8 +40,24 @@ def cli(verbose: bool) -> None:
     Steps: qc → signatures → map (one per restart seed) → aggregate → report;
     `run` does them all on one machine, `demo` on simulated data.
     """
+    command_process()
     setup_logging(verbose)
     reuse_freed_memory()
+
+
+def command_process() -> None:
+    """Settings for a process that runs one ``spotmap`` command (not for a library user's process), made
+    before torch or matplotlib is first imported:
+
+    * torch threads wait passively: on a CPU shared with other jobs OpenMP's default spin-waiting made two
+      threads many times slower than one (docs/mapping.md); passive waiting costs little on an idle machine.
+      It only takes effect before torch is first imported.
+    * figures are drawn off-screen (matplotlib's Agg backend): the command only writes files.
+
+    Values already set in the environment are kept.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def _register() -> None:
@@ -55,4 +72,5 @@ _register()
 
 def main() -> None:
     """Console entry point (``spotmap`` and ``bin/spotmap``)."""
+    command_process()
     cli(prog_name="spotmap")

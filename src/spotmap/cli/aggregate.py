@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from spotmap.aggregate import DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD
+from spotmap.aggregate.core import DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD
 
 
 @click.command("aggregate")
@@ -37,17 +37,7 @@ def command(restarts: tuple[Path, ...], outdir: Path, threshold: float, statisti
     restarts.tsv, summary.txt and MultiQC content (*_mqc.*). With a single --restart the
     consensus is that restart and stability is reported as NA. See docs/aggregate.md.
     """
-    from spotmap.aggregate import aggregate, load_restarts, write_aggregate
-    from spotmap.utils import log
+    from spotmap.steps import aggregate
 
-    from spotmap.aggregate import _check_outdir
-
-    _check_outdir(outdir, restarts)  # before the work: never replace an input or a foreign folder
-    adatas, sources = load_restarts(restarts)
-    res = aggregate(adatas, threshold=threshold, stability=statistic, agreement_threshold=agreement_threshold,
-                    elbo_gap=elbo_gap, exclude_flagged=exclude_flagged, sources=sources)
-    write_aggregate(res, outdir, restarts)
-    for line in res.summary:
-        log.info("%s", line)
-    log.info("consensus of %d restart(s) written to %s (%d cell type(s) and %d restart(s) flagged)",
-             len(adatas), outdir, int(res.stability["flagged"].sum()), int(res.restarts["flagged"].sum()))
+    aggregate.run(restarts=list(restarts), outdir=outdir, threshold=threshold, stability=statistic,
+                  agreement_threshold=agreement_threshold, elbo_gap=elbo_gap, exclude_flagged=exclude_flagged)

@@ -23,7 +23,7 @@ def command(outdir: Path, restarts: int, seed: int, device: str, platform: str) 
     Takes a few minutes on 2 CPU cores (Visium HD: about 10). Open OUTDIR/multiqc/multiqc_report.html afterwards; the true
     abundances are in OUTDIR/simulated/truth/cell_abundance.csv (.parquet for Visium HD).
     """
-    from spotmap.pipeline import RunParams, run_pipeline
+    from spotmap.workflow import RunParams, run_pipeline
     from spotmap.simulate import SimulationParams, simulate
 
     hd = platform == "visium-hd"

@@ -78,10 +78,11 @@ def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_p
     W_mRNA_count.csv, W_mRNA_count_q05.csv, training_history.tsv, training_history.png, checkpoint.pt and
     the MultiQC files <name>_training_mqc.yaml, <name>_reconstruction_mqc.png, <name>_spatial_qc_mqc.png.
     """
-    from spotmap.mapping.run import run_mapping
+    from spotmap.steps import map as map_step
 
-    run_mapping(list(spatial), signatures, outdir, name=name or f"restart_{seed}",
-                n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, n_groups=n_groups,
-                max_epochs=max_epochs, lr=lr, local_lr=local_lr, batch_size=batch_size, seed=seed, device=device,
-                checkpoint_every=checkpoint_every, checkpoint=checkpoint, batch_key=batch_key,
-                min_epochs=min_epochs, tol=tol, window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max, init_iterations=init_iterations)
+    map_step.run(spatial=list(spatial), signatures=signatures, outdir=outdir, name=name,
+                 n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, n_groups=n_groups,
+                 max_epochs=max_epochs, lr=lr, local_lr=local_lr, batch_size=batch_size, seed=seed, device=device,
+                 checkpoint_every=checkpoint_every, checkpoint=checkpoint, batch_key=batch_key, min_epochs=min_epochs,
+                 tol=tol, window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max,
+                 init_iterations=init_iterations)

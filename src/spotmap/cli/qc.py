@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from spotmap.qc import (DEFAULT_MAX_MT_FRACTION, DEFAULT_MIN_COUNTS, DEFAULT_MIN_GENES, HD_MAX_MT_FRACTION,
-                        HD_MIN_COUNTS_8UM, HD_MIN_GENES_8UM)
+from spotmap.io.genes import MIN_SHARED_GENES
+from spotmap.qc.thresholds import HD_8UM, VISIUM
 
 
 class AutoNumber(click.ParamType):
@@ -30,8 +30,8 @@ class AutoNumber(click.ParamType):
             self.fail(f"must be a number or 'auto' (got {value!r})", param, ctx)
 
 
-_AUTO = (f"auto: {DEFAULT_MIN_COUNTS:g} / {DEFAULT_MIN_GENES} / {DEFAULT_MAX_MT_FRACTION:g} for Visium and other "
-         f"inputs, {HD_MIN_COUNTS_8UM} / {HD_MIN_GENES_8UM} / {HD_MAX_MT_FRACTION:g} for Visium HD 8 µm bins "
+_AUTO = (f"auto: {VISIUM.min_counts:g} / {VISIUM.min_genes} / {VISIUM.max_mt_fraction:g} for Visium and other "
+         f"inputs, {HD_8UM.min_counts:g} / {HD_8UM.min_genes} / {HD_8UM.max_mt_fraction:g} for Visium HD 8 µm bins "
          "(counts and genes scaled by (bin size / 8)² for other bin sizes)")
 
 
@@ -68,7 +68,7 @@ _AUTO = (f"auto: {DEFAULT_MIN_COUNTS:g} / {DEFAULT_MIN_GENES} / {DEFAULT_MAX_MT_
 @click.option("--cell-types", type=click.Path(path_type=Path), default=None,
               help="Cell-type table for a count-table --reference (first column cell id).")
 @click.option("--labels-key", default="cell_type", show_default=True, help="Label column of the reference.")
-@click.option("--min-shared-genes", type=int, default=100, show_default=True,
+@click.option("--min-shared-genes", type=int, default=MIN_SHARED_GENES, show_default=True,
               help="With --reference: stop if fewer genes are shared (a warning under 5,000).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | None, orientation: str,
@@ -80,57 +80,9 @@ def command(sample: str, input_path: Path, outdir: Path, coordinates: Path | Non
     removed, raw counts), <SAMPLE>_qc_metrics.tsv (every spot, pass_qc), <SAMPLE>_qc_summary_mqc.tsv
     and the <SAMPLE>_qc_histograms_mqc.png / <SAMPLE>_qc_spatial_mqc.png plots (MultiQC custom content).
     """
-    from spotmap.io import read_reference, read_spatial
-    from spotmap.qc import read_mt_genes, resolve_thresholds, run_qc, shared_gene_report, write_qc_outputs
+    from spotmap.steps import qc
 
-    # Check thresholds and every input before reading or writing anything big.
-    _check_sample(sample)
-    _check_batch(batch)
-    _check_thresholds(*(1 if v == "auto" else v for v in (min_counts, min_genes)),
-                      0.5 if max_mt_fraction == "auto" else max_mt_fraction)
-    mt = read_mt_genes(mt_genes) if mt_genes is not None else None
-    adata = read_spatial(input_path, sample=sample, counts_layer=counts_layer, coordinates=coordinates,
-                         orientation=orientation, bin_size=bin_size)
-    t = resolve_thresholds(adata, min_counts, min_genes, max_mt_fraction)
-    min_counts, min_genes, max_mt_fraction = t["min_counts"], t["min_genes"], t["max_mt_fraction"]
-    filtered, summary = run_qc(adata, sample, min_counts=min_counts, min_genes=min_genes,
-                               max_mt_fraction=max_mt_fraction, mt_genes=mt, batch=batch)
-    if reference is not None:
-        ref = read_reference(reference, labels_key=labels_key, cell_types=cell_types)
-        summary.update(shared_gene_report(filtered, ref, min_genes=min_shared_genes, source=str(reference)))
-    write_qc_outputs(adata, filtered, summary, outdir, sample, min_counts=min_counts, min_genes=min_genes,
-                     max_mt_fraction=max_mt_fraction, plots=not no_plots)
-
-
-def _check_thresholds(min_counts: float, min_genes: int, max_mt_fraction: float) -> None:
-    from spotmap.errors import SpotmapError
-
-    if min_counts < 0:
-        raise SpotmapError(f"--min-counts must be ≥ 0 (got {min_counts:g})")
-    if min_genes < 0:
-        raise SpotmapError(f"--min-genes must be ≥ 0 (got {min_genes})")
-    if not 0 < max_mt_fraction <= 1:
-        raise SpotmapError(f"--max-mt-fraction must be in (0, 1], a fraction not a percentage (got {max_mt_fraction:g})")
-
-
-def _check_sample(sample: str) -> None:
-    """The sample id names files: the samplesheet schema's rule (letters, digits, . _ -)."""
-    _check_label("--sample", "sample", sample,
-                 "must start with a letter or digit and hold only letters, digits, '.', '_' or '-'")
-
-
-def _check_batch(batch: str | None) -> None:
-    """The batch label: the samplesheet schema's rule (not empty, no whitespace)."""
-    if batch is not None:
-        _check_label("--batch", "batch", batch, "must be a label without spaces")
-
-
-def _check_label(option: str, column: str, value: str, rule: str) -> None:
-    """``value`` matches the samplesheet schema's pattern of ``column``, or one line naming ``option``."""
-    import re
-
-    from spotmap.errors import SpotmapError
-    from spotmap.io.samplesheet import load_schema
-
-    if not re.match(load_schema()["items"]["properties"][column]["pattern"], value):
-        raise SpotmapError(f"{option} {rule} (got {value!r})")
+    qc.run(sample=sample, input=input_path, outdir=outdir, coordinates=coordinates, orientation=orientation,
+           counts_layer=counts_layer, bin_size=bin_size, batch=batch, min_counts=min_counts, min_genes=min_genes,
+           max_mt_fraction=max_mt_fraction, mt_genes=mt_genes, reference=reference, cell_types=cell_types,
+           labels_key=labels_key, min_shared_genes=min_shared_genes, plots=not no_plots)

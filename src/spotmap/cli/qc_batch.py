@@ -19,18 +19,6 @@ def command(spatial: tuple[Path, ...], outdir: Path, n_top_genes: int, seed: int
 
     Samples that form separate islands show a batch effect worth a per-sample batch in mapping.
     """
-    from spotmap.io import read_h5ad_counts
-    from spotmap.qc import batch_umap
-    from spotmap.report.mqc import save_mqc_figure
+    from spotmap.steps import qc_batch
 
-    adatas = {}
-    for p in spatial:
-        a = read_h5ad_counts(p, counts_layer="auto")
-        name = str(a.obs["sample"].iloc[0]) if "sample" in a.obs and a.n_obs else p.name.removesuffix(".h5ad")
-        if name in adatas:
-            from spotmap.errors import input_error
-
-            raise input_error(p, "duplicate sample id among --spatial inputs", field="sample", value=name)
-        adatas[name] = a
-    fig = batch_umap(adatas, n_top_genes=n_top_genes, seed=seed)
-    save_mqc_figure(fig, Path(outdir) / "qc_batch_umap_mqc.png")
+    qc_batch.run(spatial=list(spatial), outdir=outdir, n_top_genes=n_top_genes, seed=seed)

@@ -23,10 +23,6 @@ def command(results: Path, outdir: Path, config: Path | None, title: str | None,
     Collects every step's *_mqc.* file under RESULTS, draws the cell abundance maps from the
     consensus (or best restart) sp.h5ad, and runs MultiQC on OUTDIR/report_content/.
     """
-    from spotmap.report.build import build_report
-    from spotmap.utils import log
+    from spotmap.steps import report
 
-    report = build_report(results, outdir, config=config, title=title, dpi=dpi)
-    size = report.stat().st_size / 1e6
-    log.info("report: %s (%.1f MB)", report, size)
-    click.echo(str(report))
+    click.echo(str(report.run(results=results, outdir=outdir, config=config, title=title, dpi=dpi)))

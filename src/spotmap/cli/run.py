@@ -6,6 +6,11 @@ from pathlib import Path
 
 import click
 
+from spotmap.mapping.priors import HD_CELLS_PER_8UM_BIN, MappingPriors
+from spotmap.qc.thresholds import HD_8UM, VISIUM
+from spotmap.workflow import MAPPING_MODES, RunParams
+
+_R = RunParams()
 
 @click.command("run")
 @click.option("--samplesheet", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -17,31 +22,35 @@ import click
               help="Signatures computed elsewhere (genes × cell types CSV/TSV, or a cell2location reference "
                    ".h5ad); skips the signatures step.")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Results folder.")
-@click.option("--labels-key", default="cell_type", show_default=True, help="Reference column with cell-type labels.")
+@click.option("--labels-key", default=_R.labels_key, show_default=True, help="Reference column with cell-type labels.")
 @click.option("--cell-types", type=click.Path(dir_okay=False, path_type=Path),
               help="For a count-table reference: a table of cell barcode → cell-type label.")
 @click.option("--batch-key", default=None, help="Reference column with batches (e.g. batch).  [default: none]")
 @click.option("--qc-min-counts", type=float, default=None,
-              help="QC: minimum total counts per spot.  [default: auto: 500 for Visium, 50 for Visium HD 8 µm bins]")
+              help=f"QC: minimum total counts per spot.  [default: auto: {VISIUM.min_counts:g} for Visium, "
+                   f"{HD_8UM.min_counts:g} for Visium HD 8 µm bins]")
 @click.option("--qc-min-genes", type=int, default=None,
-              help="QC: minimum genes detected per spot.  [default: auto: 250 for Visium, 30 for Visium HD 8 µm bins]")
+              help=f"QC: minimum genes detected per spot.  [default: auto: {VISIUM.min_genes} for Visium, "
+                   f"{HD_8UM.min_genes} for Visium HD 8 µm bins]")
 @click.option("--qc-max-mt-fraction", type=float, default=None,
-              help="QC: maximum fraction of mitochondrial counts per spot (0–1).  [default: auto: 0.2]")
-@click.option("--restarts", default=3, show_default=True, help="Independent mapping restarts (seeds seed … seed+n-1).")
-@click.option("--seed", default=0, show_default=True, help="First restart's seed (also the signatures' seed).")
-@click.option("--mapping-mode", type=click.Choice(["auto", "joint", "per_sample"]), default="auto", show_default=True,
+              help=f"QC: maximum fraction of mitochondrial counts per spot (0–1).  [default: auto: "
+                   f"{VISIUM.max_mt_fraction:g}]")
+@click.option("--restarts", default=_R.restarts, show_default=True,
+              help="Independent mapping restarts (seeds seed … seed+n-1).")
+@click.option("--seed", default=_R.seed, show_default=True, help="First restart's seed (also the signatures' seed).")
+@click.option("--mapping-mode", type=click.Choice(MAPPING_MODES), default=_R.mapping_mode, show_default=True,
               help="joint: all samples in one model (as cell2location); per_sample: one model per sample; "
-                   "auto: per_sample when any sample is Visium HD (a bin_size in the samplesheet, or read as HD), "
-                   "joint otherwise.")
+                   "auto: per_sample when any samplesheet row is Visium HD (it has a bin_size, or its input is a "
+                   "Space Ranger HD folder; an .h5ad needs a bin_size), joint otherwise.")
 @click.option("--n-cells-per-location", default=None, type=float,
               help="Expected cells per spot (N); count nuclei in a few spots of your images to set it. A "
-                   "samplesheet value wins in per-sample mapping. [default: 8; Visium HD: 2 per 8 µm bin, "
-                   "scaled with the bin's area]")
-@click.option("--detection-alpha", default=20.0, show_default=True,
+                   f"samplesheet value wins in per-sample mapping. [default: {MappingPriors.N_cells_per_location:g}; "
+                   f"Visium HD: {HD_CELLS_PER_8UM_BIN:g} per 8 µm bin, scaled with the bin's area]")
+@click.option("--detection-alpha", default=_R.detection_alpha, show_default=True,
               help="Within-slide detection variability prior: 20 for high, 200 for low technical variability.")
 @click.option("--signatures-max-epochs", type=int, default=None, help="Override the signatures step's epochs.")
 @click.option("--map-max-epochs", type=int, default=None, help="Override the mapping step's epochs.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_R.device, show_default=True,
               help="Where to train.")
 def command(samplesheet: Path, reference: Path | None, signatures: Path | None, outdir: Path, labels_key: str,
             cell_types: Path | None, batch_key: str | None, qc_min_counts: float | None, qc_min_genes: int | None,
@@ -54,7 +63,7 @@ def command(samplesheet: Path, reference: Path | None, signatures: Path | None, 
     (per-sample mapping: OUTDIR/mapping/<sample>/restart_<seed>/ and .../consensus/),
     OUTDIR/multiqc/multiqc_report.html and OUTDIR/pipeline_info/params.json.
     """
-    from spotmap.pipeline import RunParams, run_pipeline
+    from spotmap.workflow import run_pipeline
 
     run_pipeline(RunParams(
         samplesheet=str(samplesheet), reference=str(reference) if reference else None,

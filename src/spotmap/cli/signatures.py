@@ -7,6 +7,9 @@ from pathlib import Path
 import click
 
 from spotmap.reference.filtering import CELL_COUNT_CUTOFF, CELL_PERCENTAGE_CUTOFF2, NONZ_MEAN_CUTOFF
+from spotmap.reference.settings import SignatureSettings
+
+_T = SignatureSettings()
 
 
 @click.command("signatures")
@@ -24,14 +27,14 @@ from spotmap.reference.filtering import CELL_COUNT_CUTOFF, CELL_PERCENTAGE_CUTOF
               help="regression = cell2location's NB regression; average = cluster means, no training (fast).")
 @click.option("--max-epochs", type=click.IntRange(min=1), default=None,
               help="Passes over the cells [default: min(400, 20000/cells·400), as cell2location].")
-@click.option("--batch-size", type=click.IntRange(min=0), default=2500, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=0), default=_T.batch_size, show_default=True,
               help="Cells per training step; 0 = all cells per step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_T.lr, show_default=True,
               help="Adam learning rate (gradients clipped at ±10).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=_T.seed, show_default=True,
               help="Random seed: the same seed on CPU gives bit-identical results.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(min=0), default=_T.threads, show_default=True,
               help="CPU threads for training (0 = torch default; 1 is fastest for this model).")
 @click.option("--cell-count-cutoff", type=float, default=CELL_COUNT_CUTOFF, show_default=True,
               help="Gene filter: keep genes detected in more than this many cells (with --nonz-mean-cutoff).")
@@ -53,16 +56,11 @@ def command(reference: Path, labels_key: str, batch_key: str | None, covariate_k
     varm['means_per_cluster_mu_fg'] and q05/q95/stds), training_history.tsv, MultiQC content
     (signatures_*_mqc.*) and QC plots. See docs/signatures.md.
     """
-    from spotmap.reference import estimate_signatures, load_reference, write_signature_outputs
-    from spotmap.utils import resolve_device, seed_everything
+    from spotmap.steps import signatures
 
-    resolve_device(device)  # fail on --device cuda without a GPU before reading anything
-    adata = load_reference(reference, labels_key=labels_key, cell_types=cell_types)
-    seed_everything(seed)
-    ref, sig, history = estimate_signatures(
-        adata, labels_key, batch_key, method=method, covariate_keys=covariate_keys, gene_filter=not no_gene_filter,
-        cell_count_cutoff=cell_count_cutoff, cell_percentage_cutoff2=cell_percentage_cutoff2,
-        nonz_mean_cutoff=nonz_mean_cutoff, max_epochs=max_epochs, batch_size=batch_size or None, lr=lr, seed=seed,
-        device=device, source=str(reference), progress=not no_progress, threads=threads or None)
-    write_signature_outputs(outdir, ref, sig, history, labels_key, batch_key, umap=umap, seed=seed)
-    click.echo(f"wrote {outdir / 'signatures.csv'} ({sig.shape[0]} genes × {sig.shape[1]} cell types)", err=True)
+    signatures.run(reference=reference, outdir=outdir, labels_key=labels_key, batch_key=batch_key,
+                   covariate_keys=covariate_keys, cell_types=cell_types, method=method, max_epochs=max_epochs,
+                   batch_size=batch_size or None, lr=lr, seed=seed, device=device, threads=threads or None,
+                   cell_count_cutoff=cell_count_cutoff, cell_percentage_cutoff2=cell_percentage_cutoff2,
+                   nonz_mean_cutoff=nonz_mean_cutoff, gene_filter=not no_gene_filter, umap=umap,
+                   progress=not no_progress)

@@ -6,34 +6,36 @@ from pathlib import Path
 
 import click
 
-D = "  [default: {}]"
+from spotmap.simulate.params import PLATFORMS, SimulationParams
+
+_P = SimulationParams()
 
 
 @click.command("simulate")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to create (replaced atomically if it exists).")
-@click.option("--platform", type=click.Choice(["visium", "visium-hd"]), default="visium", show_default=True,
+@click.option("--platform", type=click.Choice(PLATFORMS), default=_P.platform, show_default=True,
               help="visium: 55 µm spots (Space Ranger outs/). visium-hd: square 8 µm bins (Space Ranger HD "
               "outs/binned_outputs/square_008um/ and square_016um/, 2 × 2 sums).")
-@click.option("--n-cells", default=2000, show_default=True, help="Reference cells.")
-@click.option("--n-spots", default=400, show_default=True, help="Visium: in-tissue spots per sample (≤ 4,992).")
-@click.option("--n-bins", default=5000, show_default=True,
+@click.option("--n-cells", default=_P.n_cells, show_default=True, help="Reference cells.")
+@click.option("--n-spots", default=_P.n_spots, show_default=True, help="Visium: in-tissue spots per sample (≤ 4,992).")
+@click.option("--n-bins", default=_P.n_bins, show_default=True,
               help="Visium HD: in-tissue 8 µm bins per sample (the square grid holds ~40 % more, off the tissue).")
-@click.option("--n-genes", default=1000, show_default=True, help="Genes, 13 mitochondrial ones (mt-) included.")
-@click.option("--n-cell-types", default=10, show_default=True, help="Cell types.")
-@click.option("--n-samples", default=2, show_default=True, help="Spatial samples (Space Ranger folders).")
-@click.option("--n-batches", default=2, show_default=True, help="Reference batches (differ in depth and technology).")
-@click.option("--cells-per-spot", default=8.0, show_default=True, help="Visium: mean true cells per spot.")
-@click.option("--cells-per-bin", default=1.5, show_default=True,
+@click.option("--n-genes", default=_P.n_genes, show_default=True, help="Genes, 13 mitochondrial ones (mt-) included.")
+@click.option("--n-cell-types", default=_P.n_cell_types, show_default=True, help="Cell types.")
+@click.option("--n-samples", default=_P.n_samples, show_default=True, help="Spatial samples (Space Ranger folders).")
+@click.option("--n-batches", default=_P.n_batches, show_default=True, help="Reference batches (differ in depth and technology).")
+@click.option("--cells-per-spot", default=_P.cells_per_spot, show_default=True, help="Visium: mean true cells per spot.")
+@click.option("--cells-per-bin", default=_P.cells_per_bin, show_default=True,
               help="Visium HD: mean true cells per 8 µm bin before the cap of 3 cells per bin.")
-@click.option("--detection-alpha", default=20.0, show_default=True,
+@click.option("--detection-alpha", default=_P.detection_alpha, show_default=True,
               help="Shape of the per-spot detection efficiency around its sample mean (smaller = more variable).")
-@click.option("--positions", type=click.Choice(["csv", "list"]), default="csv", show_default=True,
+@click.option("--positions", type=click.Choice(["csv", "list"]), default=_P.positions, show_default=True,
               help="Visium: tissue_positions.csv (Space Ranger ≥2.0, header) or tissue_positions_list.csv (1.x). "
               "Visium HD always writes tissue_positions.parquet.")
 @click.option("--missing-type", "missing_types", multiple=True,
               help="A cell type present in the tissue but left out of the reference (repeatable), e.g. type_C.")
-@click.option("--seed", default=0, show_default=True, help="Random seed: the same seed writes the same files.")
+@click.option("--seed", default=_P.seed, show_default=True, help="Random seed: the same seed writes the same files.")
 def command(outdir: Path, platform: str, n_cells: int, n_spots: int, n_bins: int, n_genes: int, n_cell_types: int,
             n_samples: int, n_batches: int, cells_per_spot: float, cells_per_bin: float, detection_alpha: float,
             positions: str, missing_types: tuple[str, ...], seed: int) -> None:

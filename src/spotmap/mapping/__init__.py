@@ -3,8 +3,10 @@
 * :mod:`~spotmap.mapping.priors` — :class:`MappingPriors`, every hyperparameter and its default;
 * :mod:`~spotmap.mapping.likelihood` — the NB log-likelihood that exploits zero counts (fused, chunked);
 * :mod:`~spotmap.mapping.module` — the pyro model and mean-field guide;
-* :mod:`~spotmap.mapping.model` — :class:`SpatialMapper` (initialise, train, export) and :func:`map_cell_types`;
-* :mod:`~spotmap.mapping.plots` — QC figures.
+* :mod:`~spotmap.mapping.model` — :class:`SpatialMapper` (initialise, train, export) and :func:`map_cell_types`.
+
+The ``spotmap map`` step (reading the inputs, writing the result folder) is :mod:`spotmap.steps.map`; its
+figures are in :mod:`spotmap.pl`.
 """
 
 from spotmap.mapping.priors import MappingPriors
@@ -18,5 +20,6 @@ def __getattr__(name: str):
 
         return getattr(model, name)
     raise AttributeError(f"module 'spotmap.mapping' has no attribute {name!r}")
+
 
 __all__ = ["MappingPriors", "MappingSettings", "SpatialMapper", "map_cell_types"]

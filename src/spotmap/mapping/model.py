@@ -25,7 +25,7 @@ from spotmap.mapping.priors import MappingPriors, default_cells_per_location
 from spotmap.mapping.settings import (GPU_BYTES_PER_NONZERO, GPU_MEMORY_FRACTION, LIKELIHOODS, SPARSE_AUTO_BATCH,
                                       SPARSE_DENSITY, MappingSettings)
 from spotmap.mapping.sparse import SparseLikelihood, approximation_check, choose_exact_genes, sparse_nmf
-from spotmap.qc import platform_of
+from spotmap.io.platform import platform_of
 from spotmap.results import add_posterior
 from spotmap.training import TrainConfig, fingerprint_of, train_svi
 from spotmap.utils import log, resolve_device
@@ -127,9 +127,9 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     initial sd of log w_sf, is that of the Gamma posterior of w_sf whose shape is the prior's plus the UMIs
     the NMF gives type f in spot s (u_sf = y_s w_sf Σ_g m_g g_fg): ``sqrt(trigamma(shape + u_sf))`` ≈
     1/sqrt(u_sf) for a type with many UMIs, ~2 for an absent one (the guide starts it at 1.5 at most). With
-    every sd at 0.1 instead, absent types needed hundreds of steps to widen: with minibatches (each spot moves
-    once per epoch) a whole Visium HD sample was still far from it after 120 epochs (benchmarks/RESULTS_hd.md).
-    Deterministic; costs a few seconds at 10⁴ spots × 10⁴ genes. With ``sparse=True`` the same updates run
+    every sd at 0.1 instead, absent types needed hundreds of steps to widen, and with minibatches (each spot
+    moves once per epoch) a whole Visium HD sample was still far from it at the end of training
+    (benchmarks/RESULTS_hd.md). Deterministic, and cheap next to training. With ``sparse=True`` the same updates run
     on every gene with the ratio evaluated at the non-zero counts only
     (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the non-zeros; for Visium HD), on ``device``
     (default: the CPU).
@@ -236,9 +236,8 @@ class SpatialMapper:
         """Spots per step: ``settings.batch_size``; when that is None, all spots (full batch) — except with the
         sparse likelihood on more than ``SPARSE_AUTO_BATCH`` spots, which train in minibatches of that size
         unless a full batch fits the GPU (``GPU_BYTES_PER_NONZERO`` per non-zero within ``GPU_MEMORY_FRACTION``
-        of its memory). Full batch is the more accurate fit: every spot moves at every step (a 20,000-bin HD
-        subset alone in full batch: RMSE of proportions 0.0070; the whole sample in 120 minibatch epochs on the
-        CPU: 0.0076; benchmarks/RESULTS_hd.md)."""
+        of its memory). Full batch is the more accurate fit: every spot moves at every step (the accuracy of
+        both on a whole Visium HD sample: BENCHMARKS.md)."""
         S = self.X.shape[0]
         size = self.settings.batch_size
         if size is None and self.sparse and S > SPARSE_AUTO_BATCH:
@@ -433,7 +432,8 @@ def _json_safe(d: dict) -> dict:
 # the one-call API
 # ------------------------------------------------------------------------------------------------------------
 def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_location: float | None = None,
-                   detection_alpha: float = 20.0, n_groups: int = 50, priors: MappingPriors | None = None,
+                   detection_alpha: float = MappingPriors.detection_alpha, n_groups: int = MappingPriors.n_groups,
+                   priors: MappingPriors | None = None,
                    signature_ids: pd.Series | None = None, return_mapper: bool = False,
                    **settings) -> tuple[ad.AnnData, pd.DataFrame]:
     """Map cell types onto spatial data with the cell2location model; return ``(result AnnData, history)``.

@@ -9,11 +9,12 @@ from dataclasses import asdict, dataclass
 SPARSE_DENSITY = 0.05
 LIKELIHOODS = ("auto", "dense", "sparse")
 #: with the sparse likelihood and no --batch-size, data with more spots than this train in minibatches of
-#: SPARSE_AUTO_BATCH spots: a full-batch step over a whole Visium HD sample (~150 M non-zeros) would hold
-#: every non-zero's indices and autograd values at once (tens of GB); 20,000-bin steps peak at ~9 GB
+#: SPARSE_AUTO_BATCH spots: a full-batch step over a whole Visium HD sample would hold every non-zero's
+#: indices and autograd values at once, more than a CPU machine's memory; 20,000-bin steps fit (peak memory
+#: in benchmarks/RESULTS_hd.md)
 SPARSE_AUTO_BATCH = 20_000
 #: on a GPU that many spots train in one full batch instead when it fits: a full-batch step holds about this
-#: many bytes per non-zero count (measured: 14.4 GB peak at 149.8 M non-zeros, 293k bins × 18k genes, H100)
+#: many bytes per non-zero count (the GPU run of benchmarks/RESULTS_hd.md, rounded up)
 GPU_BYTES_PER_NONZERO = 100
 #: ... within this fraction of the GPU's memory
 GPU_MEMORY_FRACTION = 0.8

@@ -6,7 +6,11 @@
 - :func:`filter_genes` — cell2location's permissive gene filter
 - :func:`cluster_averages` — mean counts per cell of each type
 - :func:`read_signatures` — signatures made elsewhere (CSV/TSV, cell2location .h5ad)
-- :func:`write_signature_outputs` — the files of ``spotmap signatures`` (tables, h5ad, MultiQC, plots)
+- :func:`compute_umap` — the reference cells' UMAP (``obsm['X_umap']``)
+- :class:`SignatureSettings` — training settings and their defaults
+
+The ``spotmap signatures`` step, which writes the files (tables, h5ad, MultiQC content), is
+:mod:`spotmap.steps.signatures`; its figures are in :mod:`spotmap.pl`.
 
 Names are imported on first use, so ``spotmap --help`` does not load torch and pyro.
 """
@@ -17,7 +21,8 @@ import importlib
 
 _WHERE = {
     "RegressionModule": "_module", "RegressionPriors": "_module", "filter_genes": "filtering",
-    "RegressionModel": "model", "write_signature_outputs": "outputs", "cluster_averages": "signatures",
+    "RegressionModel": "model", "SignatureSettings": "settings", "cluster_averages": "signatures",
+    "compute_umap": "signatures",
     "estimate_signatures": "signatures", "load_reference": "signatures", "read_signatures": "signatures",
 }
 __all__ = sorted(_WHERE)

@@ -19,10 +19,14 @@ from scipy.special import gammaln, ndtri
 
 from spotmap.errors import SpotmapError, input_error
 from spotmap.reference._module import RegressionModule, RegressionPriors
+from spotmap.reference.settings import SignatureSettings
 from spotmap.training import TrainConfig, train_svi
 from spotmap.utils import log, resolve_device, seed_everything
 
 SUMMARIES = ("means", "stds", "q05", "q95")
+
+
+_T = SignatureSettings()
 
 
 def default_max_epochs(n_cells: int) -> int:
@@ -180,8 +184,8 @@ class RegressionModel:
             init_mu_fg=t(self.cluster_averages() + 1e-4), priors=self.priors)
 
     # ------------------------------------------------------------------ training
-    def train(self, max_epochs: int | None = None, batch_size: int | None = 2500, lr: float = 0.01,
-              seed: int = 0, device: str = "auto", progress: bool = True, threads: int | None = 1,
+    def train(self, max_epochs: int | None = None, batch_size: int | None = _T.batch_size, lr: float = _T.lr,
+              seed: int = _T.seed, device: str = "auto", progress: bool = True, threads: int | None = _T.threads,
               **config) -> pd.DataFrame:
         """Fit the model by minibatch SVI (clipped Adam, :mod:`spotmap.optim`); return the history (one row per epoch).
 
@@ -200,7 +204,7 @@ class RegressionModel:
         threads
             CPU threads for torch during training (restored afterwards); None = torch's default. The
             tensors here are small (groups × genes), so one thread is fastest, and it avoids OpenMP
-            spin-waits that make a shared machine 10-100× slower.
+            spin-waits, which slow a shared machine down many times over.
         config
             Further :class:`~spotmap.training.TrainConfig` fields (checkpoint_path, min_epochs, tol, ...).
         """

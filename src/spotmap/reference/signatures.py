@@ -16,6 +16,7 @@ from spotmap.reference._module import RegressionPriors
 from spotmap.reference.filtering import (CELL_COUNT_CUTOFF, CELL_PERCENTAGE_CUTOFF2, NONZ_MEAN_CUTOFF,
                                          filter_genes, gene_filter_summary)
 from spotmap.reference.model import SUMMARIES, RegressionModel, counts_matrix
+from spotmap.reference.settings import SignatureSettings
 from spotmap.utils import log
 
 VARM_PREFIX = "means_per_cluster_mu_fg"
@@ -44,6 +45,18 @@ def cluster_averages(adata: ad.AnnData, labels_key: str, layer: str | None = Non
     return pd.DataFrame(avg.T, index=adata.var_names.copy(), columns=[str(c) for c in labels.categories])
 
 
+def compute_umap(adata: ad.AnnData, seed: int = 0, n_top_genes: int = 2000, layer: str | None = None) -> np.ndarray:
+    """UMAP of the reference cells (cells × 2) as in the cell2location tutorial.
+
+    Normalise to 10,000 counts per cell, log1p, highly variable genes, PCA, exact 15-NN graph, UMAP;
+    on a copy, so the counts in ``adata`` stay raw.
+    """
+    from spotmap.embedding import log_normalised_umap
+
+    src = adata if layer is None else ad.AnnData(X=adata.layers[layer], obs=adata.obs[[]], var=adata.var[[]])
+    return log_normalised_umap(src, seed=seed, n_top_genes=n_top_genes)
+
+
 def _average_summaries(adata: ad.AnnData, labels_key: str, layer: str | None) -> dict[str, pd.DataFrame]:
     """Cluster means with standard errors and normal 90% intervals (clipped at 0) for ``--method average``."""
     means = cluster_averages(adata, labels_key, layer)
@@ -68,7 +81,8 @@ def estimate_signatures(adata: ad.AnnData, labels_key: str, batch_key: str | Non
                         gene_filter: bool = True, cell_count_cutoff: float = CELL_COUNT_CUTOFF,
                         cell_percentage_cutoff2: float = CELL_PERCENTAGE_CUTOFF2,
                         nonz_mean_cutoff: float = NONZ_MEAN_CUTOFF, max_epochs: int | None = None,
-                        batch_size: int | None = 2500, lr: float = 0.01, seed: int = 0, device: str = "auto",
+                        batch_size: int | None = SignatureSettings.batch_size, lr: float = SignatureSettings.lr,
+                        seed: int = SignatureSettings.seed, device: str = "auto",
                         priors: RegressionPriors | None = None, layer: str | None = None,
                         source: str | None = None, progress: bool = True,
                         **train_config) -> tuple[ad.AnnData, pd.DataFrame, pd.DataFrame]:

@@ -3,8 +3,9 @@
 Conventions (MultiQC docs, "Custom content"): a TSV carries its config as ``# key: value``
 YAML header lines; a YAML file carries ``id``, ``section_name``, ``plot_type``, ``pconfig``
 and ``data``; files that share an ``id`` are merged into one section (so every restart's
-training curve becomes one series of the same linegraph). Section ids all start with
-``spotmap_`` and their order is set in ``assets/multiqc_config.yml``.
+training curve becomes one series of the same linegraph). Every file is written for a
+:class:`~spotmap.report.sections.Section` of the report's registry, which gives its id, title,
+description and parent section.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from spotmap.report.sections import Section
 from spotmap.utils import atomic_path
 
 
-def write_mqc_table(df: pd.DataFrame, path: str | Path, id: str, section_name: str, description: str = "",
-                    plot_type: str = "table", pconfig: dict | None = None, headers: dict | None = None) -> Path:
-    """Write ``df`` (index = row/sample names) as a MultiQC ``*_mqc.tsv`` table with a YAML header."""
+def write_mqc_table(df: pd.DataFrame, path: str | Path, section: Section, plot_type: str = "table",
+                    pconfig: dict | None = None, headers: dict | None = None, **fields) -> Path:
+    """Write ``df`` (index = row/sample names) as a MultiQC ``*_mqc.tsv`` table of ``section`` with a YAML
+    header; ``fields`` fill the section's description."""
     path = Path(path)
-    header = {"id": id, "section_name": section_name, "description": description, "plot_type": plot_type,
-              "format": "tsv"}
+    header = {**section.header(**fields), "plot_type": plot_type, "format": "tsv"}
     if pconfig:
         header["pconfig"] = pconfig
     if headers:
@@ -61,13 +63,14 @@ def plain(obj):
         return json.loads(json.dumps(obj, default=str))
 
 
-def write_mqc_yaml(path: str | Path, id: str, section_name: str, plot_type: str, data: dict,
-                   description: str = "", pconfig: dict | None = None, **extra) -> Path:
-    """Write a MultiQC ``*_mqc.yaml`` custom-content file (linegraph, heatmap, bargraph, ...)."""
-    content = {"id": id, "section_name": section_name, "description": description, "plot_type": plot_type}
+def write_mqc_yaml(path: str | Path, section: Section, plot_type: str, data: dict, pconfig: dict | None = None,
+                   extra: dict | None = None, **fields) -> Path:
+    """Write a MultiQC ``*_mqc.yaml`` custom-content file of ``section`` (linegraph, heatmap, bargraph, ...);
+    ``extra``: more top-level keys (e.g. ``xcats``), ``fields`` fill the section's description."""
+    content = {**section.header(**fields), "plot_type": plot_type}
     if pconfig:
         content["pconfig"] = pconfig
-    content.update(extra)
+    content.update(extra or {})
     # plain floats/ints/strings only (no numpy scalars in the YAML); numeric keys stay numbers, so
     # MultiQC draws line-graph x values on a numeric axis (string keys become unordered categories)
     content["data"] = plain(data)
@@ -76,15 +79,23 @@ def write_mqc_yaml(path: str | Path, id: str, section_name: str, plot_type: str,
     return Path(path)
 
 
-def write_mqc_linegraph(path: str | Path, id: str, section_name: str, series: dict[str, dict[float, float]],
-                        description: str = "", xlab: str = "epoch", ylab: str = "", title: str | None = None,
-                        logy: bool = False) -> Path:
-    """One or more series ``{name: {x: y}}`` as a MultiQC linegraph."""
-    pconfig = {"id": f"{id}_plot", "title": title or section_name, "xlab": xlab, "ylab": ylab, "logswitch": True}
+def write_mqc_linegraph(path: str | Path, section: Section, series: dict[str, dict[float, float]],
+                        xlab: str = "epoch", ylab: str = "", title: str | None = None, logy: bool = False) -> Path:
+    """One or more series ``{name: {x: y}}`` as a MultiQC linegraph of ``section``."""
+    pconfig = {"id": f"{section.id}_plot", "title": title or section.title, "xlab": xlab, "ylab": ylab,
+               "logswitch": True}
     if logy:
         pconfig["logswitch_active"] = True
     data = {name: {float(x): float(y) for x, y in pts.items()} for name, pts in series.items()}
-    return write_mqc_yaml(path, id, section_name, "linegraph", data, description, pconfig)
+    return write_mqc_yaml(path, section, "linegraph", data, pconfig)
+
+
+def write_mqc_html(path: str | Path, section: Section, body: str, **fields) -> Path:
+    """An HTML fragment of ``section`` with its header in a leading comment, as MultiQC reads ``*_mqc.html``."""
+    header = yaml.safe_dump(section.header(**fields), sort_keys=False, width=10_000)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(f"<!--\n{header}-->\n{body}\n")
+    return Path(path)
 
 
 def save_mqc_figure(fig, path: str | Path, dpi: int = 110) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from spotmap.report.sections import METHODS_ID, SUMMARY_ID, SUMMARY_TITLE
 from spotmap.utils import atomic_path, log
 
 #: (short citation used in the text, bibliography entry) per tool, in the order they are cited
@@ -97,7 +98,7 @@ def changed_params(params: dict, defaults: dict | None) -> dict:
 
 
 def write_workflow_summary(params_files: list[Path], nextflow_summaries: list[Path], target: Path,
-                           section_id: str = "spotmap-summary") -> dict:
+                           section_id: str = SUMMARY_ID) -> dict:
     """The workflow-summary section; returns the parameters of the run (empty when unknown)."""
     params, defaults, src = read_params(params_files)
     if src is not None:
@@ -118,7 +119,7 @@ def write_workflow_summary(params_files: list[Path], nextflow_summaries: list[Pa
                 f"{'' if k not in defaults else ' <small class=text-muted>(default: ' + html.escape(_fmt(defaults[k])) + ')</small>'}"
                 f"</dd>" for k, v in sorted(changed.items()))
         body = f'{head}<dl class="dl-horizontal">\n{rows}\n</dl>' if rows else head
-        _write_yaml(target, {"id": section_id, "section_name": "spotmap workflow summary",
+        _write_yaml(target, {"id": section_id, "section_name": SUMMARY_TITLE,
                              "description": "Parameters of this run that differ from the defaults.",
                              "plot_type": "html", "data": body})
         return params
@@ -129,11 +130,11 @@ def write_workflow_summary(params_files: list[Path], nextflow_summaries: list[Pa
             continue
         if isinstance(doc, dict) and doc.get("data"):
             doc["id"] = section_id
-            doc.setdefault("section_name", "spotmap workflow summary")
+            doc.setdefault("section_name", SUMMARY_TITLE)
             doc["plot_type"] = "html"
             _write_yaml(target, doc)
             return {}
-    _write_yaml(target, {"id": section_id, "section_name": "spotmap workflow summary", "plot_type": "html",
+    _write_yaml(target, {"id": section_id, "section_name": SUMMARY_TITLE, "plot_type": "html",
                          "data": "<div class='alert alert-warning'>No <code>params.json</code> was found in the "
                                  "results folder: the parameters of this run are unknown.</div>"})
     return {}
@@ -208,7 +209,7 @@ def methods_values(params: dict, found=None, used_nextflow: bool = False) -> dic
 
 
 def write_methods(assets: Path, target: Path, params: dict, found=None,
-                  section_id: str = "spotmap-methods-description") -> Path:
+                  section_id: str = METHODS_ID) -> Path:
     """Fill ``assets/methods_description_template.yml`` and write it as a custom-content section."""
     from spotmap.errors import input_error
 

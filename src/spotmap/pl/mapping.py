@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import anndata as ad
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-
-from spotmap.report.plots import spatial_layout, spatial_scatter  # noqa: E402
+from spotmap.pl.spatial import spatial_layout, spatial_scatter
 
 SKIP_FRACTION = 0.2  #: share of the first epochs left out of the training-history plot
 
@@ -23,7 +20,7 @@ def history_tail(history: pd.DataFrame, skip_fraction: float = SKIP_FRACTION) ->
     return history.iloc[start:]
 
 
-def plot_history(history: pd.DataFrame, name: str = "", skip_fraction: float = SKIP_FRACTION) -> plt.Figure:
+def mapping_history(history: pd.DataFrame, name: str = "", skip_fraction: float = SKIP_FRACTION) -> plt.Figure:
     """-ELBO per epoch (and its smoothed value) without the first ``skip_fraction`` of epochs."""
     tail = history_tail(history, skip_fraction)
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -38,7 +35,7 @@ def plot_history(history: pd.DataFrame, name: str = "", skip_fraction: float = S
     return fig
 
 
-def plot_reconstruction(observed: np.ndarray, expected: np.ndarray, name: str = "") -> plt.Figure:
+def reconstruction(observed: np.ndarray, expected: np.ndarray, name: str = "") -> plt.Figure:
     """Reconstruction accuracy: 2-D histogram of observed counts against posterior expected counts."""
     obs = np.log10(np.asarray(observed, dtype=np.float64).ravel() + 1)
     exp_ = np.log10(np.asarray(expected, dtype=np.float64).ravel() + 1)
@@ -56,7 +53,7 @@ def plot_reconstruction(observed: np.ndarray, expected: np.ndarray, name: str = 
     return fig
 
 
-def plot_spatial_qc(adata: ad.AnnData, sample_key: str = "sample", name: str = "",
+def spatial_qc(adata: ad.AnnData, sample_key: str = "sample", name: str = "",
                     max_grid_px: int = 400) -> plt.Figure:
     """A row per sample: total counts, total cell abundance (Σ_f mean w_sf) and detection y_s over the tissue.
 
