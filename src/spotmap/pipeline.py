@@ -48,6 +48,7 @@ class RunParams:
     signatures_max_epochs: int | None = None
     map_max_epochs: int | None = None
     device: str = "auto"
+    threads: int | None = None  # CPU threads of qc-batch, signatures and map; None: each step's default
     extra_qc_args: list[str] = field(default_factory=list)
     extra_signatures_args: list[str] = field(default_factory=list)
     extra_map_args: list[str] = field(default_factory=list)
@@ -149,6 +150,7 @@ def run_pipeline(params: RunParams) -> Path:
         raise SpotmapError(f"--mapping-mode must be one of {', '.join(MAPPING_MODES)} (got {params.mapping_mode!r})")
     if params.restarts < 1:
         raise SpotmapError(f"--restarts must be at least 1 (got {params.restarts})")
+    threads = ["--threads", params.threads] if params.threads is not None else []
     out = Path(params.outdir)
     sheet = read_samplesheet(params.samplesheet)
     cells_per_sample = _cells_per_location(sheet)
@@ -176,14 +178,14 @@ def run_pipeline(params: RunParams) -> Path:
                     if params.n_cells_per_location is not None else "spotmap map's default")
     if len(qc_files) > 1:
         _invoke(qc_batch_cli.command, [a for f in qc_files for a in ("--spatial", f)]
-                + ["--outdir", out / "qc" / "qc_batch"], "qc-batch")
+                + ["--outdir", out / "qc" / "qc_batch", *threads], "qc-batch")
 
     # 2. Signatures
     if params.signatures is not None:
         signatures = Path(params.signatures)
     else:
         args = ["--reference", params.reference, "--labels-key", params.labels_key, "--outdir", out / "signatures",
-                "--seed", params.seed, "--device", params.device]
+                "--seed", params.seed, "--device", params.device, *threads]
         if params.batch_key:
             args += ["--batch-key", params.batch_key]
         if params.cell_types:
@@ -204,7 +206,7 @@ def run_pipeline(params: RunParams) -> Path:
             rdir = base / f"restart_{seed}"
             args = [a for f in files for a in ("--spatial", f)] + [
                 "--signatures", signatures, "--outdir", rdir, "--seed", seed, "--device", params.device,
-                "--detection-alpha", params.detection_alpha,
+                "--detection-alpha", params.detection_alpha, *threads,
                 "--name", f"{group + '_' if group else ''}restart_{seed}"]
             n_cells = cells_per_sample.get(group, params.n_cells_per_location)
             if n_cells is not None:  # else spotmap map's default for the input's platform

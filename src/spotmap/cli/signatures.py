@@ -32,7 +32,7 @@ from spotmap.reference.filtering import CELL_COUNT_CUTOFF, CELL_PERCENTAGE_CUTOF
               help="Random seed: the same seed on CPU gives bit-identical results.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=1, show_default=True,
-              help="CPU threads for training (0 = torch default; 1 is fastest for this model).")
+              help="CPU threads for training, torch and BLAS (0: all cores; 1 is fastest for this model).")
 @click.option("--cell-count-cutoff", type=float, default=CELL_COUNT_CUTOFF, show_default=True,
               help="Gene filter: keep genes detected in more than this many cells (with --nonz-mean-cutoff).")
 @click.option("--cell-percentage-cutoff2", type=click.FloatRange(0, 1), default=CELL_PERCENTAGE_CUTOFF2,
@@ -54,8 +54,9 @@ def command(reference: Path, labels_key: str, batch_key: str | None, covariate_k
     (signatures_*_mqc.*) and QC plots. See docs/signatures.md.
     """
     from spotmap.reference import estimate_signatures, load_reference, write_signature_outputs
-    from spotmap.utils import resolve_device, seed_everything
+    from spotmap.utils import resolve_device, seed_everything, set_threads
 
+    threads = set_threads(threads)
     resolve_device(device)  # fail on --device cuda without a GPU before reading anything
     adata = load_reference(reference, labels_key=labels_key, cell_types=cell_types)
     seed_everything(seed)
@@ -63,6 +64,6 @@ def command(reference: Path, labels_key: str, batch_key: str | None, covariate_k
         adata, labels_key, batch_key, method=method, covariate_keys=covariate_keys, gene_filter=not no_gene_filter,
         cell_count_cutoff=cell_count_cutoff, cell_percentage_cutoff2=cell_percentage_cutoff2,
         nonz_mean_cutoff=nonz_mean_cutoff, max_epochs=max_epochs, batch_size=batch_size or None, lr=lr, seed=seed,
-        device=device, source=str(reference), progress=not no_progress, threads=threads or None)
+        device=device, source=str(reference), progress=not no_progress, threads=threads)
     write_signature_outputs(outdir, ref, sig, history, labels_key, batch_key, umap=umap, seed=seed)
     click.echo(f"wrote {outdir / 'signatures.csv'} ({sig.shape[0]} genes × {sig.shape[1]} cell types)", err=True)
