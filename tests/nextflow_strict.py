@@ -540,3 +540,30 @@ def _inside_closure(code: str, start: int, pos: int) -> bool:
 def check_file(path: Path) -> list[Finding]:
     text = Path(path).read_text()
     return check_config(text) if str(path).endswith(".config") else check_script(text)
+
+
+def config_assignments(text: str) -> list[tuple[tuple[str, ...], str]]:
+    """Every config assignment as (scope path + option name, value text), blocks and selectors flattened:
+    ``profiles { gpu { process { withLabel: 'x' { cpus = 8 } } } }`` gives
+    (('profiles', 'gpu', 'process', "withLabel:x", 'cpus'), '8')."""
+    src = lex(text)
+    out: list[tuple[tuple[str, ...], str]] = []
+
+    def walk(start: int, end: int, scopes: tuple[str, ...]) -> None:
+        code = src.code
+        for p in statement_starts(code, start, end):
+            line_end = code.find("\n", p)
+            stmt = code[p:line_end if 0 <= line_end < end else end]
+            if m := re.match(r"(with(?:Label|Name))\s*:\s*('[^']*'|\"[^\"]*\"|" + IDENT + r")\s*\{", stmt):
+                brace = p + m.end() - 1
+                target = src.text[p + m.start(2):p + m.end(2)].strip("'\"")
+                walk(brace + 1, matching(code, brace), scopes + (f"{m.group(1)}:{target}",))
+            elif m := re.match(r"(" + IDENT + r"(?:\s*\.\s*" + IDENT + r")*)\s*=(?!=)", stmt):
+                names = tuple(re.sub(r"\s", "", m.group(1)).split("."))
+                out.append((scopes + names, src.text[p + m.end():_statement_end(code, p, end)].strip()))
+            elif m := re.match(r"(" + IDENT + r")\s*\{", stmt):
+                brace = p + m.end() - 1
+                walk(brace + 1, matching(code, brace), scopes + (m.group(1),))
+
+    walk(0, len(src.code), ())
+    return out
