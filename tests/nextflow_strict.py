@@ -165,18 +165,6 @@ def matching(code: str, pos: int) -> int:
     raise ValueError(f"unclosed {code[pos]!r} at offset {pos}")
 
 
-def depth_map(code: str) -> list[int]:
-    """Bracket depth (all kinds together) before each character."""
-    out, d = [], 0
-    for c in code:
-        out.append(d)
-        if c in "([{":
-            d += 1
-        elif c in ")]}":
-            d -= 1
-    return out
-
-
 def statement_starts(code: str, start: int, end: int) -> list[int]:
     """Positions where statements begin in code[start:end] (one level: nested brackets are skipped).
     A line continues the previous statement when that one left a bracket open, ended with an operator,
@@ -340,7 +328,7 @@ def _check_scopes(src: Source, add) -> None:
             pending.remove(item)
             if len(scopes) == item[1]:
                 for name in item[2]:
-                    _declare(scopes, name, item[3], src, add)
+                    _declare(scopes, name, item[3], add)
         c = code[i]
         if c == "{":
             kind, names = "block", []
@@ -370,7 +358,7 @@ def _check_scopes(src: Source, add) -> None:
                 kind = "closure"
             scopes.append({"names": set(), "kind": kind})
             for name in names:
-                _declare(scopes, name, i, src, add)
+                _declare(scopes, name, i, add)
             i += 1
             continue
         if c == "}":
@@ -403,7 +391,7 @@ def _check_scopes(src: Source, add) -> None:
         i += 1
 
 
-def _declare(scopes: list[dict], name: str, pos: int, src: Source, add) -> None:
+def _declare(scopes: list[dict], name: str, pos: int, add) -> None:
     for s in scopes:
         if name in s["names"]:
             add("already-declared", pos, f"`{name}` is already declared in an enclosing scope (shadowing is an error)")

@@ -76,7 +76,8 @@ def _run_step(step: dict, tmp_path: Path, subst: dict[str, str]) -> dict[str, st
     out = tmp_path / "github_output"
     out.write_text("")
     r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=REPO, capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "GITHUB_OUTPUT": str(out)}, timeout=60)
+                       env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "GITHUB_OUTPUT": str(out)},
+                       timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     return dict(line.split("=", 1) for line in out.read_text().splitlines() if "=" in line)
 
