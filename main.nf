@@ -30,9 +30,10 @@ workflow {
     } else if (isTrue(params.version)) {
         log.info "${workflow.manifest.name} ${workflow.manifest.version}"
     } else {
-        // The completion handler lives in the entry workflow: the strict parser allows no top-level statement,
-        // and this form runs on every Nextflow that manifest.nextflowVersion allows (the `onComplete:` section
-        // needs the strict parser). Registered first, so a failed parameter check still gets its closing line.
+        // The completion handler lives in the entry workflow: the strict parser allows no top-level statement.
+        // This form (the strict-syntax page's) runs with both parsers of every Nextflow manifest.nextflowVersion
+        // allows; the `onComplete:` section is a 25.10 feature, and those exist only in the strict parser.
+        // Registered first, so a failed parameter check still gets its closing line.
         workflow.onComplete = {
             if (workflow.success) {
                 log.info "spotmap: done, results in ${params.outdir}"
