@@ -6,73 +6,117 @@
  *   nextflow run . -profile docker --input samplesheet.csv --reference reference.h5ad --outdir results
  *
  * Docs: docs/nextflow.md. Parameters: nextflow_schema.json (nextflow run . --help).
+ * Written for Nextflow's strict syntax (the strict-syntax page of Nextflow's docs; tests/test_nextflow_strict.py).
  */
 
-nextflow.enable.dsl = 2
-
-include { validateParameters; paramsSummaryLog; samplesheetToList } from 'plugin/nf-schema'
+include { validateParameters; paramsSummaryLog; paramsHelp; samplesheetToList } from 'plugin/nf-schema'
 include { SIMULATE } from './modules/local/simulate/main'
 include { SPOTMAP  } from './workflows/spotmap'
 
 workflow {
 
-    if (params.validate_params) {
-        validateParameters()
-    }
-    log.info paramsSummaryLog(workflow)
-    checkInputParams()
-
-    // Restart seeds: params.seed, params.seed + 1, ... (one MAP task each)
-    def seeds = (0..<(params.restarts as int)).collect { i -> (params.seed as int) + i }
-
-    ch_versions = Channel.empty()
-    if (params.simulate) {
-        // Test profile: a tiny simulated case made by the pipeline itself (no downloads)
-        SIMULATE()
-        ch_versions  = ch_versions.mix(SIMULATE.out.versions)
-        ch_samples   = SIMULATE.out.samples
-            .flatten()
-            .map { outs -> [ [ id: outs.parent.name ], outs, [] ] }
-        ch_reference = SIMULATE.out.reference
+    main:
+    def help_topic = helpTopic(params.help)
+    if (help_topic != null || isTrue(params.help_full)) {
+        // --help, --help <parameter>, --help_full (with --show_hidden): print the parameters, run nothing
+        log.info paramsHelp(
+            [
+                command   : 'nextflow run spotmap/spotmap -profile docker --input samplesheet.csv --reference reference.h5ad --outdir results',
+                fullHelp  : isTrue(params.help_full),
+                showHidden: isTrue(params.show_hidden),
+            ],
+            help_topic ?: ''
+        )
+    } else if (isTrue(params.version)) {
+        log.info "${workflow.manifest.name} ${workflow.manifest.version}"
     } else {
-        def schema_input = "${projectDir}/assets/schema_input.json"
-        def columns      = samplesheetColumns(schema_input)
-        def rows         = samplesheetToList(params.input, schema_input)
-        // a batch given to any row: every row gets one (its own sample id where empty), as `spotmap run` does
-        def any_batch    = rows.any { row -> row[0].batch }
-        ch_samples = Channel
-            .fromList(rows)
-            .map { row -> sampleFromRow(row, columns, any_batch) }
-        ch_reference = params.reference ? Channel.fromPath(params.reference, checkIfExists: true) : Channel.empty()
-    }
-    ch_reference = ch_reference.map { ref ->
-        [
-            [ id: 'reference', labels_key: params.labels_key, batch_key: params.batch_key ],
-            ref,
-            params.cell_types ? file(params.cell_types, checkIfExists: true) : []
-        ]
-    }
-    ch_signatures = params.signatures ? Channel.fromPath(params.signatures, checkIfExists: true) : Channel.empty()
+        // The completion handler lives in the entry workflow: the strict parser allows no top-level statement.
+        // This form (the strict-syntax page's) runs with both parsers of every Nextflow manifest.nextflowVersion
+        // allows; the `onComplete:` section is a 25.10 feature, and those exist only in the strict parser.
+        // Registered first, so a failed parameter check still gets its closing line.
+        workflow.onComplete = {
+            if (workflow.success) {
+                log.info "spotmap: done, results in ${params.outdir}"
+            } else {
+                log.error "spotmap: failed; see ${params.outdir}/pipeline_info and .nextflow.log, then rerun with -resume"
+            }
+        }
 
-    SPOTMAP(ch_samples, ch_reference, ch_signatures, seeds, ch_versions)
+        if (isTrue(params.validate_params)) {
+            validateParameters()
+        }
+        log.info paramsSummaryLog(workflow)
+        checkInputParams()
+        checkGpuProfile(workflow.profile, workflow.containerEngine)
+        if (params.checkpoint_dir) {
+            // made before any task: a container engine bind-mounts it (Docker would create a missing one as
+            // root, Singularity/Apptainer refuse one)
+            file(params.checkpoint_dir).mkdirs()
+        }
+
+        // Restart seeds: params.seed, params.seed + 1, ... (one MAP task each)
+        def seeds = (0..<(params.restarts as int)).collect { i -> (params.seed as int) + i }
+
+        ch_versions = channel.empty()
+        if (isTrue(params.simulate)) {
+            // Test profile: a tiny simulated case made by the pipeline itself (no downloads)
+            SIMULATE()
+            ch_versions  = ch_versions.mix(SIMULATE.out.versions)
+            ch_samples   = SIMULATE.out.samples
+                .flatten()
+                .map { outs -> [ [ id: outs.parent.name ], outs, [] ] }
+            ch_reference = SIMULATE.out.reference
+        } else {
+            def schema_input = "${projectDir}/assets/schema_input.json"
+            def columns      = samplesheetColumns(schema_input)
+            def rows         = samplesheetToList(params.input, schema_input)
+            // a batch given to any row: every row gets one (its own sample id where empty), as `spotmap run` does
+            def any_batch    = rows.any { row -> row[0].batch }
+            ch_samples = channel
+                .fromList(rows)
+                .map { row -> sampleFromRow(row, columns, any_batch) }
+            ch_reference = params.reference ? channel.fromPath(params.reference, checkIfExists: true) : channel.empty()
+        }
+        ch_reference = ch_reference.map { ref ->
+            [
+                [ id: 'reference', labels_key: params.labels_key, batch_key: params.batch_key ],
+                ref,
+                params.cell_types ? file(params.cell_types, checkIfExists: true) : []
+            ]
+        }
+        ch_signatures = params.signatures ? channel.fromPath(params.signatures, checkIfExists: true) : channel.empty()
+
+        SPOTMAP(ch_samples, ch_reference, ch_signatures, seeds, ch_versions, isTrue(params.skip_multiqc))
+    }
 }
 
-workflow.onComplete {
-    if (workflow.success) {
-        log.info "spotmap: done, results in ${params.outdir}"
-    } else {
-        log.error "spotmap: failed; see ${params.outdir}/pipeline_info and .nextflow.log, then rerun with -resume"
+/*
+ * A boolean parameter as given: true/false from a config or params file, or the text the strict parser
+ * passes from the command line ('true' for a bare `--flag`, 'false' for `--flag false`), which nf-schema
+ * casts only in its own validation copy. Anything else that Groovy's toBoolean() reads as false is false.
+ */
+def isTrue(value) {
+    return value != null && value.toString().toBoolean()
+}
+
+/*
+ * What `--help` asks for: null (no help), '' (every top-level parameter) or the name of one parameter.
+ */
+def helpTopic(value) {
+    if (value == null || value.toString() == 'false') {
+        return null
     }
+    return value.toString() == 'true' ? '' : value.toString()
 }
 
 /*
  * One clear line for inputs that nf-schema cannot check on its own.
  */
 def checkInputParams() {
-    if (!params.simulate && !params.input) {
+    if (!isTrue(params.simulate) && !params.input) {
         error("spotmap: --input <samplesheet.csv> is required (or use -profile test for simulated data)")
     }
-    if (!params.simulate && !params.reference && !params.signatures) {
+    if (!isTrue(params.simulate) && !params.reference && !params.signatures) {
         error("spotmap: give --reference <reference.h5ad> (signatures are estimated) or --signatures <signatures.csv>")
     }
     if (!(params.mapping_mode in [ 'auto', 'joint', 'per_sample' ])) {
@@ -80,6 +124,19 @@ def checkInputParams() {
     }
     if ((params.restarts as int) < 1) {
         error("spotmap: --restarts must be at least 1 (got ${params.restarts})")
+    }
+    if (params.checkpoint_dir && !(params.checkpoint_dir.toString() ==~ /\/[^\s:,]*/)) {
+        error("spotmap: --checkpoint_dir must be an absolute path on a filesystem shared by the MAP tasks, without spaces, ':' or ',' (got '${params.checkpoint_dir}'); object stores (s3://, gs://, az://) cannot hold checkpoints, as a killed task uploads nothing: see docs/nextflow.md#checkpoints")
+    }
+}
+
+/*
+ * -profile gpu runs SIGNATURES and MAP with --device cuda: only the CUDA image has CUDA (not the conda
+ * environment, nor a task without a container).
+ */
+def checkGpuProfile(profile, engine) {
+    if (profile.tokenize(',').contains('gpu') && !(engine in [ 'docker', 'podman', 'singularity', 'apptainer' ])) {
+        error("spotmap: -profile gpu needs a container engine (docker, podman, singularity or apptainer) to run the CUDA image; got '${engine ?: 'none'}' (conda has no CUDA build of torch)")
     }
 }
 

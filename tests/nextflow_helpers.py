@@ -462,13 +462,20 @@ def _groovy_literal(text: str):
         return int(text)
     if re.fullmatch(r"-?\d+\.\d*", text):
         return float(text)
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and not (text[0] == '"' and "$" in text):
         return text[1:-1]
     raise ValueError(f"not a literal: {text!r}")
 
 
+@dataclass(frozen=True)
+class Dynamic:
+    """A param whose default is an expression evaluated by Nextflow (a GString of other params, a date)."""
+    expr: str
+
+
 def config_params(config: Path) -> dict:
-    """The ``params { ... }`` block of a config file as {name: default} (literal values only)."""
+    """The ``params { ... }`` block of a config file as {name: default}: literal values, or :class:`Dynamic`
+    for an interpolated string or another expression."""
     text = Path(config).read_text()
     m = re.search(r"^params\s*\{", text, re.M)
     if not m:
@@ -476,11 +483,14 @@ def config_params(config: Path) -> dict:
     end = _matching_brace_code(text, m.end() - 1)
     out = {}
     for line in text[m.end():end].splitlines():
-        line = line.split("//")[0].strip()
+        line = re.sub(r"(^|\s)//.*$", "", line).strip()  # a comment, not the // of a web address
         if not line:
             continue
         k, _, v = line.partition("=")
-        out[k.strip()] = _groovy_literal(v)
+        try:
+            out[k.strip()] = _groovy_literal(v)
+        except ValueError:
+            out[k.strip()] = Dynamic(v.strip())
     return out
 
 

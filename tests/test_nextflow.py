@@ -33,23 +33,32 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nextflow_helpers as nfh  # noqa: E402
+import nextflow_strict as strict  # noqa: E402
 
 REPO = nfh.REPO
 SCHEMA = json.loads((REPO / "nextflow_schema.json").read_text())
 INPUT_SCHEMA_PATH = REPO / "assets" / "schema_input.json"
 PYPROJECT = (REPO / "pyproject.toml").read_text()
 VERSION = re.search(r'^version\s*=\s*"([^"]+)"', PYPROJECT, re.M).group(1)
-TORCH = re.search(r"^torch==(\S+)", (REPO / "constraints.txt").read_text(), re.M).group(1)  # what the project ships
+# exact pins of what the project installs for itself (containers, CI): the repository's constraints.txt
+CONSTRAINTS = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                   if line.strip() and not line.startswith("#"))
+TORCH = CONSTRAINTS["torch"]
 GPU_PROCESSES = {"SIGNATURES", "MAP"}
 JOINT = {"id": "joint", "joint": True}  # the meta of the all-samples model (workflows/spotmap.nf)
 # Params that only the pipeline has (no CLI option behind them)
 PIPELINE_ONLY = {"input", "outdir", "simulate", "publish_dir_mode", "skip_multiqc", "container_cpu",
                  "container_gpu", "validate_params",
+                 # nf-core's standard params: help, version, mail, logs, nf-core/configs, report names
+                 "help", "help_full", "show_hidden", "version", "email", "monochrome_logs", "trace_report_suffix",
+                 "custom_config_version", "custom_config_base", "config_profile_name", "config_profile_description",
+                 "config_profile_contact", "config_profile_url",
                  # Nextflow runs each task in a fresh work folder; `spotmap run` keeps every restart's checkpoint in
                  # its result folder, where a rerun finds it
                  "checkpoint_dir"}
 # Options of `spotmap run` that are not pipeline params, and why
-RUN_ONLY = {"samplesheet": "is --input", "device": "chosen per profile (gpu -> cuda, else cpu)"}
+RUN_ONLY = {"samplesheet": "is --input", "device": "chosen per profile (gpu -> cuda, else cpu)",
+            "threads": "each process passes its task.cpus (--threads ${task.cpus})"}
 # CLI options the modules fill from meta or inputs (not via ext.args) -> the param behind them
 META_FLAGS = {("SIGNATURES", "--labels-key"): "labels_key", ("SIGNATURES", "--batch-key"): "batch_key",
               ("SIGNATURES", "--cell-types"): "cell_types", ("MAP", "--seed"): "seed"}
@@ -169,16 +178,71 @@ def test_process_labels(name):
         assert re.search(rf"withLabel:\s*'{label}'", base), f"label {label} is not configured in base.config"
 
 
-def test_gpu_label_follows_nf_core():
-    base = (REPO / "conf" / "base.config").read_text()
-    block = base[base.index("withLabel: 'process_gpu'"):]
-    assert "ext.use_gpu = { workflow.profile.contains('gpu') }" in block
-    assert "accelerator = { workflow.profile.contains('gpu') ? 1 : null }" in block
+def _assignments(rel: str) -> list[tuple[tuple[str, ...], str]]:
+    return strict.config_assignments((REPO / rel).read_text())
+
+
+def _profiles() -> dict[str, dict[tuple[str, ...], str]]:
+    """{profile: {config key path: value}}, an included config (test, test_hd) counted as its profile's."""
+    out: dict[str, dict[tuple[str, ...], str]] = {}
     cfg = (REPO / "nextflow.config").read_text()
-    gpu = cfg[cfg.index("    gpu {"):]
-    assert "--gpus all" in gpu
-    assert "singularity.runOptions  = '--nv'" in gpu and "apptainer.runOptions    = '--nv'" in gpu
-    assert "container       = params.container_gpu" in gpu
+    for path, value in _assignments("nextflow.config"):
+        if path[0] == "profiles":
+            out.setdefault(path[1], {})[path[2:]] = value
+    for name, rel in re.findall(r"^\s{4}(\w+)\s*\{\s*\n\s*includeConfig '([^']+)'", cfg, re.M):
+        out.setdefault(name, {}).update({path: value for path, value in _assignments(rel)})
+    return out
+
+
+def test_gpu_profile_sets_only_the_gpu_label():
+    """-profile gpu: one GPU (accelerator), the CUDA image, ext.use_gpu (-> --device cuda) and GPU-instance
+    sizes, all on process_gpu tasks only; no engine runOptions (those made `-profile gpu,docker` lose the flag)."""
+    gpu = _profiles()["gpu"]
+    label = ("process", "withLabel:process_gpu")
+    assert set(gpu) == {label + ("ext", "use_gpu")} | {label + (k,) for k in
+                                                      ("accelerator", "container", "cpus", "memory", "time")}
+    assert gpu[label + ("ext", "use_gpu")] == "true" and gpu[label + ("accelerator",)] == "1"
+    assert gpu[label + ("container",)] == "params.container_gpu"
+    # a common GPU instance (8 vCPUs, 30 GB: AWS g4dn/g5.2xlarge, Google n1-standard-8), memory doubling on retry
+    assert gpu[label + ("cpus",)] == "8"
+    assert re.fullmatch(r"\{\s*30\.GB\s*\*\s*task\.attempt\s*\}", gpu[label + ("memory",)])
+    # the GPU label comes after the resource labels in base.config, so its sizes win (later withLabel wins)
+    base = (REPO / "conf" / "base.config").read_text()
+    order = [m.group(1) for m in re.finditer(r"withLabel:\s*'(\w+)'", base)]
+    assert order[-1] == "process_gpu" and {"process_high", "process_medium"} < set(order)
+
+
+def test_profiles_commute():
+    """Any order of `-profile a,b` gives the same configuration: two profiles that may be combined never set
+    the same key to different values (the engines exclude each other and are not combined)."""
+    profiles = _profiles()
+    # alternatives, never combined: the software sources, and the two test cases
+    exclusive = [{"docker", "podman", "singularity", "apptainer", "conda"}, {"test", "test_hd"}]
+    assert {"gpu", "docker", "podman", "singularity", "apptainer", "conda", "wave", "arm", "debug"} <= set(profiles)
+    checked = 0
+    for a in sorted(profiles):
+        for b in sorted(profiles):
+            if a >= b or any(a in group and b in group for group in exclusive):
+                continue
+            clash = {k for k in set(profiles[a]) & set(profiles[b]) if profiles[a][k] != profiles[b][k]}
+            assert not clash, f"-profile {a},{b} and {b},{a} differ on {sorted(clash)}"
+            checked += 1
+    assert checked >= 20
+    # the GPU flags exist once, in base.config's containerOptions, never in an engine's runOptions
+    for rel in ["nextflow.config", *[f"conf/{p.name}" for p in sorted((REPO / "conf").glob("*.config"))]]:
+        for path, value in _assignments(rel):
+            if path[-1] == "runOptions":
+                assert "--gpus" not in value and "--nv" not in value, (rel, path)
+            if "--gpus" in value or "--nv" in value:
+                assert rel == "conf/base.config" and path == ("process", "containerOptions"), (rel, path)
+
+
+def test_container_options_are_set_once():
+    """containerOptions is one closure at the process level (a selector's would replace it for its tasks)."""
+    sets = [(rel, path) for rel in ["nextflow.config", "conf/base.config", "conf/modules.config", "conf/test.config",
+                                    "conf/test_hd.config"]
+            for path, _ in _assignments(rel) if path[-1] == "containerOptions"]
+    assert sets == [("conf/base.config", ("process", "containerOptions"))]
 
 
 def test_retries_scale_memory_with_attempt():
@@ -187,6 +251,8 @@ def test_retries_scale_memory_with_attempt():
         block = base[base.index(f"withLabel: '{label}'"):]
         block = block[:block.index("withLabel", 10)]
         assert re.search(r"memory\s*=\s*\{\s*\d+\.GB\s*\*\s*task\.attempt\s*\}", block), label
+    gpu = _profiles()["gpu"]
+    assert "task.attempt" in gpu[("process", "withLabel:process_gpu", "memory")]
     assert "errorStrategy = { task.exitStatus in ((130..145) + 104) ? 'retry' : 'finish' }" in base
 
 
@@ -270,6 +336,29 @@ def test_gpu_processes_choose_device(use_gpu, device):
     mp = _render("MAP", {"meta": JOINT, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv",
                          "seed": 3}, ext)
     assert f"--device {device}" in mp and "--outdir restart_3" in mp and "--name restart_3" in mp
+
+
+RENDER_INPUTS = {
+    "SIMULATE": {},
+    "QC": {"meta": {"id": "s1"}, "input": "outs", "coordinates": ""},
+    "QC_BATCH": {"meta": {"id": "all_samples"}, "spatial": ["spatial/a.h5ad", "spatial/b.h5ad"]},
+    "SIGNATURES": {"meta": {"id": "reference", "labels_key": "cell_type"}, "reference": "ref.h5ad", "cell_types": ""},
+    "MAP": {"meta": JOINT, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv", "seed": 0},
+    "AGGREGATE": {"meta": JOINT, "restarts": ["restarts/restart_0", "restarts/restart_1"]},
+    "MULTIQC": {"mqc_files": ["1/x_mqc.tsv"]},
+}
+COMPUTING = {"QC_BATCH", "SIGNATURES", "MAP"}  # steps with a --threads option (torch, BLAS, numba)
+
+
+@pytest.mark.parametrize("name", sorted(PROCS))
+def test_scripts_use_the_task_cpus(name):
+    """Every task limits OpenMP/BLAS to its task.cpus, and the computing steps get --threads task.cpus, so
+    restarts that share a node do not each start a thread per core of the host."""
+    script = _render(name, RENDER_INPUTS[name])
+    lines = [ln.strip() for ln in script.splitlines()]
+    assert "export OMP_NUM_THREADS=4" in lines and "export MKL_NUM_THREADS=4" in lines, script
+    call = re.sub(r"\\\n", " ", script.split("spotmap versions")[0])
+    assert ("--threads 4" in call) == (name in COMPUTING), call
 
 
 def test_per_sample_restart_names_and_optional_inputs():
@@ -544,6 +633,10 @@ def test_contract_aggregate(contract):
     _check(res, "SPOTMAP:AGGREGATE")
     restarts = (res.outputs["consensus"][0] / "restarts.tsv").read_text()
     assert "restart_0" in restarts and f"restart_{MAP_SEED}" in restarts
+    # consensus/* (emit files) holds every file of the folder: publishing them one by one loses nothing
+    folder = res.outputs["consensus"][0]
+    assert {p.name for p in res.outputs["files"]} == {p.name for p in folder.iterdir()}
+    assert {"stability.tsv", "restarts.tsv", "summary.txt", "W_cell_density_q05.csv"} <= {p.name for p in res.outputs["files"]}
 
 
 def test_contract_multiqc(contract):
@@ -614,8 +707,12 @@ def test_param_default_matches_schema(name):
     spec = SCHEMA_PARAMS[name]
     default = CONFIG_PARAMS[name]
     assert spec.get("description"), f"{name}: no description"
-    assert spec.get("type") in {"string", "integer", "number", "boolean"}, name
-    if default is None:
+    types = spec.get("type") if isinstance(spec.get("type"), list) else [spec.get("type")]
+    assert set(types) <= {"string", "integer", "number", "boolean"}, name
+    if isinstance(default, nfh.Dynamic):  # computed by Nextflow (a date, other params): no literal default
+        assert "default" not in spec and types == ["string"], f"{name}: {default.expr}"
+        assert spec.get("hidden"), f"{name}: a computed default belongs to a hidden param"
+    elif default is None:
         assert "default" not in spec, f"{name}: schema default {spec['default']!r} but config has null"
     else:
         assert spec.get("default") == default, f"{name}: schema {spec.get('default')!r} != config {default!r}"
@@ -686,17 +783,29 @@ def test_nextflow_schema_is_valid_draft_2020_12():
     assert (REPO / SCHEMA_PARAMS["input"]["schema"]).is_file()
     assert "outdir" in SCHEMA["$defs"]["input_output_options"]["required"]
     # the whole params set validates against the schema
-    Draft202012Validator(SCHEMA).validate({k: v for k, v in CONFIG_PARAMS.items() if v is not None} | {"outdir": "r"})
+    Draft202012Validator(SCHEMA).validate({k: v for k, v in CONFIG_PARAMS.items()
+                                           if v is not None and not isinstance(v, nfh.Dynamic)} | {"outdir": "r"})
     with pytest.raises(Exception):
         Draft202012Validator(SCHEMA).validate({"outdir": "r", "mapping_mode": "both"})
 
 
 def test_nf_schema_plugin_is_used():
+    """nf-schema 2.8.0: the release that casts command-line params to the schema's types for validation
+    (cast_cli_params, since 2.7.2) and needs Nextflow 26.04.0, the minimum manifest.nextflowVersion names."""
     cfg = (REPO / "nextflow.config").read_text()
-    assert re.search(r"id 'nf-schema@2\.\d+\.\d+'", cfg)
+    assert re.search(r"^\s*id 'nf-schema@2\.8\.0'", cfg, re.M)
+    assert "nextflowVersion = '!>=26.04.0'" in cfg
     main = (REPO / "main.nf").read_text()
-    assert "validateParameters()" in main and "samplesheetToList(params.input" in main
+    # the API of 2.8.0 (docs/parameters/*.md, docs/samplesheets/samplesheetToList.md of that release)
+    assert "validateParameters()" in main and "samplesheetToList(params.input, schema_input)" in main
+    assert "paramsSummaryLog(workflow)" in main and "paramsHelp(" in main
     assert "assets/schema_input.json" in main
+    # booleans from the command line arrive as text under the strict parser: main.nf reads them with isTrue()
+    for flag in ["validate_params", "simulate", "skip_multiqc", "help_full", "show_hidden", "version"]:
+        assert f"isTrue(params.{flag})" in main, flag
+        assert not re.search(rf"(?<!isTrue\()params\.{flag}\b", main), f"params.{flag} read without isTrue()"
+    wf = (REPO / "workflows" / "spotmap.nf").read_text()
+    assert "params.skip_multiqc" not in wf and "if (!skip_multiqc)" in wf
 
 
 def _sheet_rows(path: Path) -> list[dict]:
@@ -750,19 +859,61 @@ def test_manifest():
     for key in ["name", "homePage", "description", "mainScript", "version", "nextflowVersion"]:
         assert re.search(rf"^\s*{key}\s*=", m, re.M), key
     assert f"version         = '{VERSION}'" in m
-    assert "nextflowVersion = '>=24.04.0'" in m
+    # owner/name, as nf-core tools and Seqera Platform expect (a bare name crashed nf-core tools)
+    name = re.search(r"^\s*name\s*=\s*'([^']+)'", m, re.M).group(1)
+    assert re.fullmatch(r"[\w.-]+/[\w.-]+", name) and name == "spotmap/spotmap"
+    assert re.search(r"homePage\s*=\s*'https://github.com/" + name + "'", m)
     for piece in ["pipeline_info/execution_trace_", "pipeline_info/execution_report_",
                   "pipeline_info/execution_timeline_", "pipeline_info/pipeline_dag_"]:
-        assert piece in cfg, piece
+        assert f"{piece}${{params.trace_report_suffix}}" in cfg, piece
 
 
 def test_profiles_exist():
     cfg = (REPO / "nextflow.config").read_text()
-    for prof in ["test", "test_hd", "docker", "singularity", "apptainer", "conda", "gpu"]:
+    for prof in ["test", "test_hd", "debug", "docker", "podman", "singularity", "apptainer", "conda", "wave", "arm",
+                 "gpu"]:
         assert re.search(rf"^\s{{4}}{prof}\s*\{{", cfg, re.M), f"profile {prof} missing"
+    profiles = _profiles()
+    assert profiles["wave"][("wave", "strategy")] == "'conda'"
+    assert profiles["wave"][("process", "conda")] == profiles["conda"][("process", "conda")] == \
+        '"${projectDir}/containers/environment.yml"'
+    assert profiles["arm"] == {("process", "arch"): "'linux/arm64'"}
+    # institutional profiles of nf-core/configs, skipped offline
+    assert re.search(r"^includeConfig params\.custom_config_base .*nfcore_custom\.config\" : '/dev/null'$", cfg, re.M)
+
+
+def _pins(lines) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([\w.+]+)", str(line).strip())
+        if m:
+            out[m.group(1).lower()] = m.group(2)
+    return out
+
+
+def test_conda_environment_holds_the_exact_dependencies_only():
+    """containers/environment.yml (-profile conda and wave): every dependency of pyproject.toml at one exact
+    version inside its range, torch and pyro-ppl as constraints.txt pins them, and no spotmap (nor any path:
+    the task's spotmap is bin/spotmap importing the pipeline's src/)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
     env = yaml.safe_load((REPO / "containers" / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert f"torch=={TORCH}" in pip and ".." in pip, pip  # CPU torch as pinned, spotmap from the checkout
+    assert not [x for x in pip if re.search(r"(^|\s)(\.|\.\.|/|~|file:|-e\b|git\+)", str(x)) or "spotmap" in str(x)], pip
+    pins = _pins(pip)
+    deps = [Requirement(d) for d in tomllib.loads(PYPROJECT)["project"]["dependencies"]]
+    for req in deps:
+        name = req.name.lower()
+        assert name in pins, f"environment.yml does not pin {name}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {req}"
+    assert set(pins) == {r.name.lower() for r in deps}, "environment.yml pins something pyproject.toml does not need"
+    for name, version in CONSTRAINTS.items():
+        assert pins[name] == version, f"{name}: environment.yml {pins[name]} != constraints.txt {version}"
+    assert CONSTRAINTS == {"torch": "2.13.0", "pyro-ppl": "1.9.1"}
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    assert any(re.fullmatch(r"python=3\.\d+\.\d+", d) for d in conda), conda
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.cuda"])
@@ -781,6 +932,9 @@ def test_dockerfile_lints_clean(dockerfile):
     assert f"ARG SPOTMAP_VERSION={VERSION}" in text
     assert 'org.opencontainers.image.version="${SPOTMAP_VERSION}"' in text
     assert f"torch=={TORCH}" in text, "the image's torch must be the version constraints.txt pins"
+    # spotmap installed with the repository's constraints (torch, pyro-ppl), which the build context carries
+    assert re.search(r"^COPY .*\bconstraints\.txt\b", text, re.M) and "pip install --constraint constraints.txt ." in text
+    assert "!constraints.txt" in (REPO / "containers" / f"{dockerfile}.dockerignore").read_text()
     if dockerfile.endswith("cuda"):
         assert base.startswith(("nvidia/cuda:", "pytorch/pytorch:")) and "runtime" in base
 
@@ -794,8 +948,9 @@ def test_hadolint_catches_problems(tmp_path):
 
 
 def test_container_tags_follow_version():
-    assert CONFIG_PARAMS["container_cpu"].endswith(f":{VERSION}")
-    assert CONFIG_PARAMS["container_gpu"].endswith(f":{VERSION}-cuda12.8")
+    # the registry .github/workflows/images.yml pushes to (tests/test_workflows.py checks it reads these tags)
+    assert CONFIG_PARAMS["container_cpu"] == f"ghcr.io/spotmap/spotmap:{VERSION}"
+    assert CONFIG_PARAMS["container_gpu"] == f"ghcr.io/spotmap/spotmap:{VERSION}-cuda12.8"
     cuda = (REPO / "containers" / "Dockerfile.cuda").read_text()
     assert "nvidia/cuda:12.8" in cuda and "TORCH_CUDA=cu128" in cuda
 
@@ -804,7 +959,8 @@ def test_docs_cover_params_profiles_and_testing():
     doc = (REPO / "docs" / "nextflow.md").read_text()
     for name in CONFIG_PARAMS:
         assert f"`--{name}`" in doc, f"docs/nextflow.md does not document --{name}"
-    for word in ["-profile test", "docker", "singularity", "apptainer", "conda", "gpu", "slurm", "awsbatch",
-                 "google-batch", "Seqera Platform", "restart_<seed>", "mapping/consensus", "pipeline_info",
-                 "How this pipeline was tested"]:
+    for word in ["-profile test", "docker", "podman", "singularity", "apptainer", "conda", "wave", "arm", "debug",
+                 "gpu", "slurm", "awsbatch", "google-batch", "Seqera Platform", "tower.yml", "restart_<seed>",
+                 "mapping/consensus", "pipeline_info", "How this pipeline was tested", "## Checkpoints",
+                 "aws.batch.volumes", "26.04.0", "nf-schema 2.8.0", "ghcr.io/spotmap/spotmap", "--threads"]:
         assert word.lower() in doc.lower(), f"docs/nextflow.md does not mention {word}"

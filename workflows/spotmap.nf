@@ -20,9 +20,10 @@ workflow SPOTMAP {
     ch_signatures  // channel: path(signatures.csv); empty unless --signatures is given
     seeds          // list of restart seeds, one MAP task per seed (and per sample in per_sample mode)
     ch_versions    // channel: versions.yml files of steps run before this workflow
+    skip_multiqc   // boolean: do not build the MultiQC report (--skip_multiqc, read by main.nf as a boolean)
 
     main:
-    ch_mqc = Channel.empty()
+    ch_mqc = channel.empty()
 
     //
     // QC, one task per sample, in parallel
@@ -97,11 +98,11 @@ workflow SPOTMAP {
         .collectFile(storeDir: "${params.outdir}/pipeline_info", name: 'spotmap_software_mqc_versions.yml', sort: true, newLine: true)
 
     // params.json as `spotmap run` writes it ({params, defaults}); the report's workflow summary reads it
-    ch_params_json = Channel.value(paramsJson())
+    ch_params_json = channel.value(paramsJson())
         .collectFile(storeDir: "${params.outdir}/pipeline_info", name: 'params.json')
 
-    ch_report = Channel.empty()
-    if (!params.skip_multiqc) {
+    ch_report = channel.empty()
+    if (!skip_multiqc) {
         // spotmap report collects *_mqc.* files, params.json, *_mqc_versions.yml and the consensus
         // folder(s) (for the cell abundance maps) from its staged inputs
         MULTIQC(
@@ -149,9 +150,10 @@ def processVersionsFromYAML(yaml_file) {
 }
 
 def workflowVersionToYAML() {
+    // the pipeline under its own name ('spotmap' of manifest.name 'spotmap/spotmap'), as `spotmap run` writes it
     return """
     Workflow:
-        ${workflow.manifest.name}: ${workflow.manifest.version}
+        ${workflow.manifest.name.tokenize('/')[-1]}: ${workflow.manifest.version}
         Nextflow: ${workflow.nextflow.version}
     """.stripIndent().trim()
 }
@@ -161,7 +163,7 @@ def softwareVersionsToYAML(ch_versions) {
         .unique()
         .map { yml -> processVersionsFromYAML(yml) }
         .unique()
-        .mix(Channel.of(workflowVersionToYAML()))
+        .mix(channel.of(workflowVersionToYAML()))
 }
 
 /*
@@ -174,6 +176,33 @@ def paramsJson() {
     schema['$defs'].each { _group, spec ->
         spec['properties'].each { name, prop -> defaults[name] = prop.containsKey('default') ? prop['default'] : null }
     }
-    def values = defaults.keySet().collectEntries { name -> [ name, params[name] instanceof java.nio.file.Path ? params[name].toString() : params[name] ] }
+    def types    = [:]
+    schema['$defs'].each { _group, spec ->
+        spec['properties'].each { name, prop -> types[name] = prop['type'] }
+    }
+    def values = defaults.keySet().collectEntries { name -> [ name, schemaTyped(params[name], types[name]) ] }
     return groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson([ params: values, defaults: defaults ]))
+}
+
+/*
+ * A parameter's value as its schema type: command-line values reach the strict parser's pipeline as text
+ * ('5', 'false'); paths as their text.
+ */
+def schemaTyped(value, type) {
+    if (value instanceof java.nio.file.Path) {
+        return value.toString()
+    }
+    if (!(value instanceof String)) {
+        return value
+    }
+    if (type == 'boolean' && value in [ 'true', 'false' ]) {
+        return value.toBoolean()
+    }
+    if (type == 'integer' && value.isLong()) {
+        return value.toLong()
+    }
+    if (type == 'number' && value.isBigDecimal()) {
+        return value.toBigDecimal()
+    }
+    return value
 }

@@ -155,6 +155,42 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or a batch job's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None = None, torch_threads: bool = True) -> int:
+    """Use ``threads`` CPU threads in this process (None or 0: every core it may run on); return that number.
+
+    The ``--threads`` option of the computing commands: a pipeline task passes its CPU allocation
+    (Nextflow's ``task.cpus``), so restarts that share a node do not each start a thread per core of the host.
+    Sets torch's intra-op threads (with ``torch_threads``; importing torch if needed) and, for the thread
+    pools that have not started yet, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and
+    ``NUMBA_NUM_THREADS`` (at most the available cores, which numba requires); the BLAS and OpenMP pools
+    already loaded (numpy's) are limited through threadpoolctl where it is installed (scikit-learn brings it).
+    Called by the commands, never on import.
+    """
+    n = int(threads) if threads else available_cpus()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    os.environ["NUMBA_NUM_THREADS"] = str(min(n, available_cpus()))
+    try:  # the BLAS / OpenMP pools already loaded (numpy's): threadpoolctl comes with scikit-learn
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:
+        pass
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(n)
+    return n
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed torch, pyro and numpy; return a numpy Generator for data-side randomness."""
     import pyro

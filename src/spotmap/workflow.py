@@ -56,6 +56,7 @@ class RunParams:
     signatures_max_epochs: int | None = None
     map_max_epochs: int | None = None
     device: str = MappingSettings.device
+    threads: int | None = None  # CPU threads of qc-batch, signatures and map (0: all cores); None: each step's default
     extra_qc_args: dict = field(default_factory=dict)
     extra_signatures_args: dict = field(default_factory=dict)
     extra_map_args: dict = field(default_factory=dict)
@@ -121,6 +122,8 @@ def _signatures(params: RunParams, out: Path) -> Path:
     if params.signatures is not None:
         return Path(params.signatures)
     epochs = {"max_epochs": params.signatures_max_epochs} if params.signatures_max_epochs else {}
+    if params.threads is not None:
+        epochs["threads"] = params.threads or None
     return _step("signatures", signatures.run, reference=params.reference, labels_key=params.labels_key,
                  outdir=out / "signatures", seed=params.seed, device=params.device, batch_key=params.batch_key,
                  cell_types=params.cell_types, **epochs, **params.extra_signatures_args)
@@ -149,6 +152,10 @@ def run_pipeline(params: RunParams) -> Path:
     from spotmap.steps import report
 
     _check(params)
+    if params.threads is not None:  # one process: torch's and the BLAS/OpenMP pools are process-wide
+        from spotmap.utils import set_threads
+
+        set_threads(params.threads)
     out = Path(params.outdir)
     rows = sample_rows(read_samplesheet(params.samplesheet))
     write_params(params, out / "pipeline_info" / "params.json")

@@ -33,6 +33,10 @@ process MAP {
     // per-sample mapping: the samplesheet's n_cells_per_location (after ext.args, so it wins)
     def n_cells = meta.n_cells_per_location ? "--n-cells-per-location ${meta.n_cells_per_location}" : ''
     """
+    # the task's CPUs for OpenMP/BLAS (numpy, scanpy, torch), not every core of the host
+    export OMP_NUM_THREADS=${task.cpus}
+    export MKL_NUM_THREADS=${task.cpus}
+
     inputs=()
     for f in spatial/*; do inputs+=(--spatial "\$f"); done
 
@@ -41,6 +45,7 @@ process MAP {
         --signatures ${signatures} \\
         --seed ${seed} \\
         --device ${device} \\
+        --threads ${task.cpus} \\
         --outdir restart_${seed} \\
         --name ${name} \\
         ${checkpoint} \\

@@ -22,6 +22,10 @@ process MULTIQC {
     script:
     def args = task.ext.args ?: ''
     """
+    # the task's CPUs for OpenMP/BLAS (numpy, scanpy, torch), not every core of the host
+    export OMP_NUM_THREADS=${task.cpus}
+    export MKL_NUM_THREADS=${task.cpus}
+
     spotmap report \\
         --results . \\
         --outdir multiqc \\

@@ -21,6 +21,10 @@ process QC {
     // quoted: the schema allows any label without spaces
     def batch       = meta.batch ? "--batch '${meta.batch}'" : ''
     """
+    # the task's CPUs for OpenMP/BLAS (numpy, scanpy, torch), not every core of the host
+    export OMP_NUM_THREADS=${task.cpus}
+    export MKL_NUM_THREADS=${task.cpus}
+
     spotmap qc \\
         --sample ${meta.id} \\
         --input ${input} \\

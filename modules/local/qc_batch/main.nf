@@ -15,11 +15,16 @@ process QC_BATCH {
     script:
     def args = task.ext.args ?: ''
     """
+    # the task's CPUs for OpenMP/BLAS (numpy, scanpy, torch), not every core of the host
+    export OMP_NUM_THREADS=${task.cpus}
+    export MKL_NUM_THREADS=${task.cpus}
+
     inputs=()
     for f in spatial/*; do inputs+=(--spatial "\$f"); done
 
     spotmap qc-batch \\
         "\${inputs[@]}" \\
+        --threads ${task.cpus} \\
         --outdir qc_batch \\
         ${args}
 

@@ -22,6 +22,10 @@ process SIGNATURES {
     def types     = cell_types ? "--cell-types ${cell_types}" : ''
     def device    = task.ext.use_gpu ? 'cuda' : 'cpu'
     """
+    # the task's CPUs for OpenMP/BLAS (numpy, scanpy, torch), not every core of the host
+    export OMP_NUM_THREADS=${task.cpus}
+    export MKL_NUM_THREADS=${task.cpus}
+
     spotmap signatures \\
         --reference ${reference} \\
         --labels-key ${meta.labels_key} \\

@@ -14,6 +14,10 @@ process SIMULATE {
     script:
     def args = task.ext.args ?: ''
     """
+    # the task's CPUs for OpenMP/BLAS (numpy, scanpy, torch), not every core of the host
+    export OMP_NUM_THREADS=${task.cpus}
+    export MKL_NUM_THREADS=${task.cpus}
+
     spotmap simulate \\
         --outdir simulated \\
         ${args}

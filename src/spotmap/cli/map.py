@@ -43,6 +43,9 @@ _S, _P = MappingSettings(), MappingPriors()
               help="Random seed: the same seed on the CPU gives bit-identical results.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train (auto: CUDA if torch sees a GPU).")
+@click.option("--threads", type=click.IntRange(min=0), default=None,
+              help="CPU threads for torch and BLAS (0: all cores); a pipeline task passes its CPUs. "
+                   "[default: all cores]")
 @click.option("--checkpoint-every", default=None, type=int,
               help="Epochs between checkpoints (OUTDIR/checkpoint.pt; 0: none); rerunning the same command resumes. "
                    "[default: every 200 epochs]")
@@ -69,7 +72,8 @@ _S, _P = MappingSettings(), MappingPriors()
                    "epoch; more bring the start closer to the fit).")
 def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_per_location: float | None,
             detection_alpha: float, n_groups: int, max_epochs: int, lr: float, local_lr: float | None,
-            batch_size: int | None, seed: int, device: str, checkpoint_every: int | None, checkpoint: Path | None,
+            batch_size: int | None, seed: int, device: str, threads: int | None, checkpoint_every: int | None,
+            checkpoint: Path | None,
             batch_key: str, name: str | None, min_epochs: int, tol: float, window: int, likelihood: str,
             sparse_mu_max: float, init_iterations: int) -> None:
     """Map cell types onto spatial data with the cell2location model (one restart = one seed).
@@ -79,7 +83,9 @@ def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_p
     the MultiQC files <name>_training_mqc.yaml, <name>_reconstruction_mqc.png, <name>_spatial_qc_mqc.png.
     """
     from spotmap.steps import map as map_step
+    from spotmap.utils import set_threads
 
+    set_threads(threads)
     map_step.run(spatial=list(spatial), signatures=signatures, outdir=outdir, name=name,
                  n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha, n_groups=n_groups,
                  max_epochs=max_epochs, lr=lr, local_lr=local_lr, batch_size=batch_size, seed=seed, device=device,

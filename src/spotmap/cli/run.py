@@ -52,11 +52,14 @@ _R = RunParams()
 @click.option("--map-max-epochs", type=int, default=None, help="Override the mapping step's epochs.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_R.device, show_default=True,
               help="Where to train.")
+@click.option("--threads", type=click.IntRange(min=0), default=None,
+              help="CPU threads of every computing step (qc-batch, signatures, map; 0: all cores). "
+                   "[default: each step's own: all cores; signatures 1]")
 def command(samplesheet: Path, reference: Path | None, signatures: Path | None, outdir: Path, labels_key: str,
             cell_types: Path | None, batch_key: str | None, qc_min_counts: float | None, qc_min_genes: int | None,
             qc_max_mt_fraction: float | None, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float | None,
             detection_alpha: float, signatures_max_epochs: int | None, map_max_epochs: int | None,
-            device: str) -> None:
+            device: str, threads: int | None) -> None:
     """Run QC → signatures → map (one per restart) → aggregate → report into OUTDIR.
 
     Writes OUTDIR/qc/, OUTDIR/signatures/, OUTDIR/mapping/restart_<seed>/, OUTDIR/mapping/consensus/
@@ -71,4 +74,5 @@ def command(samplesheet: Path, reference: Path | None, signatures: Path | None, 
         cell_types=str(cell_types) if cell_types else None, batch_key=batch_key, qc_min_counts=qc_min_counts, qc_min_genes=qc_min_genes,
         qc_max_mt_fraction=qc_max_mt_fraction, restarts=restarts, seed=seed, mapping_mode=mapping_mode,
         n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha,
-        signatures_max_epochs=signatures_max_epochs, map_max_epochs=map_max_epochs, device=device))
+        signatures_max_epochs=signatures_max_epochs, map_max_epochs=map_max_epochs, device=device,
+        threads=threads))

@@ -35,7 +35,7 @@ _T = SignatureSettings()
               help="Random seed: the same seed on CPU gives bit-identical results.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=0), default=_T.threads, show_default=True,
-              help="CPU threads for training (0 = torch default; 1 is fastest for this model).")
+              help="CPU threads for training, torch and BLAS (0: all cores; 1 is fastest for this model).")
 @click.option("--cell-count-cutoff", type=float, default=CELL_COUNT_CUTOFF, show_default=True,
               help="Gene filter: keep genes detected in more than this many cells (with --nonz-mean-cutoff).")
 @click.option("--cell-percentage-cutoff2", type=click.FloatRange(0, 1), default=CELL_PERCENTAGE_CUTOFF2,
@@ -57,10 +57,12 @@ def command(reference: Path, labels_key: str, batch_key: str | None, covariate_k
     (signatures_*_mqc.*) and QC plots. See docs/signatures.md.
     """
     from spotmap.steps import signatures
+    from spotmap.utils import set_threads
 
+    threads = set_threads(threads)
     signatures.run(reference=reference, outdir=outdir, labels_key=labels_key, batch_key=batch_key,
                    covariate_keys=covariate_keys, cell_types=cell_types, method=method, max_epochs=max_epochs,
-                   batch_size=batch_size or None, lr=lr, seed=seed, device=device, threads=threads or None,
+                   batch_size=batch_size or None, lr=lr, seed=seed, device=device, threads=threads,
                    cell_count_cutoff=cell_count_cutoff, cell_percentage_cutoff2=cell_percentage_cutoff2,
                    nonz_mean_cutoff=nonz_mean_cutoff, gene_filter=not no_gene_filter, umap=umap,
                    progress=not no_progress)
