@@ -1,0 +1,66 @@
+"""Every default of the co-location analysis, in one dataclass, and the names of its output files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: file name → what it holds; the step layer writes :meth:`ColocationResult.tables` under these names
+OUTPUT_FILES = {
+    "colocation_factors.csv": "cell types × factors: share of each type's cells in each factor (rows sum to 1)",
+    "factor_abundance.csv": "spots × factors: cells per spot in each factor",
+    "regions.csv": "spot,region: the tissue region of each spot",
+    "region_composition.csv": "regions × cell types: mean cells per spot",
+    "factor_fits.csv": "per factor number: reconstruction error, explained variance, stability across seeds",
+    "region_fits.csv": "per number of regions: silhouette",
+}
+
+
+@dataclass(frozen=True)
+class ColocationSettings:
+    """Knobs of :func:`spotmap.colocation.run_colocation`; the defaults are the recommended values.
+
+    Factors (a non-negative factorisation ``X ≈ W H`` of the spots × types abundance ``X``):
+
+    * ``factor_range`` — factor numbers tried when none is given (inclusive);
+    * ``scale_types`` — divide each type by its standard deviation over spots before factorising (and
+      multiply H back), so every type weighs the same and abundant types do not dominate the fit;
+    * ``n_restarts`` — random initialisations per factor number: the best reconstruction is kept and the
+      others measure the stability of its factors;
+    * ``gain_threshold`` — the chosen factor number is the smallest past which one more factor explains
+      less than ``gain_threshold`` / n_types of the (scaled) variance, i.e. less than
+      ``gain_threshold`` cell types' worth: such a factor holds no group of co-located types;
+    * ``alpha``, ``l1_ratio`` — scikit-learn NMF's elastic-net penalty on W and H (cell2location's
+      ``run_colocation`` defaults);
+    * ``max_iter``, ``tol`` — coordinate-descent iterations and scikit-learn's stopping tolerance;
+    * ``max_fit_spots`` — above this many spots, factors (and regions) are fitted on a random subsample of
+      this size and every spot is then projected onto them (non-negative least squares with H fixed).
+
+    Regions (k-means on each spot's composition):
+
+    * ``region_range`` — numbers of regions tried when none is given (inclusive);
+    * ``region_features`` — ``'factors'`` (each spot's share of cells in each factor) or ``'types'``
+      (each spot's share of cells of each type);
+    * ``silhouette_spots`` — spots (a seeded subsample) on which the silhouette of each K is measured;
+    * ``kmeans_n_init`` — k-means initialisations per K.
+
+    Both: ``n_neighbours`` — when set, each spot's abundance is first replaced by the mean over itself and
+    its nearest ``n_neighbours`` spots of the same sample (for Visium HD bins that hold one or two cells);
+    ``quantity`` — the posterior summary read from a mapping (``q05``, ``means``, …); ``seed``.
+    """
+
+    quantity: str = "q05"
+    factor_range: tuple[int, int] = (5, 30)
+    scale_types: bool = True
+    n_restarts: int = 5
+    gain_threshold: float = 1.5
+    alpha: float = 0.01
+    l1_ratio: float = 0.5
+    max_iter: int = 1000
+    tol: float = 1e-4
+    max_fit_spots: int = 20_000
+    region_range: tuple[int, int] = (2, 15)
+    region_features: str = "factors"
+    silhouette_spots: int = 5_000
+    kmeans_n_init: int = 10
+    n_neighbours: int | None = None
+    seed: int = 0
