@@ -53,6 +53,11 @@ def abundance_table(adata: ad.AnnData, quantity: str = "q05", source: str | None
     return pd.DataFrame(arr, index=adata.obs_names, columns=names)
 
 
+def _platform(adata: ad.AnnData) -> str | None:
+    meta = adata.uns.get("spotmap", {})
+    return str(meta["platform"]) if isinstance(meta, dict) and meta.get("platform") is not None else None
+
+
 def _coords_samples(adata: ad.AnnData, sample_key: str, s: ColocationSettings):
     if s.n_neighbours is None:
         return None, None
@@ -69,7 +74,7 @@ def factors(adata: ad.AnnData, n_factors=None, quantity: str | None = None, key_
     ``quantity``: the posterior summary (default ``settings.quantity``, q05); ``n_factors``: a number,
     ``(lo, hi)``, ``'lo-hi'`` or None (``settings.factor_range``, chosen from the data).
     """
-    s = resolve_settings(settings, seed)
+    s = resolve_settings(settings, seed).for_platform(_platform(adata))
     q = quantity or s.quantity
     table = abundance_table(adata, q, source)
     coords, samples = _coords_samples(adata, sample_key, s)
@@ -92,7 +97,7 @@ def regions(adata: ad.AnnData, n_regions=None, quantity: str | None = None, fact
     Uses the factor abundance ``obsm['{factors_key}_factor_abundance']`` when present (run :func:`factors`
     first) and ``settings.region_features == 'factors'``, else the cell-type proportions.
     """
-    s = resolve_settings(settings, seed)
+    s = resolve_settings(settings, seed).for_platform(_platform(adata))
     q = quantity or s.quantity
     table = abundance_table(adata, q, source)
     fab_key = f"{factors_key}_factor_abundance" if factors_key else None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+#: platform names (``uns['spotmap']['platform']``) whose observations are bins of a square grid
+HD_PLATFORMS = ("visium-hd", "visiumhd")
 
 #: file name → what it holds; the step layer writes :meth:`ColocationResult.tables` under these names
 OUTPUT_FILES = {
@@ -44,14 +47,16 @@ class ColocationSettings:
     * ``kmeans_n_init`` — k-means initialisations per K.
 
     Both: ``n_neighbours`` — when set, each spot's abundance is first replaced by the mean over itself and
-    its nearest ``n_neighbours`` spots of the same sample (for Visium HD bins that hold one or two cells);
+    its nearest ``n_neighbours`` spots of the same sample; ``hd_n_neighbours`` — the value
+    :meth:`for_platform` sets for Visium HD bins, which hold one or two cells each, so that co-location
+    shows only across neighbouring bins (24: a 5 × 5 block of 8 µm bins, about one Visium spot);
     ``quantity`` — the posterior summary read from a mapping (``q05``, ``means``, …); ``seed``.
     """
 
     quantity: str = "q05"
     factor_range: tuple[int, int] = (5, 30)
     scale_types: bool = True
-    n_restarts: int = 5
+    n_restarts: int = 3
     gain_threshold: float = 1.5
     alpha: float = 0.01
     l1_ratio: float = 0.5
@@ -63,4 +68,11 @@ class ColocationSettings:
     silhouette_spots: int = 5_000
     kmeans_n_init: int = 10
     n_neighbours: int | None = None
+    hd_n_neighbours: int = 24
     seed: int = 0
+
+    def for_platform(self, platform: str | None) -> ColocationSettings:
+        """These settings for data of ``platform``: Visium HD bins get ``n_neighbours = hd_n_neighbours``
+        unless ``n_neighbours`` is set."""
+        is_bins = platform is not None and str(platform).lower().replace("_", "-") in HD_PLATFORMS
+        return replace(self, n_neighbours=self.hd_n_neighbours) if is_bins and self.n_neighbours is None else self
