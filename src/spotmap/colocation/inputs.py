@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from spotmap.errors import SpotmapError, input_error
+from spotmap.errors import input_error
 
 DEFAULT_FIELD = "abundance"
 
@@ -59,7 +59,7 @@ def check_abundance(abundance, source: str | None = None, field: str = DEFAULT_F
 def factor_numbers(n_factors, n_spots: int, n_types: int, default: tuple[int, int],
                    source: str | None = None) -> list[int]:
     """The factor numbers to try: an int, ``(lo, hi)`` (inclusive), ``'lo-hi'``, a range/list, or None."""
-    ks = _numbers(n_factors, default, "n_factors")
+    ks = _numbers(n_factors, default, "n_factors", source)
     if min(ks) < 1:
         raise input_error(source, "factor numbers must be at least 1", "n_factors", n_factors)
     if max(ks) > n_spots:
@@ -69,7 +69,7 @@ def factor_numbers(n_factors, n_spots: int, n_types: int, default: tuple[int, in
 
 def region_numbers(n_regions, n_spots: int, default: tuple[int, int], source: str | None = None) -> list[int]:
     """The numbers of regions to try (as :func:`factor_numbers`); each between 1 and the number of spots."""
-    ks = _numbers(n_regions, default, "n_regions")
+    ks = _numbers(n_regions, default, "n_regions", source)
     if min(ks) < 1:
         raise input_error(source, "the number of regions must be at least 1", "n_regions", n_regions)
     if n_regions is None:  # default range: cut to what the spots allow
@@ -79,7 +79,7 @@ def region_numbers(n_regions, n_spots: int, default: tuple[int, int], source: st
     return ks
 
 
-def _numbers(value, default: tuple[int, int], name: str) -> list[int]:
+def _numbers(value, default: tuple[int, int], name: str, source: str | None) -> list[int]:
     if value is None:
         value = default
     if isinstance(value, str):
@@ -87,26 +87,26 @@ def _numbers(value, default: tuple[int, int], name: str) -> list[int]:
         try:
             ks = [int(p) for p in parts]
         except ValueError:
-            raise SpotmapError(f"field '{name}': expected N or LO-HI (got {value!r})") from None
+            raise input_error(source, "expected N or LO-HI", name, value) from None
         if len(ks) == 2:
             value = (ks[0], ks[1])
         elif len(ks) == 1:
             value = ks[0]
         else:
-            raise SpotmapError(f"field '{name}': expected N or LO-HI (got {value!r})")
+            raise input_error(source, "expected N or LO-HI", name, value)
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         return [int(value)]
     if isinstance(value, tuple) and len(value) == 2:
         lo, hi = (int(v) for v in value)
         if lo > hi:
-            raise SpotmapError(f"field '{name}': range {lo}-{hi} is empty (got {value!r})")
+            raise input_error(source, f"range {lo}-{hi} is empty", name, value)
         return list(range(lo, hi + 1))
     try:
         ks = sorted({int(v) for v in value})
     except (TypeError, ValueError):
-        raise SpotmapError(f"field '{name}': expected N, (LO, HI), 'LO-HI' or a list (got {value!r})") from None
+        raise input_error(source, "expected N, (LO, HI), 'LO-HI' or a list", name, value) from None
     if not ks:
-        raise SpotmapError(f"field '{name}': no numbers given (got {value!r})")
+        raise input_error(source, "no numbers given", name, value)
     return ks
 
 
