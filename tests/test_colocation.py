@@ -61,9 +61,9 @@ def test_factors_and_regions_recover_a_known_tissue(layout, n_samples, seed):
 
 def test_subsample_and_projection_keep_every_spot():
     t = structured_tissue(n_spots=1500, n_groups=3, types_per_group=3, n_widespread=1, layout="patches", seed=2)
-    s = ColocationSettings(max_fit_spots=300, silhouette_spots=300)
+    s = ColocationSettings(range_fit_spots=200, max_fit_spots=300, silhouette_spots=300)
     res = run_colocation(t.abundance, n_factors=(2, 6), settings=s)
-    assert res.factors.fitted_spots == 300
+    assert (res.factors.range_fitted_spots, res.factors.fitted_spots) == (200, 300)
     assert res.factors.n_factors == 3
     assert res.factors.factor_abundance.index.equals(t.abundance.index)
     assert adjusted_rand_score(t.region, res.regions.regions) >= 0.8

@@ -4,7 +4,7 @@ Written (``key`` = ``key_added``, default ``'colocation'``; the region key defau
 
 * :func:`factors` — ``obsm['{key}_factor_abundance']`` (DataFrame, spots × factors, cells per spot) and
   ``uns['{key}']`` = ``{'colocation_factors': types × factors DataFrame, 'fits': DataFrame,
-  'n_factors', 'reason', 'fitted_spots', 'quantity', 'settings'}``;
+  'n_factors', 'reason', 'fitted_spots', 'range_fitted_spots', 'quantity', 'settings'}``;
 * :func:`regions` — ``obs['{key}']`` (categorical region ``'0'``, ``'1'``, …, largest first) and
   ``uns['{key}']`` = ``{'composition': regions × types DataFrame, 'fits': DataFrame, 'n_regions',
   'reason'}``;
@@ -83,7 +83,8 @@ def factors(adata: ad.AnnData, n_factors=None, quantity: str | None = None, key_
     adata.obsm[f"{key_added}_factor_abundance"] = res.factor_abundance.set_axis(adata.obs_names)
     adata.uns[key_added] = {
         "colocation_factors": res.colocation_factors, "fits": res.fits, "n_factors": int(res.n_factors),
-        "reason": res.reason, "fitted_spots": int(res.fitted_spots), "quantity": q,
+        "reason": res.reason, "fitted_spots": int(res.fitted_spots),
+        "range_fitted_spots": int(res.range_fitted_spots), "quantity": q,
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items() if v is not None},
     }
     return adata

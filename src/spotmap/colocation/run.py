@@ -16,7 +16,7 @@ from spotmap.colocation.clustering import (assign, choose_n_regions, proportions
                                            region_fits)
 from spotmap.colocation.inputs import (DEFAULT_FIELD, check_abundance, factor_numbers, neighbourhood_mean,
                                        region_numbers, subsample)
-from spotmap.colocation.nmf import choose_n_factors, factor_tables, fit_range, project
+from spotmap.colocation.nmf import choose_n_factors, factor_tables, fit_factors, fit_range, project
 from spotmap.colocation.settings import ColocationSettings
 from spotmap.errors import SpotmapError, input_error
 
@@ -29,8 +29,8 @@ class FactorResult:
 
     ``colocation_factors``: types × factors, share of each type's cells in each factor (rows sum to 1);
     ``factor_abundance``: spots × factors, cells per spot; ``fits``: one row per factor number tried;
-    ``n_factors`` and ``reason``: the number kept and why; ``fitted_spots``: spots the fits used (the
-    others, above ``max_fit_spots``, were projected).
+    ``n_factors`` and ``reason``: the number kept and why; ``range_fitted_spots``: spots the fits of the
+    range used; ``fitted_spots``: spots the chosen number's fit used (the others were projected).
     """
 
     colocation_factors: pd.DataFrame
@@ -39,6 +39,7 @@ class FactorResult:
     n_factors: int
     reason: str
     fitted_spots: int
+    range_fitted_spots: int
 
 
 @dataclass
@@ -78,6 +79,7 @@ class ColocationResult:
         return {"n_factors": int(self.factors.n_factors), "factor_reason": self.factors.reason,
                 "n_regions": int(self.regions.n_regions), "region_reason": self.regions.reason,
                 "fitted_spots": int(self.factors.fitted_spots),
+                "range_fitted_spots": int(self.factors.range_fitted_spots),
                 "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.settings).items()}}
 
 
@@ -87,10 +89,10 @@ def resolve_settings(settings: ColocationSettings | None, seed: int | None) -> C
     if s.region_features not in REGION_FEATURES:
         raise SpotmapError(f"field 'region_features': must be one of {', '.join(REGION_FEATURES)} "
                            f"(got {s.region_features!r})")
-    if s.max_fit_spots < 2 or s.silhouette_spots < 2 or s.n_restarts < 1 or s.kmeans_n_init < 1:
-        raise SpotmapError("max_fit_spots and silhouette_spots must be at least 2, n_restarts and kmeans_n_init "
-                           f"at least 1 (got {s.max_fit_spots}, {s.silhouette_spots}, {s.n_restarts}, "
-                           f"{s.kmeans_n_init})")
+    if min(s.range_fit_spots, s.max_fit_spots, s.silhouette_spots) < 2 or min(s.n_restarts, s.kmeans_n_init) < 1:
+        raise SpotmapError("range_fit_spots, max_fit_spots and silhouette_spots must be at least 2, n_restarts and "
+                           f"kmeans_n_init at least 1 (got {s.range_fit_spots}, {s.max_fit_spots}, "
+                           f"{s.silhouette_spots}, {s.n_restarts}, {s.kmeans_n_init})")
     return s
 
 
@@ -120,20 +122,22 @@ def find_factors(abundance, n_factors=None, coords=None, samples=None, seed: int
     n_spots, n_types = df.shape
     ks = factor_numbers(n_factors, n_spots, n_types, s.factor_range, source)
     x = _smoothed(df, coords, samples, s, source)
+    range_rows = subsample(n_spots, s.range_fit_spots, s.seed)
     rows = subsample(n_spots, s.max_fit_spots, s.seed)
-    x_fit = x[rows]
-    if max(ks) > len(rows):
-        raise input_error(source, f"max_fit_spots ({s.max_fit_spots}) is below the number of factors",
-                          "n_factors", max(ks))
-    if not x_fit.any():
-        raise input_error(source, "the subsample of spots fitted holds no cells", field, len(rows))
-    fits_table, fits = fit_range(x_fit, ks, s.seed, s)
+    if max(ks) > min(len(range_rows), len(rows)):
+        raise input_error(source, f"range_fit_spots ({s.range_fit_spots}) or max_fit_spots ({s.max_fit_spots}) "
+                          "is below the number of factors", "n_factors", max(ks))
+    for r in (range_rows, rows):
+        if not x[r].any():
+            raise input_error(source, "the subsample of spots fitted holds no cells", field, len(r))
+    fits_table, fits = fit_range(x[range_rows], ks, s.seed, s)
     k, reason = choose_n_factors(fits_table, n_types, s.gain_threshold)
-    fit = fits[k]
+    # the chosen number, on the (larger) subsample for the final fit unless that is the same one
+    fit = fits[k] if np.array_equal(rows, range_rows) else fit_factors(x[rows], k, s.seed, s)
     w_sr = fit.w_sr if len(rows) == n_spots else project(fit, x)
     coloc, fab = factor_tables(w_sr, fit.h_rf, df.index, df.columns)
     return FactorResult(colocation_factors=coloc, factor_abundance=fab, fits=fits_table, n_factors=k,
-                        reason=reason, fitted_spots=len(rows))
+                        reason=reason, fitted_spots=len(rows), range_fitted_spots=len(range_rows))
 
 
 def find_regions(abundance, n_regions=None, factor_abundance: pd.DataFrame | None = None, coords=None,

@@ -35,8 +35,12 @@ class ColocationSettings:
     * ``alpha``, ``l1_ratio`` — scikit-learn NMF's elastic-net penalty on W and H (cell2location's
       ``run_colocation`` defaults);
     * ``max_iter``, ``tol`` — coordinate-descent iterations and scikit-learn's stopping tolerance;
-    * ``max_fit_spots`` — above this many spots, factors (and regions) are fitted on a random subsample of
-      this size and every spot is then projected onto them (non-negative least squares with H fixed).
+    * ``range_fit_spots`` — above this many spots, the factor numbers of the range are compared on a
+      seeded random subsample of this size (the fit measures are averages over spots; the range is most
+      of the cost);
+    * ``max_fit_spots`` — above this many spots, the chosen factor number (and the regions) is fitted on
+      a seeded random subsample of this size and every spot is then projected onto the factors
+      (non-negative least squares with H fixed) and assigned to the nearest region centre.
 
     Regions (k-means on each spot's composition):
 
@@ -62,6 +66,7 @@ class ColocationSettings:
     l1_ratio: float = 0.5
     max_iter: int = 1000
     tol: float = 1e-4
+    range_fit_spots: int = 5_000
     max_fit_spots: int = 20_000
     region_range: tuple[int, int] = (2, 15)
     region_features: str = "factors"
