@@ -59,6 +59,16 @@ def test_factors_and_regions_recover_a_known_tissue(layout, n_samples, seed):
     assert f.fits["explained_variance"].is_monotonic_increasing
 
 
+def test_scaling_types_finds_groups_that_raw_abundance_misses():
+    """Many widespread types: on raw abundances (cell2location) their noise dominates the squared loss."""
+    t = structured_tissue(n_spots=2000, n_groups=6, types_per_group=4, n_widespread=10, layout="patches", seed=0)
+    scaled = colocation.find_factors(t.abundance, 6)
+    _groups_share_one_factor(scaled.colocation_factors, t.type_group)
+    raw = colocation.find_factors(t.abundance, 6, settings=ColocationSettings(scale_types=False))
+    g = t.type_group.to_numpy()
+    assert adjusted_rand_score(g[g >= 0], raw.colocation_factors.to_numpy().argmax(1)[g >= 0]) < 0.8
+
+
 def test_subsample_and_projection_keep_every_spot():
     t = structured_tissue(n_spots=1500, n_groups=3, types_per_group=3, n_widespread=1, layout="patches", seed=2)
     s = ColocationSettings(range_fit_spots=200, max_fit_spots=300, silhouette_spots=300)
@@ -75,7 +85,7 @@ def test_visium_hd_bins_need_the_neighbourhood_mean():
     t = structured_tissue(n_spots=6400, n_groups=4, types_per_group=3, n_widespread=2, layout="patches",
                           cells_per_bin=1.5, seed=3)
     bins = ColocationSettings(n_neighbours=24, n_restarts=2)
-    res = run_colocation(t.abundance, t.coords, t.samples, n_factors=(3, 6), settings=bins)
+    res = run_colocation(t.abundance, t.coords, t.samples, n_factors=(3, 6), n_regions=(2, 8), settings=bins)
     assert res.factors.n_factors == 4, res.factors.reason
     assert adjusted_rand_score(t.region, res.regions.regions) >= 0.8
     _groups_share_one_factor(res.factors.colocation_factors, t.type_group)
