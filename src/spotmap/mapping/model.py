@@ -335,7 +335,7 @@ class SpatialMapper:
         w, y, mg = self.posterior_mean("w_sf"), self.posterior_mean("y_s"), self.posterior_mean("m_g") * self.g_fg
         s_eg, alpha = self.posterior_mean("s_eg"), 1.0 / np.exp(2 * self.loc_scale("alpha_eg_inv")[0])
         counts = self.module().counts
-        exact = np.union1d(counts.floor.nonzero().reshape(-1).cpu().numpy(),
+        exact = np.union1d(counts.floor_idx.cpu().numpy(),
                            choose_exact_genes(w, y, mg, mu_max=st.sparse_mu_max, safety=1.0, s_g=s_eg, alpha=alpha,
                                               u_max=st.sparse_u_max, batch=self.batch_codes))
         check = approximation_check(self.X, w, mg, s_eg, y, alpha, self.batch_codes, exact, u_max=st.sparse_u_max,

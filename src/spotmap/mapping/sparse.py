@@ -6,20 +6,21 @@ The mu-dependent NB terms of :mod:`spotmap.mapping.likelihood` are, per (s, g)::
     count term        d · log(mu / (alpha + mu))              non-zero entries only
 
 With 8 µm bins ~98 % of entries are zero, yet the zero term is what makes the dense likelihood cost
-S × G per epoch. Here the genes are split in two sets, by a mask that training may extend at any step:
+S × G per epoch. Here the zero term of each gene is either
 
-* **expanded genes**: the zero term of every spot is replaced by its second-order expansion in mu around
-  the batch mean mu0 of each gene, whose sum over spots and genes is exact and cheap thanks to the
-  model's low rank (mu_sg = y_s (Σ_f w_sf mg_fg + s_eg)): the linear part needs ``Σ_s mu_sg`` (a (F,) · (F, G)
-  product), the curvature part per spot is a quadratic form ``y_s² w_sᵀ A w_s + …`` with
-  ``A = mg diag(z''(mu0)) mgᵀ`` (F, F) — O(S F² + E G F²) instead of O(S G F). The curvature term of each
-  spot is softly capped by a linear one (:func:`soft_cap`, see :func:`sparse_gene_loglik`), because a bare
-  quadratic grows without bound where z flattens and would reward expected counts far above mu0. At the
-  **non-zero** entries the expansion is swapped for the exact terms (sampled sparse-dense products,
-  O(nnz · F));
-* **exact genes** (``exact``): their zero term is computed exactly at every spot by the dense fused kernel
-  (:class:`~spotmap.mapping.likelihood.FusedNBMean`) on the (S, |exact|) block; their count terms at the
-  non-zeros with the other genes' (same products, the expansion masked out).
+* **expanded**: for every spot, replaced by its second-order expansion in mu around the batch mean mu0 of
+  each gene, whose sum over spots and genes is exact and cheap thanks to the model's low rank
+  (mu_sg = y_s (Σ_f w_sf mg_fg + s_eg)): the linear part needs ``Σ_s mu_sg`` (a (F,) · (F, G) product), the
+  curvature part per spot is a quadratic form ``y_s² w_sᵀ A w_s + …`` with ``A = mg diag(z''(mu0)) mgᵀ``
+  (F, F) — O(S F² + E G F²) instead of O(S G F). The curvature term of each spot is softly capped by a linear
+  one (:func:`soft_cap`, see :func:`sparse_gene_loglik`), because a bare quadratic grows without bound where
+  z flattens and would reward expected counts far above mu0. At the **non-zero** entries the expansion is
+  swapped for the exact terms (sampled sparse-dense products, O(nnz · F));
+* or **exact**, by the dense fused kernel (:class:`~spotmap.mapping.likelihood.FusedNBMean`) on the
+  (S, |exact|) block. Genes *always exact* (chosen at the start: :func:`choose_exact_genes`) have their counts
+  held apart and their count terms computed there too; genes made exact *for one step* (below) keep their
+  count terms in the sparse products, with their expansion masked out (``keep_g``), so switching a gene
+  costs nothing and rebuilds nothing.
 
 So the only approximation is at **zero counts of expanded genes**. Its size is set by
 ``u_sg = (mu_sg - mu0_eg) / (alpha_eg + mu0_eg)`` (> -1): with ``U = max |u|`` over the entries of a step,
@@ -41,12 +42,12 @@ So the only approximation is at **zero counts of expanded genes**. Its size is s
 **The bound holds at every step.** With ``u_max`` set (``--sparse-u-max``), before each evaluation
 :meth:`SparseLikelihood.loglik` bounds, at the values of that evaluation (the guide's draws) and per gene,
 ``max_s mu_sg ≤ M_g`` and ``|u_sg| ≤ U_g`` over the spots of each batch (:func:`gene_bounds`, O(n F + F² G),
-nothing n × G), and moves every gene with ``U_g > u_max`` (or ``M_g > mu_max``) to the exact set before
-the likelihood is computed: the set only grows, so it settles, and a move changes a mask, no data structure.
-Every expanded entry of every step therefore has ``|u| ≤ u_max`` and the per-spot error above is at most
-``ε(u_max)`` of the exact zero term's size. The exact set starts from :func:`choose_exact_genes` at the
-initial values. After training :func:`approximation_check` measures the error at the posterior means
-(written to ``uns['mod']['sparse_likelihood']``).
+nothing n × G), and makes every gene with ``U_g > u_max`` (or ``M_g > mu_max``) exact for that evaluation. Every
+expanded entry of every step therefore has ``|u| ≤ u_max``, and each spot's error is at most ``ε(u_max)``
+of the exact zero terms' size as above. The split is made afresh at each step, not accumulated: the
+guide's draws move the largest mu of a gene from step to step, so the union of the genes over the bound at
+*some* step grows towards most genes while only a fraction is over it at any one step (docs/mapping.md). After training :func:`~spotmap.mapping.sparse_bound.approximation_check` measures the error at
+the posterior means, the genes split as a step there would split them (``uns['mod']['sparse_likelihood']``).
 """
 
 from __future__ import annotations
@@ -60,9 +61,8 @@ import scipy.sparse as sp
 import torch
 
 from spotmap.mapping.likelihood import (CHUNK_ELEMENTS, GPU_CHUNK_ELEMENTS, BatchOrdered, Chunk, CountBatch,
-                                        nb_mean_loglik)
+                                        SpotCounts, nb_mean_loglik)
 from spotmap.mapping.sparse_bound import approximation_check, choose_exact_genes, gene_bounds, relative_error_bound
-from spotmap.utils import log
 
 # torch's CSR tensors work as documented here; its "beta" notice would be printed at every step
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -294,9 +294,10 @@ class NonzeroTerms(torch.autograd.Function):
 
 @dataclass
 class SparseCountBatch:
-    """A (mini)batch for :class:`SparseLikelihood`: the non-zeros of every gene for a set of spots (sorted by
-    batch), as a :class:`SparseBatch`."""
+    """A (mini)batch for :class:`SparseLikelihood`, for the same spots in the same order (sorted by batch): the
+    always-exact genes' :class:`CountBatch` (None if there are none) and the other genes' :class:`SparseBatch`."""
 
+    exact: CountBatch | None
     sparse: SparseBatch
 
 
@@ -313,32 +314,36 @@ def zero_count_batch(segments: list[tuple[int, int, int]], n_rows: int, n_genes:
 
 
 class SparseLikelihood(BatchOrdered):
-    """Counts with a per-step mask of exact genes (see the module docstring), with (mini)batch builders.
+    """Counts split into always-exact genes and the others, whose zero terms are exact or expanded step by step
+    (see the module docstring), with (mini)batch builders.
 
-    ``X`` (S, G) CSR counts, ``batch`` (S,) batch codes, ``exact_genes`` gene indices whose zero term is always
-    exact. With ``u_max`` set, each evaluation first makes exact, for that evaluation, every other gene whose
-    bound on |u| exceeds ``u_max`` or whose bound on mu exceeds ``mu_max`` at its values (:meth:`check`);
-    with ``u_max=None`` the split is the one given.
+    ``X`` (S, G) CSR counts, ``batch`` (S,) batch codes, ``exact_genes`` the genes whose zero term is always
+    exact: their counts are held apart and computed by the dense fused kernel with their non-zeros. With
+    ``u_max`` set, each evaluation first makes exact, for that evaluation, every other gene whose bound on |u|
+    exceeds ``u_max`` or whose bound on mu exceeds ``mu_max`` at its values (:meth:`check`); with
+    ``u_max=None`` the split is the one given.
     """
 
     def __init__(self, X: sp.csr_matrix, batch: np.ndarray, exact_genes: np.ndarray, device: torch.device,
                  u_max: float | None = None, mu_max: float = math.inf) -> None:
         X = sp.csr_matrix(X)
-        if not X.has_sorted_indices:
-            X = X.copy()
-            X.sort_indices()
-        self.X = X
         self.n_obs, self.n_genes = X.shape
         self.device = device
         self.batch_np = np.asarray(batch, dtype=np.int64)
         self.batch = torch.as_tensor(self.batch_np, device=device)
+        floor = np.zeros(self.n_genes, dtype=bool)
+        floor[np.asarray(exact_genes, dtype=np.int64)] = True
+        self.floor_idx = torch.as_tensor(np.flatnonzero(floor), device=device)    #: always exact
+        self.free_idx = torch.as_tensor(np.flatnonzero(~floor), device=device)    #: exact or expanded per step
+        self.X_free = X[:, np.flatnonzero(~floor)].tocsr()
+        self.floor_counts = (SpotCounts(X[:, np.flatnonzero(floor)].tocsr(), self.batch_np, device)
+                             if floor.any() else None)
         self.order = torch.as_tensor(np.argsort(self.batch_np, kind="stable"), device=device)
         self._full: SparseCountBatch | None = None
         self.u_max, self.mu_max = u_max, float(mu_max)
-        self.floor = torch.zeros(self.n_genes, dtype=torch.bool, device=device)   #: (G,) always exact
-        self.floor[torch.as_tensor(np.asarray(exact_genes, dtype=np.int64), device=device)] = True
-        self.exact = self.floor.clone()                                             #: (G,) exact at the last step
-        self._exact_idx = torch.nonzero(self.exact).reshape(-1)
+        #: (len(free_idx),) which of the other genes were exact at the last evaluation
+        self.dynamic = torch.zeros(len(self.free_idx), dtype=torch.bool, device=device)
+        self._dynamic_idx = torch.zeros(0, dtype=torch.int64, device=device)
         #: what the checks saw: evaluations, exact genes summed over them and at most, and the largest bound on
         #: |u| of a gene left expanded (≤ u_max by construction)
         self.steps, self.exact_sum, self.exact_most = 0, 0, 0
@@ -346,58 +351,78 @@ class SparseLikelihood(BatchOrdered):
 
     @property
     def n_exact(self) -> int:
-        return int(self._exact_idx.numel())
+        """Exact genes at the last evaluation."""
+        return int(self.floor_idx.numel() + self._dynamic_idx.numel())
+
+    @property
+    def exact(self) -> torch.Tensor:
+        """(G,) bool: the genes exact at the last evaluation."""
+        mask = torch.zeros(self.n_genes, dtype=torch.bool, device=self.device)
+        mask[self.floor_idx] = True
+        mask[self.free_idx[self._dynamic_idx]] = True
+        return mask
 
     def exact_genes(self) -> np.ndarray:
         """Sorted indices of the genes exact at the last evaluation."""
-        return self._exact_idx.cpu().numpy()
+        return torch.nonzero(self.exact).reshape(-1).cpu().numpy()
 
     def check_summary(self) -> dict:
         """JSON-safe figures of the checks so far (:meth:`check`)."""
-        return {"always_exact": int(self.floor.sum()), "steps_checked": self.steps,
+        return {"always_exact": int(self.floor_idx.numel()), "steps_checked": self.steps,
                 "exact_genes_per_step_mean": self.exact_sum / self.steps if self.steps else float(self.n_exact),
                 "exact_genes_per_step_max": self.exact_most, "max_u_bound_in_training": float(self.max_u)}
 
     def batch_rows(self, idx: torch.Tensor) -> SparseCountBatch:
         """Rows ``idx`` (sorted by batch)."""
         rows = idx.cpu().numpy()
-        return SparseCountBatch(SparseBatch.from_csr(self.X[rows], self.batch_np[rows], self.device))
+        exact = self.floor_counts.batch_rows(idx) if self.floor_counts is not None else None
+        return SparseCountBatch(exact, SparseBatch.from_csr(self.X_free[rows], self.batch_np[rows], self.device))
 
     @torch.no_grad()
     def check(self, w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tensor, y_s: torch.Tensor,
               alpha_eg: torch.Tensor, nz: SparseBatch) -> None:
-        """Set the exact genes of this evaluation: those always exact, and every gene whose |u| may exceed
-        ``u_max`` (or mu ``mu_max``) in some spot of ``nz`` at these values
-        (:func:`~spotmap.mapping.sparse_bound.gene_bounds`, per batch segment)."""
-        exact = self.floor.clone()
-        u = torch.zeros(self.n_genes, dtype=w_sf.dtype, device=self.device)
+        """Set which genes not always exact are exact in this evaluation: those whose |u| may exceed ``u_max``
+        (or mu ``mu_max``) in some spot of ``nz`` at these values (:func:`~spotmap.mapping.sparse_bound.gene_bounds`,
+        per batch segment). Shapes as in :meth:`loglik` (every gene)."""
+        zi = self.free_idx
+        mg, s_z, a_z = mg_fg.index_select(1, zi), s_eg.index_select(1, zi), alpha_eg.index_select(1, zi)
+        dynamic = torch.zeros(len(zi), dtype=torch.bool, device=self.device)
+        u = torch.zeros(len(zi), dtype=w_sf.dtype, device=self.device)
         for e, r0, r1 in nz.segments:
             w, y = w_sf[r0:r1], y_s[r0:r1]
-            mu0 = ((y * w).sum(0) @ mg_fg + y.sum() * s_eg[e]) / (r1 - r0)
-            M, U = gene_bounds(w, y, mg_fg, s_eg[e], alpha_eg[e], mu0)
-            exact |= (U > self.u_max) | (M > self.mu_max)
+            mu0 = ((y * w).sum(0) @ mg + y.sum() * s_z[e]) / (r1 - r0)
+            M, U = gene_bounds(w, y, mg, s_z[e], a_z[e], mu0)
+            dynamic |= (U > self.u_max) | (M > self.mu_max)
             u = torch.maximum(u, U)
-        self.exact = exact
-        self._exact_idx = torch.nonzero(exact).reshape(-1)
+        self.dynamic = dynamic
+        self._dynamic_idx = torch.nonzero(dynamic).reshape(-1)
         n = self.n_exact
         self.steps += 1
         self.exact_sum += n
         self.exact_most = max(self.exact_most, n)
-        self.max_u = torch.maximum(self.max_u, u.masked_fill(exact, 0.0).max())
+        if len(zi):
+            self.max_u = torch.maximum(self.max_u, u.masked_fill(dynamic, 0.0).max())
 
     def loglik(self, w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tensor, y_s: torch.Tensor,
                alpha_eg: torch.Tensor, batch: SparseCountBatch) -> torch.Tensor:
         """The mu-dependent NB terms of ``batch``: exact genes' zero terms exactly, the others' expanded, every
-        count term exactly (module docstring); with ``u_max`` set, :meth:`check` runs first."""
+        count term exactly (module docstring); with ``u_max`` set, :meth:`check` runs first.
+        Shapes: ``w_sf`` (B, F), ``mg_fg`` (F, G), ``s_eg`` / ``alpha_eg`` (E, G), ``y_s`` (B, 1)."""
         nz = batch.sparse
         if self.u_max is not None:
             self.check(w_sf.detach(), mg_fg.detach(), s_eg.detach(), y_s.detach(), alpha_eg.detach(), nz)
-        ll = sparse_gene_loglik(w_sf, mg_fg, s_eg, y_s, alpha_eg, nz, keep_g=~self.exact)
-        if self.n_exact:
-            xi = self._exact_idx
-            zeros = zero_count_batch(nz.segments, nz.n_rows, len(xi), self.device)
+        zi = self.free_idx
+        mg_z, s_z, a_z = mg_fg.index_select(1, zi), s_eg.index_select(1, zi), alpha_eg.index_select(1, zi)
+        ll = sparse_gene_loglik(w_sf, mg_z, s_z, y_s, a_z, nz, keep_g=~self.dynamic)
+        di = self._dynamic_idx
+        if di.numel():                                   # zero terms of this step's exact genes; counts above
+            zeros = zero_count_batch(nz.segments, nz.n_rows, di.numel(), self.device)
+            ll = ll + nb_mean_loglik(w_sf, mg_z.index_select(1, di), s_z.index_select(1, di), y_s,
+                                     a_z.index_select(1, di), zeros)
+        if batch.exact is not None:
+            xi = self.floor_idx
             ll = ll + nb_mean_loglik(w_sf, mg_fg.index_select(1, xi), s_eg.index_select(1, xi), y_s,
-                                     alpha_eg.index_select(1, xi), zeros)
+                                     alpha_eg.index_select(1, xi), batch.exact)
         return ll
 
 
