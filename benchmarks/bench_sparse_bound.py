@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--before-src", type=Path, default=None, help="another source tree for an extra sparse run")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true", help="keep fits whose folder already holds sp.h5ad (delete one to redo it)")
     a = ap.parse_args(argv)
 
     import pandas as pd
@@ -126,6 +127,10 @@ def main(argv=None) -> int:
         fits = {}
         for name, src in runs:
             out = a.outdir / f"{regime}_{name}"
+            if a.reuse and (out / "sp.h5ad").exists() and f"{regime}_{name}" in results:
+                log(f"reusing {out}")
+                fits[name] = fit_summary(out)
+                continue
             if src is not None:
                 os.environ["PYTHONPATH"] = str(src)
             try:

@@ -68,9 +68,11 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     every sd at 0.1 instead, absent types needed hundreds of steps to widen, and with minibatches (each spot
     moves once per epoch) a whole Visium HD sample was still far from it at the end of training
     (benchmarks/RESULTS_hd.md). Deterministic, and cheap next to training. With ``sparse=True`` the same updates run
-    on every gene with the ratio evaluated at the non-zero counts only
+    on the same genes with the ratio evaluated at the non-zero counts only
     (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the non-zeros; for Visium HD), on ``device``
-    (default: the CPU).
+    (default: the CPU), so that both likelihoods start from the same values (up to float rounding): started
+    from an NMF over every gene, a sparse fit's maps differed from the dense fit's by more than the likelihood
+    explains (benchmarks/RESULTS_hd.md, "The sparse likelihood's bound").
     """
     S, G = X.shape
     F = g_fg.shape[0]
@@ -78,8 +80,9 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     # genes separating types: largest log ratio of the top type to the mean, among expressed genes
     mean_g = g_fg.mean(0)
     score = np.log((g_fg.max(0) + 1e-12) / (mean_g + 1e-12)) + 0.25 * np.log(mean_g + 1e-12)
-    genes = np.arange(G) if (G <= max_genes or sparse) else np.sort(np.argsort(-score, kind="stable")[:max_genes])
-    D = None if sparse else torch.as_tensor(X[:, genes].toarray(), dtype=torch.float32)
+    genes = np.arange(G) if G <= max_genes else np.sort(np.argsort(-score, kind="stable")[:max_genes])
+    X_genes = X if len(genes) == G else X[:, genes].tocsr()
+    D = None if sparse else torch.as_tensor(X_genes.toarray(), dtype=torch.float32)
     col_total = torch.as_tensor(np.asarray(X.sum(0, dtype=np.float64)).ravel(), dtype=torch.float32)
     g = torch.as_tensor(g_fg, dtype=torch.float32)
     w = torch.full((S, F), priors.N_cells_per_location / F, dtype=torch.float32)
@@ -92,7 +95,7 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
 
     def nmf(h: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
         if sparse:
-            return sparse_nmf(X, h, w, y, n, device=device)
+            return sparse_nmf(X_genes, h, w, y, n, device=device)
         denom = h.sum(1)[None, :]
         ratio = torch.empty_like(D)
         for _ in range(n):
