@@ -27,7 +27,7 @@ from spotmap.mapping.priors import MappingPriors, default_cells_per_location
 from spotmap.mapping.settings import (GPU_BYTES_PER_NONZERO, GPU_MEMORY_FRACTION, LIKELIHOODS, SPARSE_AUTO_BATCH,
                                       SPARSE_DENSITY, MappingSettings)
 from spotmap.mapping.sparse import SparseLikelihood, sparse_nmf
-from spotmap.mapping.sparse_bound import approximation_check, choose_exact_genes
+from spotmap.mapping.sparse_bound import approximation_check, choose_exact_genes, split_at
 from spotmap.io.platform import platform_of
 from spotmap.results import add_posterior
 from spotmap.training import TrainConfig, fingerprint_of, train_svi
@@ -217,7 +217,7 @@ class SpatialMapper:
         st = self.settings
         s_g = self.priors.gene_add_mean_hyp[0] / self.priors.gene_add_mean_hyp[1]    # prior mean of s_eg
         floor = choose_exact_genes(init["w_sf"], self.detection[self.batch_codes], init["m_g"] * self.g_fg,
-                                   mu_max=st.sparse_mu_max, s_g=s_g, batch=self.batch_codes)
+                                   mu_max=st.sparse_mu_max, s_g=s_g)
         log.info("sparse likelihood: %d of %d genes always exact (expected count may exceed %g); at every step "
                  "also those whose |u| may exceed %g", len(floor), self.X.shape[1], st.sparse_mu_max, st.sparse_u_max)
         return SparseLikelihood(self.X, self.batch_codes, floor, self.device, u_max=st.sparse_u_max,
@@ -339,8 +339,7 @@ class SpatialMapper:
         s_eg, alpha = self.posterior_mean("s_eg"), 1.0 / np.exp(2 * self.loc_scale("alpha_eg_inv")[0])
         counts = self.module().counts
         exact = np.union1d(counts.floor_idx.cpu().numpy(),
-                           choose_exact_genes(w, y, mg, mu_max=st.sparse_mu_max, safety=1.0, s_g=s_eg, alpha=alpha,
-                                              u_max=st.sparse_u_max, batch=self.batch_codes))
+                           split_at(w, y, mg, s_eg, alpha, self.batch_codes, st.sparse_u_max, st.sparse_mu_max))
         check = approximation_check(self.X, w, mg, s_eg, y, alpha, self.batch_codes, exact, u_max=st.sparse_u_max,
                                     max_spots=max_spots, seed=st.seed)
         check.update({"mu_max": float(st.sparse_mu_max), **counts.check_summary()})

@@ -62,7 +62,8 @@ import torch
 
 from spotmap.mapping.likelihood import (CHUNK_ELEMENTS, GPU_CHUNK_ELEMENTS, BatchOrdered, Chunk, CountBatch,
                                         SpotCounts, nb_mean_loglik)
-from spotmap.mapping.sparse_bound import approximation_check, choose_exact_genes, gene_bounds, relative_error_bound
+from spotmap.mapping.sparse_bound import (approximation_check, choose_exact_genes, gene_bounds, genes_over_bound,
+                                          relative_error_bound)
 
 # torch's CSR tensors work as documented here; its "beta" notice would be printed at every step
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -381,18 +382,17 @@ class SparseLikelihood(BatchOrdered):
     @torch.no_grad()
     def check(self, w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tensor, y_s: torch.Tensor,
               alpha_eg: torch.Tensor, nz: SparseBatch) -> None:
-        """Set which genes not always exact are exact in this evaluation: those whose |u| may exceed ``u_max``
-        (or mu ``mu_max``) in some spot of ``nz`` at these values (:func:`~spotmap.mapping.sparse_bound.gene_bounds`,
-        per batch segment). Shapes as in :meth:`loglik` (every gene)."""
+        """Set which genes not always exact are exact in this evaluation: those whose |u| exceeds ``u_max`` (or mu
+        ``mu_max``) in some spot of ``nz`` at these values, per batch segment
+        (:func:`~spotmap.mapping.sparse_bound.genes_over_bound`). Shapes as in :meth:`loglik` (every gene)."""
         zi = self.free_idx
         mg, s_z, a_z = mg_fg.index_select(1, zi), s_eg.index_select(1, zi), alpha_eg.index_select(1, zi)
         dynamic = torch.zeros(len(zi), dtype=torch.bool, device=self.device)
         u = torch.zeros(len(zi), dtype=w_sf.dtype, device=self.device)
+        limit = CHUNK_ELEMENTS if torch.device(self.device).type == "cpu" else GPU_CHUNK_ELEMENTS
         for e, r0, r1 in nz.segments:
-            w, y = w_sf[r0:r1], y_s[r0:r1]
-            mu0 = ((y * w).sum(0) @ mg + y.sum() * s_z[e]) / (r1 - r0)
-            M, U = gene_bounds(w, y, mg, s_z[e], a_z[e], mu0)
-            dynamic |= (U > self.u_max) | (M > self.mu_max)
+            over, U = genes_over_bound(w_sf[r0:r1], y_s[r0:r1], mg, s_z[e], a_z[e], self.u_max, self.mu_max, limit)
+            dynamic |= over
             u = torch.maximum(u, U)
         self.dynamic = dynamic
         self._dynamic_idx = torch.nonzero(dynamic).reshape(-1)

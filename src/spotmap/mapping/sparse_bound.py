@@ -11,6 +11,8 @@ check of the error at the posterior (:func:`approximation_check`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -56,35 +58,101 @@ def gene_bounds(w_sf: torch.Tensor, y_s: torch.Tensor, mg_fg: torch.Tensor, s_g:
     return M, U
 
 
-def choose_exact_genes(w_sf: np.ndarray, y_s: np.ndarray, mg_fg: np.ndarray, mu_max: float = SPARSE_MU_MAX,
-                       safety: float = SAFETY, s_g: float | np.ndarray = 0.0, alpha: float | np.ndarray | None = None,
-                       u_max: float | None = None, batch: np.ndarray | None = None) -> np.ndarray:
-    """Genes whose zero term must be exact at given values: ``safety · M_g > mu_max`` (their expected count may
-    exceed ``mu_max`` in some spot) or, with ``alpha`` and ``u_max`` given, ``U_g > u_max`` (:func:`gene_bounds`,
-    mu0 the mean over each batch's spots), in some batch. ``w_sf`` (S, F), ``y_s`` (S,) or (S, 1), ``mg_fg``
-    (F, G), ``s_g`` the background and ``alpha`` the overdispersion (scalars or (E, G) per batch), ``batch``
-    (S,) batch codes 0 … E-1 (None: one batch). Returns sorted gene indices.
+def exact_range(w_sf: torch.Tensor, y_s: torch.Tensor, mg_fg: torch.Tensor, s_g: torch.Tensor,
+                level_g: torch.Tensor, low_g: torch.Tensor, L_g: torch.Tensor, chunk_elements: int,
+                blocks: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-gene ``(hi_g, lo_g)``: an upper bound on ``max_s mu_sg`` that is exact wherever it exceeds ``level_g``,
+    and a lower bound on ``min_s mu_sg`` (exact for the genes with ``low_g``, else ``L_g``), over a set of spots.
+
+    Spot s can only have ``mu_sg > level_g`` if ``T_s max_f mg_fg + max_s' y_s' s_g > level_g``
+    (``T_s = y_s Σ_f w_sf``). With the spots sorted by ``T_s``, these are a prefix of that order for each gene:
+    mu is computed exactly on the prefix (genes in ``blocks`` blocks of similar prefix length, forward only, row
+    chunks of about ``chunk_elements`` entries) and bounded by ``T_s max_f mg_fg + max y · s_g`` after it, so
+    ``hi_g`` is the exact maximum whenever that exceeds ``level_g``, and at most ``level_g`` otherwise. Genes with
+    ``low_g`` take every spot (their exact minimum is needed). Cost O(Σ_g prefix_g · F), nothing n × G at once.
+    Shapes: ``w_sf`` (n, F), ``y_s`` (n, 1), ``mg_fg`` (F, C), ``s_g`` / ``level_g`` / ``L_g`` (C,), ``low_g`` (C,) bool.
     """
+    n, C = w_sf.shape[0], mg_fg.shape[1]
+    T = (y_s * w_sf).sum(1)                                                                   # (n,)
+    order = torch.argsort(T, descending=True)
+    T_sorted = torch.cat([T[order], T.new_zeros(1)])                                          # (n + 1,)
+    top, y_max = mg_fg.amax(0), y_s.max()                                                     # (C,), ()
+    need = (level_g - y_max * s_g) / top.clamp_min(torch.finfo(top.dtype).tiny)               # T_s above this
+    n_g = torch.searchsorted(-T_sorted[:n], -need.contiguous(), side="left")                 # (C,) prefix lengths
+    n_g = torch.where(low_g, torch.full_like(n_g, n), n_g)
+    hi, lo = L_g.clone(), L_g.clone()
+    by_length = torch.argsort(n_g)
+    for genes in torch.tensor_split(by_length, min(blocks, C)):
+        if genes.numel() == 0:
+            continue
+        m = int(n_g[genes].max())
+        mg, s = mg_fg[:, genes], s_g[genes]
+        rest = T_sorted[m] * top[genes] + y_max * s                                            # bound after the prefix
+        if m == 0:
+            hi[genes] = rest
+            continue
+        rows = order[:m]
+        step = max(1, chunk_elements // genes.numel())
+        block_hi = torch.full_like(s, -math.inf)
+        block_lo = torch.full_like(s, math.inf)
+        for r in range(0, m, step):
+            mu = (w_sf[rows[r:r + step]] @ mg + s) * y_s[rows[r:r + step]]                   # (chunk, |block|)
+            block_hi = torch.maximum(block_hi, mu.amax(0))
+            block_lo = torch.minimum(block_lo, mu.amin(0))
+        hi[genes] = torch.maximum(block_hi, rest)
+        if m == n:
+            lo[genes] = torch.maximum(block_lo, L_g[genes])
+    return hi, lo
+
+
+def genes_over_bound(w_sf: torch.Tensor, y_s: torch.Tensor, mg_fg: torch.Tensor, s_g: torch.Tensor,
+                     alpha_g: torch.Tensor, u_max: float, mu_max: float = math.inf,
+                     chunk_elements: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(exact_g, U_g)`` over a set of spots of one batch, ``mu0_g`` their mean of ``mu_sg``: ``exact_g`` marks the
+    genes with ``|u_sg| > u_max`` or ``mu_sg > mu_max`` at some spot, ``U_g`` bounds ``max_s |u_sg|`` (exact where
+    it exceeds ``u_max``). Two stages: :func:`gene_bounds` (O(n F + F² G)) clears most genes; the others are
+    decided by :func:`exact_range` on the spots that could exceed the limits. Forward only.
+    Shapes: ``w_sf`` (n, F), ``y_s`` (n, 1), ``mg_fg`` (F, G), ``s_g`` / ``alpha_g`` (G,).
+    """
+    mu0 = ((y_s * w_sf).sum(0) @ mg_fg + y_s.sum() * s_g) / w_sf.shape[0]                      # (G,)
+    M, U = gene_bounds(w_sf, y_s, mg_fg, s_g, alpha_g, mu0)
+    c = torch.nonzero((U > u_max) | (M > mu_max)).reshape(-1)
+    if c.numel():
+        m0, a, L = mu0[c], alpha_g[c], y_s.min() * s_g[c]
+        level = (m0 + u_max * (a + m0)).clamp_max(mu_max)
+        hi, lo = exact_range(w_sf, y_s, mg_fg[:, c], s_g[c], level, m0 - L > u_max * (a + m0), L, chunk_elements)
+        M[c], U[c] = hi, torch.maximum(hi - m0, m0 - lo) / (a + m0)
+    return (U > u_max) | (M > mu_max), U
+
+
+def choose_exact_genes(w_sf: np.ndarray, y_s: np.ndarray, mg_fg: np.ndarray, mu_max: float = SPARSE_MU_MAX,
+                       safety: float = SAFETY, s_g: float = 0.0) -> np.ndarray:
+    """Genes whose expected count may exceed ``mu_max`` in some spot: always computed exactly (``--sparse-mu-max``).
+
+    Uses the bound ``max_s mu_sg ≤ max_s (y_s Σ_f w_sf) · max_f mg_fg + (max_s y_s) s_g`` (a spot's cells all
+    of the type that expresses g most) at the given (initial) values, times ``safety``. ``w_sf`` (S, F), ``y_s``
+    (S,) or (S, 1), ``mg_fg`` (F, G). Returns sorted gene indices.
+    """
+    y = np.asarray(y_s, dtype=np.float64).reshape(-1)
+    top = float((y * np.asarray(w_sf).sum(1)).max()) if len(y) else 0.0
+    bound = top * np.asarray(mg_fg).max(0) + float(y.max() if len(y) else 0.0) * s_g           # (G,)
+    return np.flatnonzero(safety * bound > mu_max)
+
+
+def split_at(w_sf: np.ndarray, y_s: np.ndarray, mg_fg: np.ndarray, s_eg: np.ndarray, alpha_eg: np.ndarray,
+             batch: np.ndarray, u_max: float, mu_max: float = math.inf) -> np.ndarray:
+    """Sorted indices of the genes a full-batch step at these values makes exact (:func:`genes_over_bound` per
+    batch, in float64). Shapes: ``w_sf`` (S, F), ``y_s`` (S,) or (S, 1), ``mg_fg`` (F, G), ``s_eg`` / ``alpha_eg``
+    (E, G), ``batch`` (S,) codes 0 … E-1."""
     w = torch.as_tensor(np.asarray(w_sf, dtype=np.float64))
     y = torch.as_tensor(np.asarray(y_s, dtype=np.float64).reshape(-1, 1))
     mg = torch.as_tensor(np.asarray(mg_fg, dtype=np.float64))
-    G = mg.shape[1]
-    codes = np.zeros(len(y), dtype=np.int64) if batch is None else np.asarray(batch, dtype=np.int64)
-
-    def of_batch(x, e: int) -> torch.Tensor:                                                 # (G,)
-        x = np.asarray(1.0 if x is None else x, dtype=np.float64)
-        return torch.as_tensor(np.broadcast_to(x[e] if x.ndim == 2 else x, (G,)).copy())
-
-    exact = np.zeros(G, dtype=bool)
-    for e in np.unique(codes):
-        rows = torch.as_tensor(np.flatnonzero(codes == e))
-        we, ye, s = w[rows], y[rows], of_batch(s_g, e)
-        mu0 = ((ye * we).sum(0) @ mg + ye.sum() * s) / len(rows)
-        M, U = gene_bounds(we, ye, mg, s, of_batch(alpha, e), mu0)
-        exact |= (safety * M > mu_max).numpy()
-        if alpha is not None and u_max is not None:
-            exact |= (U > u_max).numpy()
-    return np.flatnonzero(exact)
+    s, a = (torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (s_eg, alpha_eg))
+    exact = torch.zeros(mg.shape[1], dtype=torch.bool)
+    for e in np.unique(batch):
+        rows = torch.as_tensor(np.flatnonzero(batch == e))
+        exact |= genes_over_bound(w[rows], y[rows], mg, s[e], a[e], u_max, mu_max)[0]
+    return np.flatnonzero(exact.numpy())
 
 
 def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s_eg: np.ndarray, y_s: np.ndarray,
