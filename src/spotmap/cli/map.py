@@ -66,12 +66,13 @@ _S, _P = MappingSettings(), MappingPriors()
                    "HD; zero counts of low-expressed genes by a checked second-order expansion); auto: sparse "
                    f"when under {SPARSE_DENSITY:.0%} of counts are non-zero.")
 @click.option("--sparse-mu-max", default=_S.sparse_mu_max, show_default=True, type=float,
-              help="Sparse likelihood: genes whose expected count may exceed this in some spot are computed exactly.")
-@click.option("--sparse-u-max", default=_S.sparse_u_max, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Sparse likelihood: a gene's zero counts are expanded only while |u| = |mu - mu0|/(alpha + mu0) "
-                   "stays below this in every spot, checked at every step (a spot's expanded zero terms are then "
-                   "within u²/(3(1-u)) + u⁵(1+u)/8 of the exact ones, 2.8 % at 0.25); above it the gene is computed "
-                   "exactly from then on.")
+              help="Sparse likelihood: genes whose expected count may exceed this in some spot are computed exactly "
+                   "(always: those that may at the initial values, with a factor 2; at each step: those that do).")
+@click.option("--sparse-u-max", default=_S.sparse_u_max, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Sparse likelihood: at each step, genes whose |u| = |mu - mu0|/(alpha + mu0) exceeds this in some "
+                   "spot are computed exactly for that step; the others' expanded zero terms are then within "
+                   "u²/(3(1-u)) + u⁵(1+u)/8 (2.8 % at 0.25) of the exact ones' change from mu0, per spot.")
 @click.option("--init-iterations", default=_S.init_iterations, show_default=True, type=int,
               help="Poisson-NMF iterations of the w_sf initialisation on the fixed signatures (cheap next to an "
                    "epoch; more bring the start closer to the fit).")

@@ -40,14 +40,22 @@ So the only approximation is at **zero counts of expanded genes**. Its size is s
   sums over the spot's zero counts of expanded genes. ε(0.25) = 0.028, ε(0.1) = 0.0037.
 
 **The bound holds at every step.** With ``u_max`` set (``--sparse-u-max``), before each evaluation
-:meth:`SparseLikelihood.loglik` bounds, at the values of that evaluation (the guide's draws) and per gene,
-``max_s mu_sg ≤ M_g`` and ``|u_sg| ≤ U_g`` over the spots of each batch (:func:`gene_bounds`, O(n F + F² G),
-nothing n × G), and makes every gene with ``U_g > u_max`` (or ``M_g > mu_max``) exact for that evaluation. Every
-expanded entry of every step therefore has ``|u| ≤ u_max``, and each spot's error is at most ``ε(u_max)``
-of the exact zero terms' size as above. The split is made afresh at each step, not accumulated: the
+:meth:`SparseLikelihood.check` finds, at the values of that evaluation (the guide's draws) and over the spots of
+each batch, every gene with ``|u_sg| > u_max`` (or ``mu_sg > mu_max``) at some spot, and makes those genes exact
+for that evaluation (:func:`~spotmap.mapping.sparse_bound.genes_over_bound`), nothing n × G at once:
+
+1. per-gene bounds ``max_s mu_sg ≤ M_g``, ``|u_sg| ≤ U_g`` from the spots grouped by their dominant type
+   (:func:`~spotmap.mapping.sparse_bound.gene_bounds`, O(n F + F² G)) clear most genes;
+2. for the others, mu is computed exactly (forward only) at the spots that could pass the limits — those whose
+   ``y_s Σ_f w_sf · max_f mg_fg`` reaches them, a prefix of the spots sorted by ``y_s Σ_f w_sf``
+   (:func:`~spotmap.mapping.sparse_bound.exact_range`), so a gene is made exact only if it truly passes.
+
+Every expanded entry of every step therefore has ``|u| ≤ u_max``, and each spot's error is at most ``ε(u_max)``
+of ``Σ_g |z(mu_sg) - z(mu0_eg)|`` as above. The split is made afresh at each step, not accumulated: the
 guide's draws move the largest mu of a gene from step to step, so the union of the genes over the bound at
-*some* step grows towards most genes while only a fraction is over it at any one step (docs/mapping.md). After training :func:`~spotmap.mapping.sparse_bound.approximation_check` measures the error at
-the posterior means, the genes split as a step there would split them (``uns['mod']['sparse_likelihood']``).
+*some* step grows towards most genes while only a fraction is over it at any one step (docs/mapping.md).
+After training :func:`~spotmap.mapping.sparse_bound.approximation_check` measures the error at the posterior
+means, the genes split as a step there would split them (``uns['mod']['sparse_likelihood']``).
 """
 
 from __future__ import annotations

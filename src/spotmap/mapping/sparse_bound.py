@@ -4,9 +4,10 @@ The zero term ``z(mu) = -alpha log(1 + mu/alpha)`` of an expanded gene is replac
 expansion around the batch mean mu0; with ``u = (mu - mu0)/(alpha + mu0)`` and ``U`` the largest |u| of the
 expanded entries, the error of a spot's summed zero terms is at most ``ε(U)`` (:func:`relative_error_bound`)
 of ``Σ_g |z(mu_sg) - z(mu0_eg)| ≤ Σ_g max(|z(mu_sg)|, |z(mu0_eg)|)`` (derivation: the module docstring of
-:mod:`spotmap.mapping.sparse`). This module holds the per-gene bounds on mu and |u| that training checks
-at every step (:func:`gene_bounds`), the initial choice of exact genes (:func:`choose_exact_genes`) and the
-check of the error at the posterior (:func:`approximation_check`).
+:mod:`spotmap.mapping.sparse`). This module holds the per-step decision of which genes pass ``u_max``
+(:func:`genes_over_bound`: the cheap bounds :func:`gene_bounds`, then :func:`exact_range` for the genes they
+cannot clear), the always-exact genes of ``--sparse-mu-max`` (:func:`choose_exact_genes`), and the check of the
+error at the posterior (:func:`split_at`, :func:`approximation_check`).
 """
 
 from __future__ import annotations
