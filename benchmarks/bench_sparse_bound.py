@@ -11,7 +11,8 @@ compared on:
   target ≥ 0.995;
 * total abundance (sum of the posterior means over bins and types), sparse / dense — target within 2 %;
 * median overdispersion alpha_eg over genes, sparse / dense — target within 5 %;
-* seconds per epoch (median over epochs, ``training_history.tsv``), the sparse likelihood's exact genes per step
+* seconds per epoch (median over epochs, ``training_history.tsv``; with ``--cpu-per-epoch`` also CPU seconds per
+  epoch, steadier on a shared machine), the sparse likelihood's exact genes per step
   (mean, most) and its error report (``uns['mod']['sparse_likelihood']``);
 * for context, each fit's accuracy against the true cell numbers (median per-type r of q05, RMSE of proportions).
 
@@ -82,6 +83,25 @@ def compare(sparse: dict, dense: dict) -> dict:
             "targets_met": bool(min(r05) >= 0.995 and abs(total - 1) <= 0.02 and abs(alpha - 1) <= 0.05)}
 
 
+def setup_cost(sub: Path, sig: Path, a, name: str, src: Path | None, regime: str, bs: int | None) -> dict:
+    """The same command for 1 epoch: the CPU seconds of everything but training (reading, start, export)."""
+    out = a.outdir / f"{regime}_{name}_setup"
+    if src is not None:
+        os.environ["PYTHONPATH"] = str(src)
+    try:
+        m = run_measured(map_cmd(sub, sig, out, a, name.split("_")[0], bs, 1), a.outdir / f"{out.name}.log", a.threads)
+    finally:
+        os.environ["PYTHONPATH"] = str(REPO / "src")
+    return m
+
+
+def cpu_per_epoch(results: dict, regime: str, name: str) -> float:
+    """CPU seconds per epoch of training, ``(cpu_s - cpu_s of the 1-epoch run) / (epochs - 1)``: steadier than
+    wall time on a shared machine (the child runs one thread, so CPU time is what it spent, not what it waited)."""
+    fit, setup = results[f"{regime}_{name}"], results[f"{regime}_{name}_setup"]
+    return (fit["cpu_s"] - setup["cpu_s"]) / max(fit["epochs"] - 1, 1)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--qc", required=True, type=Path, help="QC'd HD sample (.h5ad from spotmap qc)")
@@ -97,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true", help="keep fits whose folder already holds sp.h5ad (delete one to redo it)")
+    ap.add_argument("--cpu-per-epoch", action="store_true",
+                    help="also run each fit for 1 epoch and report CPU seconds per training epoch (cpu_per_epoch)")
     a = ap.parse_args(argv)
 
     import pandas as pd
@@ -146,9 +168,17 @@ def main(argv=None) -> int:
             m.update({"alpha_median": round(f["alpha_median"], 4), "y_e": f["y_e"], "m_g_median": round(f["m_g_median"], 4),
                       "elbo_last": f["elbo"], "sparse_likelihood": f["sparse"], "batch_size": bs, "command_epochs": epochs})
             save(f"{regime}_{name}", m)
+        if a.cpu_per_epoch:
+            for name, src in runs:
+                if f"{regime}_{name}_setup" not in results:
+                    save(f"{regime}_{name}_setup", setup_cost(sub, sig, a, name, src, regime, bs))
         for name, _ in runs[1:]:
             c = compare(fits[name], fits["dense"])
             c["s_per_epoch_ratio"] = round(results[f"{regime}_{name}"]["s_per_epoch"] / results[f"{regime}_dense"]["s_per_epoch"], 3)
+            if a.cpu_per_epoch:
+                per = {n: cpu_per_epoch(results, regime, n) for n, _ in runs}
+                c["cpu_s_per_epoch"] = {n: round(v, 3) for n, v in per.items()}
+                c["cpu_per_epoch_ratio"] = round(per[name] / per["dense"], 3)
             save(f"{regime}_{name}_vs_dense", c)
     return 0
 
