@@ -64,7 +64,7 @@ def cmd_spotmap(a) -> None:
         hist.to_csv(out / "history.csv", index=False)
         pm = mapper.posterior_mean
         np.savez_compressed(out / "post_means.npz", w_sf=pm("w_sf"), m_g=pm("m_g"), y_s=pm("y_s"), s_eg=pm("s_eg"),
-                            alpha_eg_inv=pm("alpha_eg_inv"), y_e=pm("y_e"),
+                            alpha_eg_inv=pm("alpha_eg_inv"), y_e=mapper.detection,
                             batch=mapper.batch_codes, obs_names=np.asarray(res.obs_names, dtype=str))
         (out / "run.json").write_text(json.dumps({
             "wall_s": wall, "epochs": int(len(hist)), "converged": bool(hist.attrs.get("converged")),
