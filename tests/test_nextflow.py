@@ -345,7 +345,7 @@ RENDER_INPUTS = {
     "SIGNATURES": {"meta": {"id": "reference", "labels_key": "cell_type"}, "reference": "ref.h5ad", "cell_types": ""},
     "MAP": {"meta": JOINT, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv", "seed": 0},
     "AGGREGATE": {"meta": JOINT, "restarts": ["restarts/restart_0", "restarts/restart_1"]},
-    "COLOCATION": {"meta": JOINT, "mapping": "mapping"},
+    "COLOCATION": {"meta": JOINT, "mapping": "consensus"},
     "MULTIQC": {"mqc_files": ["1/x_mqc.tsv"]},
 }
 COMPUTING = {"QC_BATCH", "SIGNATURES", "MAP", "COLOCATION"}  # steps with a --threads option (torch, BLAS, numba)

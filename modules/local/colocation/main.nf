@@ -7,7 +7,7 @@ process COLOCATION {
     label 'process_medium'
 
     input:
-    tuple val(meta), path(mapping, stageAs: 'mapping')
+    tuple val(meta), path(mapping)   // a consensus/ (or restart_<seed>/) folder holding sp.h5ad
 
     output:
     tuple val(meta), path("colocation", type: 'dir')                 , emit: colocation
