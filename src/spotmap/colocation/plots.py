@@ -184,7 +184,7 @@ def spatial_regions(regions: pd.Series, coords, samples=None, max_points: int = 
     k = int(labels.max()) + 1
     cmap = ListedColormap(_colours(k))
     lab, names = _samples(len(xy), samples)
-    fig = Figure(figsize=(3.6 * len(names) + 1.4, 3.6))
+    fig = Figure(figsize=(3.6 * len(names) + 0.9, 3.6))
     axes = _panel_axes(fig, 1, len(names))
     for i, name in enumerate(names):
         sel, ax = lab == name, axes[0, i]
@@ -205,9 +205,10 @@ def spatial_regions(regions: pd.Series, coords, samples=None, max_points: int = 
         if not ax.yaxis_inverted():
             ax.invert_yaxis()
         ax.set_title(f"Regions{' — ' + name if name else ''}", fontsize=9)
-    fig.legend(handles=[Patch(color=c, label=str(i)) for i, c in enumerate(_colours(k))], title="region",
-               loc="center right", fontsize=7, title_fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - 1.2 / fig.get_figwidth(), 1))
+    # beside the last panel (a figure legend stays at the figure's edge, away from the equal-aspect panels)
+    axes[0, -1].legend(handles=[Patch(color=c, label=str(i)) for i, c in enumerate(_colours(k))], title="region",
+                       loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, title_fontsize=8)
+    fig.tight_layout()
     return fig
 
 
