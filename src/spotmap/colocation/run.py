@@ -14,8 +14,8 @@ import pandas as pd
 
 from spotmap.colocation.clustering import (assign, choose_n_regions, proportions, region_composition,
                                            region_fits)
-from spotmap.colocation.inputs import (DEFAULT_FIELD, _numbers, check_abundance, factor_numbers, is_range,
-                                       neighbourhood_mean, region_numbers, subsample)
+from spotmap.colocation.inputs import (DEFAULT_FIELD, check_abundance, factor_numbers, is_range,
+                                       neighbourhood_mean, parse_numbers, region_numbers, subsample)
 from spotmap.colocation.nmf import choose_n_factors, factor_tables, fit_factors, fit_range, project
 from spotmap.colocation.settings import ColocationSettings, range_text
 from spotmap.errors import SpotmapError, input_error
@@ -133,7 +133,7 @@ def find_factors(abundance, n_factors=None, coords=None, samples=None, seed: int
     fits_table, fits = fit_range(x[range_rows], ks, s.seed, s)
     k, reason = choose_n_factors(fits_table, n_types, s.gain_threshold)
     asked = s.factor_range if n_factors is None else n_factors
-    if is_range(n_factors) and max(_numbers(asked, s.factor_range, "n_factors", source)) > n_types:
+    if is_range(n_factors) and max(parse_numbers(asked, s.factor_range, "n_factors", source)) > n_types:
         text = range_text(asked) if isinstance(asked, tuple) else asked
         reason = (f"{k} factors: the range {text} cut at the {n_types} cell types" if len(ks) == 1
                   else f"{reason} (numbers above the {n_types} cell types not tried)")

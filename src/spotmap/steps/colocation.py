@@ -85,7 +85,7 @@ def check_request(n_factors=None, n_factors_range=None, n_regions=None, quantity
     """The requested numbers and quantity, checked before any data is read (``spotmap run`` checks them before
     mapping): a one-line :class:`~spotmap.errors.SpotmapError` for both --n-factors and --n-factors-range, a
     malformed or empty range, a number below 1 or an unknown quantity."""
-    from spotmap.colocation.inputs import _numbers
+    from spotmap.colocation.inputs import parse_numbers
 
     if n_factors is not None and n_factors_range is not None:
         raise SpotmapError(f"give --n-factors (one number) or --n-factors-range (LO-HI), not both (got {n_factors} "
@@ -95,7 +95,7 @@ def check_request(n_factors=None, n_factors_range=None, n_regions=None, quantity
     for name, value in (("n_factors", n_factors), ("n_factors_range", n_factors_range), ("n_regions", n_regions)):
         if value is None:
             continue
-        if min(_numbers(value, (1, 1), name, None)) < 1:
+        if min(parse_numbers(value, (1, 1), name, None)) < 1:
             raise SpotmapError(f"field '{name}': numbers must be at least 1 (got {value!r})")
 
 
