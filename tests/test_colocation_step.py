@@ -54,9 +54,11 @@ def mapping_folder(path: Path, t, image: bool = True, types: list[str] | None = 
 
 
 def invoke(*args: str):
-    """`spotmap colocation ARGS --threads 1`: one thread, so that runs compare bit for bit (OpenMP sums
-    k-means' inertia in another order on more threads)."""
-    return CliRunner().invoke(cli, ["colocation", *map(str, args), "--threads", "1"])
+    """`spotmap colocation ARGS`, in this process. Never with --threads N: the command sets NUMBA_NUM_THREADS,
+    which numba refuses to change once its threads run (the shared `spotmap run` sets all cores). Every call
+    thus runs on the same number of threads, so runs compare bit for bit (on another number, OpenMP sums
+    k-means' inertia in another order)."""
+    return CliRunner().invoke(cli, ["colocation", *map(str, args)])
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,7 @@ def test_hippocampus_colocation_follows_the_fields(hippocampus):
     from scipy.spatial import cKDTree
 
     res, out = hippocampus
-    _spotmap("colocation", "--mapping", out / "map", "--outdir", out / "colocation", "--threads", 1)
+    _spotmap("colocation", "--mapping", out / "map", "--outdir", out / "colocation")
     coloc = pd.read_csv(out / "colocation" / "colocation_factors.csv", index_col=0)
     top = coloc.idxmax(axis=1)
     # measured (seeds 0–2): Denate 0.86–0.88 of its cells in its factor, CA3 0.97–0.99, Oligodendrocyte 0.97–1.00,
