@@ -5,9 +5,9 @@ One loop gives every model the same guarantees:
 * **Seeds** — ``seed`` fixes pyro/torch RNGs and the minibatch order (a ``torch.Generator``
   seeded with ``seed + epoch``), so a CPU run is bit-for-bit repeatable.
 * **Convergence rule** — after ``min_epochs``, training stops when the change of the smoothed
-  -ELBO over the last window, relative to its decrease since the first window, falls below ``tol``:
+  -ELBO over the last window, relative to its decrease since the first epoch, falls below ``tol``:
   with ``w = window`` epochs and ``L`` the -ELBO per epoch,
-  ``|mean(L[-w:]) - mean(L[-2w:-w])| / (mean(L[:w]) - mean(L[-w:])) < tol`` (:func:`relative_change`).
+  ``|mean(L[-w:]) - mean(L[-2w:-w])| / (L[0] - mean(L[-w:])) < tol`` (:func:`relative_change`).
   Both numbers are recorded in the history (``elbo_smoothed``, ``rel_change``). The -ELBO's level holds
   constants the models drop (the log d! of the counts), and even its sign is arbitrary: a rule relative to
   the level would stop at an epoch that depends on them; differences do not.
@@ -74,14 +74,13 @@ class TrainConfig:
 
 def relative_change(elbos: list[float], window: int) -> float:
     """The convergence rule's statistic (module docstring): the change of the window mean of the -ELBO between
-    the last two windows over its decrease since the first window; NaN before two windows, inf while the
-    -ELBO has not decreased. Unchanged when a constant is added to (or a positive factor multiplies) the loss."""
+    the last two windows over its decrease since the first epoch; NaN before two windows, inf while the -ELBO
+    has not decreased. Unchanged when a constant is added to (or a positive factor multiplies) the loss."""
     w = window
     if len(elbos) < 2 * w:
         return float("nan")
-    last, prev, first = (float(np.mean(elbos[-w:])), float(np.mean(elbos[-2 * w:-w])),
-                         float(np.mean(elbos[:w])))
-    decrease = first - last
+    last, prev = float(np.mean(elbos[-w:])), float(np.mean(elbos[-2 * w:-w]))
+    decrease = float(elbos[0]) - last
     return abs(last - prev) / decrease if decrease > 0 else float("inf")
 
 
