@@ -10,7 +10,8 @@ compared on:
 * per-type Pearson r across bins between the two fits' q05 abundances (and means): median, minimum —
   target ≥ 0.995;
 * total abundance (sum of the posterior means over bins and types), sparse / dense — target within 2 %;
-* median overdispersion alpha_eg over genes, sparse / dense — target within 5 %;
+* median overdispersion alpha_eg over genes, sparse / dense — target within 5 %; also per band of the genes'
+  mean count per bin (``alpha_by_mean_count``: where counts are rarest the data hardly determine alpha);
 * seconds per epoch (median over epochs, ``training_history.tsv``; with ``--cpu-per-epoch`` also CPU seconds per
   epoch, steadier on a shared machine), the sparse likelihood's exact genes per step
   (mean, most) and its error report (``uns['mod']['sparse_likelihood']``);
@@ -61,6 +62,8 @@ def fit_summary(out: Path) -> dict:
     g = mod["globals"]
     return {"q05": np.asarray(r.obsm["q05_cell_abundance_w_sf"]), "means": np.asarray(r.obsm["means_cell_abundance_w_sf"]),
             "obs": list(r.obs_names), "alpha_median": float(np.median(np.asarray(r.varm["alpha_eg"]))),
+            "alpha_g": np.median(np.asarray(r.varm["alpha_eg"]), axis=1), "var": list(r.var_names),
+            "mean_g": np.asarray(r.X.mean(0)).ravel(),
             "y_e": g["y_e"], "m_g_median": g["m_g"]["q50"], "elbo": float(mod["elbo"]),
             "sparse": {k: v for k, v in dict(mod.get("sparse_likelihood", {})).items()}}
 
@@ -70,8 +73,26 @@ def per_type_r(a: np.ndarray, b: np.ndarray) -> list[float]:
     return [float(np.corrcoef(a[:, f], b[:, f])[0, 1]) for f in np.flatnonzero(keep)]
 
 
+#: bands of a gene's mean count per bin for the overdispersion figures: alpha is hardly determined by the data
+#: where counts are this rare (the NB's variance term mu²/alpha is tiny), so its median is given per band too
+MEAN_BANDS = (0.0, 0.01, 0.05, 0.2, np.inf)
+
+
+def alpha_by_band(sparse: dict, dense: dict, mean_g: np.ndarray) -> list[dict]:
+    """Median alpha_g of both fits, and the median of their per-gene ratio, per band of mean count per bin."""
+    out = []
+    for lo, hi in zip(MEAN_BANDS[:-1], MEAN_BANDS[1:]):
+        k = (mean_g >= lo) & (mean_g < hi)
+        if k.any():
+            a_s, a_d = sparse["alpha_g"][k], dense["alpha_g"][k]
+            out.append({"mean_count": f"[{lo}, {hi})", "genes": int(k.sum()), "dense": round(float(np.median(a_d)), 3),
+                        "sparse": round(float(np.median(a_s)), 3), "ratio_of_medians": round(float(np.median(a_s) / np.median(a_d)), 4),
+                        "median_ratio": round(float(np.median(a_s / a_d)), 4)})
+    return out
+
+
 def compare(sparse: dict, dense: dict) -> dict:
-    assert sparse["obs"] == dense["obs"]
+    assert sparse["obs"] == dense["obs"] and sparse["var"] == dense["var"]
     r05, rm = per_type_r(sparse["q05"], dense["q05"]), per_type_r(sparse["means"], dense["means"])
     total = sparse["means"].sum() / dense["means"].sum()
     alpha = sparse["alpha_median"] / dense["alpha_median"]
@@ -79,7 +100,7 @@ def compare(sparse: dict, dense: dict) -> dict:
             "q05_types_below_0.995": int(sum(x < 0.995 for x in r05)),
             "means_r_median": round(float(np.median(rm)), 5), "means_r_min": round(min(rm), 5),
             "total_ratio": round(float(total), 5), "total_q05_ratio": round(float(sparse["q05"].sum() / dense["q05"].sum()), 5),
-            "alpha_median_ratio": round(float(alpha), 5),
+            "alpha_median_ratio": round(float(alpha), 5), "alpha_by_mean_count": alpha_by_band(sparse, dense, dense["mean_g"]),
             "targets_met": bool(min(r05) >= 0.995 and abs(total - 1) <= 0.02 and abs(alpha - 1) <= 0.05)}
 
 
