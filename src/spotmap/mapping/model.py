@@ -72,7 +72,7 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the non-zeros; for Visium HD), on ``device``
     (default: the CPU), so that both likelihoods start from the same values (up to float rounding): started
     from an NMF over every gene, a sparse fit's maps differed from the dense fit's by more than the likelihood
-    explains (benchmarks/RESULTS_hd.md, "The sparse likelihood's bound").
+    explains (BENCHMARKS.md, "Sparse likelihood: bound during training").
     """
     S, G = X.shape
     F = g_fg.shape[0]
