@@ -261,6 +261,7 @@ def test_each_step_makes_exact_the_genes_over_the_bound(case):
     assert 20 in exact_at(mg_huge, a * 1e6, compare=False)
     summary = lik.check_summary()
     assert summary["steps_checked"] == 5 and summary["always_exact"] == 1
+    assert summary["steps_with_genes_moved"] == 3                             # genes 7, 11, 20 at one step each
     assert summary["exact_genes_per_step_max"] >= 2 and summary["max_u_bound_in_training"] <= 0.25
 
 
@@ -350,6 +351,7 @@ def test_sparse_and_dense_give_the_same_abundances(tmp_path, monkeypatch):
     assert report["steps_checked"] == 200 and report["always_exact"] == 0
     assert report["max_u_bound_in_training"] <= u_max * (1 + 1e-5)
     assert report["exact_genes_per_step_max"] == int(sets.sum(1).max())
+    assert report["steps_with_genes_moved"] == int((sets.sum(1) > 0).sum()) > 0
     assert report["u_max"] == u_max and report["bound"] == pytest.approx(relative_error_bound(u_max))
     assert report["sparse_genes"] > adata.n_vars / 2 and report["max_u_at_zeros"] <= u_max
     assert 0 < report["bound_relative_error"] <= report["bound_at_max_u"] <= report["bound"]

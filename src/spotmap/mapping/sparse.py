@@ -353,9 +353,9 @@ class SparseLikelihood(BatchOrdered):
         #: (len(free_idx),) which of the other genes were exact at the last evaluation
         self.dynamic = torch.zeros(len(self.free_idx), dtype=torch.bool, device=device)
         self._dynamic_idx = torch.zeros(0, dtype=torch.int64, device=device)
-        #: what the checks saw: evaluations, exact genes summed over them and at most, and the largest bound on
-        #: |u| of a gene left expanded (≤ u_max by construction)
-        self.steps, self.exact_sum, self.exact_most = 0, 0, 0
+        #: what the checks saw: evaluations, those that made some gene exact beyond the always-exact ones, exact
+        #: genes summed over them and at most, and the largest bound on |u| of a gene left expanded (≤ u_max)
+        self.steps, self.steps_moved, self.exact_sum, self.exact_most = 0, 0, 0, 0
         self.max_u = torch.zeros((), device=device)
 
     @property
@@ -378,6 +378,7 @@ class SparseLikelihood(BatchOrdered):
     def check_summary(self) -> dict:
         """JSON-safe figures of the checks so far (:meth:`check`)."""
         return {"always_exact": int(self.floor_idx.numel()), "steps_checked": self.steps,
+                "steps_with_genes_moved": self.steps_moved,
                 "exact_genes_per_step_mean": self.exact_sum / self.steps if self.steps else float(self.n_exact),
                 "exact_genes_per_step_max": self.exact_most, "max_u_bound_in_training": float(self.max_u)}
 
@@ -406,6 +407,7 @@ class SparseLikelihood(BatchOrdered):
         self._dynamic_idx = torch.nonzero(dynamic).reshape(-1)
         n = self.n_exact
         self.steps += 1
+        self.steps_moved += int(self._dynamic_idx.numel() > 0)
         self.exact_sum += n
         self.exact_most = max(self.exact_most, n)
         if len(zi):
