@@ -190,6 +190,8 @@ def main(argv=None) -> int:
         p.add_argument("--c2l-python", default=os.environ.get("C2L_PYTHON", "/work/c2l_venv/bin/python"))
         p.add_argument("--tag", default="defaults", help="spotmap run name (spotmap / report)")
         p.add_argument("--settings", default="{}", help="spotmap: JSON of map_cell_types settings")
+        p.add_argument("--signatures", choices=("c2l", "truth"), default="c2l",
+                       help="spotmap: cell2location's signatures (the comparison) or a simulation's true ones")
     a = ap.parse_args(argv)
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
     unknown = set(a.cases) - set(ALL_CASES)
