@@ -131,12 +131,11 @@ def globals_spotmap(out: Path) -> dict:
 
 
 def against_truth(q05: pd.DataFrame, mean: pd.DataFrame, truth: pd.DataFrame) -> dict:
-    from spotmap.metrics import per_type_pearson, rmse_proportions
+    from spotmap.metrics import per_type_pearson, rmse_counts, rmse_proportions, total_ratio
 
     tr = truth.loc[mean.index, mean.columns]
     return {"r_q05": float(per_type_pearson(q05, tr).median()), "r_mean": float(per_type_pearson(mean, tr).median()),
-            "rmse_counts": float(np.sqrt(((mean - tr) ** 2).mean(1)).mean()),
-            "total_ratio": float(mean.sum(1).mean() / tr.sum(1).mean()),
+            "rmse_counts": rmse_counts(mean, tr), "total_ratio": total_ratio(mean, tr),
             "rmse_proportions": float(rmse_proportions(q05, tr))}
 
 
