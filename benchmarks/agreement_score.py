@@ -146,10 +146,12 @@ def _median_r(x: pd.DataFrame, y: pd.DataFrame) -> float:
 
 
 def c2l_flatness(out: Path) -> dict:
-    """cell2location's -ELBO: mean of the last 1,000 epochs against the 1,000 before (relative change)."""
+    """cell2location's -ELBO: change of the mean of the last 1,000 epochs against the 1,000 before, over the
+    decrease since the first epoch (spotmap's convergence statistic, ``spotmap.training.relative_change``)."""
+    from spotmap.training import relative_change
+
     h = pd.read_csv(out / "history.csv", index_col=0).iloc[:, 0].to_numpy()
-    last, before = h[-1000:].mean(), h[-2000:-1000].mean()
-    return {"elbo_last1000": float(last), "rel_change_last_2x1000": float(abs(last - before) / abs(last))}
+    return {"elbo_last1000": float(h[-1000:].mean()), "rel_change_last_2x1000": relative_change(list(h), 1000)}
 
 
 def score_case(wd: Path, tag: str, epochs: int) -> dict | None:
@@ -206,15 +208,16 @@ def _truth_only(wd: Path, sm: Path) -> dict | None:
 def table_md(rows: list[dict]) -> str:
     f = lambda x, p=3: "—" if x is None else f"{x:.{p}f}"  # noqa: E731
     out = ["| case | r tools q05 / means | total spotmap/c2l median [IQR] | y_e c2l / spotmap | median m_g c2l / "
-           "spotmap | median alpha c2l / spotmap | loglik/spot spotmap − c2l | spotmap epochs |",
-           "|---|---|---|---|---|---|---|---|"]
+           "spotmap | median alpha c2l / spotmap | loglik/spot spotmap − c2l | spotmap epochs | c2l −ELBO change, "
+           "last 1,000 epochs |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in (r for r in rows if "r_tools_q05" in r):
         ye = lambda d: ", ".join(f"{v:.3f}" for v in d["y_e"])  # noqa: E731
         out.append(f"| {r['case']} | {f(r['r_tools_q05'])} / {f(r['r_tools_means'])} | {f(r['total_ratio_median'])} "
                    f"[{f(r['total_ratio_q25'])}–{f(r['total_ratio_q75'])}] | {ye(r['c2l'])} / {ye(r['spotmap'])} | "
                    f"{f(r['c2l']['m_g_median'])} / {f(r['spotmap']['m_g_median'])} | {f(r['c2l']['alpha_median'], 1)} / "
                    f"{f(r['spotmap']['alpha_median'], 1)} | {f(r['loglik_per_spot_spotmap'] - r['loglik_per_spot_c2l'], 2)} "
-                   f"| {r['spotmap_epochs']} |")
+                   f"| {r['spotmap_epochs']} | {r['rel_change_last_2x1000']:.1e} |")
     seeds = [r for r in rows if "c2l_seeds" in r]
     if seeds:
         out += ["", "| case | cell2location seed 1 vs seed 0: r q05 / means | total ratio median |", "|---|---|---|"]
