@@ -140,6 +140,8 @@ def cmd_c2l(a) -> None:
             args += ["--filter-genes"] if meta["filter_genes"] else []
             sig_dir.mkdir(parents=True, exist_ok=True)
             _c2l(a.c2l_python, "c2l_signatures_runner.py", args, a.threads, wd / "c2l_signatures.log")
+        if a.signatures_only:
+            continue
         out = wd / (f"c2l_{a.epochs}" if a.seed == 0 else f"c2l_{a.epochs}_seed{a.seed}")  # seed 0: the comparison
         if (out / "timing.json").exists():
             log(f"{case}: cell2location {a.epochs} epochs done already")
@@ -184,9 +186,12 @@ def main(argv=None) -> int:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--epochs", type=int, default=30000, help="cell2location's epochs")
+        p.add_argument("--signatures-only", action="store_true", help="c2l: the reference signatures only")
         p.add_argument("--c2l-python", default=os.environ.get("C2L_PYTHON", "/work/c2l_venv/bin/python"))
         p.add_argument("--tag", default="defaults", help="spotmap run name (spotmap / report)")
         p.add_argument("--settings", default="{}", help="spotmap: JSON of map_cell_types settings")
+        p.add_argument("--signatures", choices=("c2l", "truth"), default="c2l",
+                       help="spotmap: cell2location's signatures (the comparison) or a simulation's true ones")
     a = ap.parse_args(argv)
     a.cases = [c.strip() for c in a.cases.split(",") if c.strip()]
     unknown = set(a.cases) - set(ALL_CASES)

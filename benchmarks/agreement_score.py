@@ -1,9 +1,11 @@
 """spotmap's side of ``benchmarks/agreement_c2l.py`` and the agreement table (imported by it, not run alone).
 
-``cmd_spotmap`` maps every prepared case with spotmap on cell2location's signatures (``<case>/input/``) and
-writes ``<case>/spotmap_<tag>/`` (q05.csv, means.csv, history.csv, post_means.npz, run.json).
+``cmd_spotmap`` maps every prepared case with spotmap on cell2location's signatures (``<case>/input/``; with
+``--signatures truth``, a simulation's true signatures on its counts) and writes ``<case>/spotmap_<tag>/``
+(q05.csv, means.csv, history.csv, post_means.npz, run.json).
 ``cmd_report`` compares each case's ``c2l_<epochs>/`` with ``spotmap_<tag>/`` (and the truth of simulations)
-and writes ``<workdir>/agreement_<tag>.{json,md}``.
+and writes ``<workdir>/agreement_<tag>.{json,md}``; a case without a cell2location fit (or mapped on the true
+signatures) is scored against the truth alone.
 
 Definitions (per case):
 
@@ -43,16 +45,17 @@ def cmd_spotmap(a) -> None:
     settings = json.loads(a.settings)
     for case in a.cases:
         wd = a.workdir / case
-        if not (wd / "input" / "signatures.csv").exists():
-            log(f"{case}: no cell2location signatures yet (run the c2l step first); skipped")
+        sp_path, sig_path = _inputs(wd, a.signatures)
+        if not sig_path.exists():
+            log(f"{case}: no {a.signatures} signatures ({sig_path}); skipped")
             continue
         out = wd / f"spotmap_{a.tag}"
         if (out / "run.json").exists():
             log(f"{case}: spotmap {a.tag} done already")
             continue
         meta = json.loads((wd / "case.json").read_text())
-        sp = ad.read_h5ad(wd / "input" / "sp.h5ad")
-        sig = pd.read_csv(wd / "input" / "signatures.csv", index_col=0)
+        sp = ad.read_h5ad(sp_path)
+        sig = pd.read_csv(sig_path, index_col=0)
         t = time.perf_counter()
         res, hist, mapper = map_cell_types(sp, sig, n_cells_per_location=meta["n_cells"],
                                            detection_alpha=meta["detection_alpha"], seed=a.seed, progress=False,
@@ -68,9 +71,16 @@ def cmd_spotmap(a) -> None:
                             batch=mapper.batch_codes, obs_names=np.asarray(res.obs_names, dtype=str))
         (out / "run.json").write_text(json.dumps({
             "wall_s": wall, "epochs": int(len(hist)), "converged": bool(hist.attrs.get("converged")),
-            "settings": settings, "seed": a.seed, "threads": a.threads, "globals": res.uns["mod"]["globals"],
+            "settings": settings, "signatures": a.signatures, "seed": a.seed, "threads": a.threads, "globals": res.uns["mod"]["globals"],
             "batch_names": mapper.batch_names}, indent=2, default=str))
         log(f"{case}: spotmap {a.tag}: {len(hist)} epochs, {wall:.0f} s")
+
+
+def _inputs(wd: Path, signatures: str) -> tuple[Path, Path]:
+    """(counts, signatures) of a case: cell2location's signatures on the shared genes, or a simulation's truth."""
+    if signatures == "truth":
+        return wd / "sp.h5ad", wd / "sim" / "truth" / "signatures.csv"
+    return wd / "input" / "sp.h5ad", wd / "input" / "signatures.csv"
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -121,12 +131,11 @@ def globals_spotmap(out: Path) -> dict:
 
 
 def against_truth(q05: pd.DataFrame, mean: pd.DataFrame, truth: pd.DataFrame) -> dict:
-    from spotmap.metrics import per_type_pearson, rmse_proportions
+    from spotmap.metrics import per_type_pearson, rmse_counts, rmse_proportions, total_ratio
 
     tr = truth.loc[mean.index, mean.columns]
     return {"r_q05": float(per_type_pearson(q05, tr).median()), "r_mean": float(per_type_pearson(mean, tr).median()),
-            "rmse_counts": float(np.sqrt(((mean - tr) ** 2).mean(1)).mean()),
-            "total_ratio": float(mean.sum(1).mean() / tr.sum(1).mean()),
+            "rmse_counts": rmse_counts(mean, tr), "total_ratio": total_ratio(mean, tr),
             "rmse_proportions": float(rmse_proportions(q05, tr))}
 
 
@@ -137,18 +146,22 @@ def _median_r(x: pd.DataFrame, y: pd.DataFrame) -> float:
 
 
 def c2l_flatness(out: Path) -> dict:
-    """cell2location's -ELBO: mean of the last 1,000 epochs against the 1,000 before (relative change)."""
+    """cell2location's -ELBO: change of the mean of the last 1,000 epochs against the 1,000 before, over the
+    decrease since the first epoch (spotmap's convergence statistic, ``spotmap.training.relative_change``)."""
+    from spotmap.training import relative_change
+
     h = pd.read_csv(out / "history.csv", index_col=0).iloc[:, 0].to_numpy()
-    last, before = h[-1000:].mean(), h[-2000:-1000].mean()
-    return {"elbo_last1000": float(last), "rel_change_last_2x1000": float(abs(last - before) / abs(last))}
+    return {"elbo_last1000": float(h[-1000:].mean()), "rel_change_last_2x1000": relative_change(list(h), 1000)}
 
 
 def score_case(wd: Path, tag: str, epochs: int) -> dict | None:
     import anndata as ad
 
     c2l, sm = wd / f"c2l_{epochs}", wd / f"spotmap_{tag}"
-    if not ((c2l / "timing.json").exists() and (sm / "run.json").exists()):
+    if not (sm / "run.json").exists():
         return None
+    if not (c2l / "timing.json").exists() or json.loads((sm / "run.json").read_text()).get("signatures") == "truth":
+        return _truth_only(wd, sm)  # no cell2location fit to compare with (yet): spotmap against the truth
     sp = ad.read_h5ad(wd / "input" / "sp.h5ad")
     sig = pd.read_csv(wd / "input" / "signatures.csv", index_col=0)
     q = {f"{t}_{k}": pd.read_csv(d / f"{k}.csv", index_col=0) for t, d in (("c2l", c2l), ("sm", sm))
@@ -182,18 +195,29 @@ def score_case(wd: Path, tag: str, epochs: int) -> dict | None:
     return row
 
 
+def _truth_only(wd: Path, sm: Path) -> dict | None:
+    if not (wd / "truth.csv").exists():
+        return None
+    q05, mean = (pd.read_csv(sm / f"{k}.csv", index_col=0) for k in ("q05", "means"))
+    run = json.loads((sm / "run.json").read_text())
+    return {"case": wd.name, "spotmap": globals_spotmap(sm), "spotmap_epochs": run["epochs"],
+            "spotmap_wall_s": run["wall_s"], "signatures": run.get("signatures", "c2l"),
+            "truth_spotmap": against_truth(q05, mean, pd.read_csv(wd / "truth.csv", index_col=0))}
+
+
 def table_md(rows: list[dict]) -> str:
     f = lambda x, p=3: "—" if x is None else f"{x:.{p}f}"  # noqa: E731
     out = ["| case | r tools q05 / means | total spotmap/c2l median [IQR] | y_e c2l / spotmap | median m_g c2l / "
-           "spotmap | median alpha c2l / spotmap | loglik/spot spotmap − c2l | spotmap epochs |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+           "spotmap | median alpha c2l / spotmap | loglik/spot spotmap − c2l | spotmap epochs | c2l −ELBO change, "
+           "last 1,000 epochs |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in (r for r in rows if "r_tools_q05" in r):
         ye = lambda d: ", ".join(f"{v:.3f}" for v in d["y_e"])  # noqa: E731
         out.append(f"| {r['case']} | {f(r['r_tools_q05'])} / {f(r['r_tools_means'])} | {f(r['total_ratio_median'])} "
                    f"[{f(r['total_ratio_q25'])}–{f(r['total_ratio_q75'])}] | {ye(r['c2l'])} / {ye(r['spotmap'])} | "
                    f"{f(r['c2l']['m_g_median'])} / {f(r['spotmap']['m_g_median'])} | {f(r['c2l']['alpha_median'], 1)} / "
                    f"{f(r['spotmap']['alpha_median'], 1)} | {f(r['loglik_per_spot_spotmap'] - r['loglik_per_spot_c2l'], 2)} "
-                   f"| {r['spotmap_epochs']} |")
+                   f"| {r['spotmap_epochs']} | {r['rel_change_last_2x1000']:.1e} |")
     seeds = [r for r in rows if "c2l_seeds" in r]
     if seeds:
         out += ["", "| case | cell2location seed 1 vs seed 0: r q05 / means | total ratio median |", "|---|---|---|"]
@@ -205,7 +229,8 @@ def table_md(rows: list[dict]) -> str:
                 "|---|---|---|---|---|---|"]
         for r in sims:
             for name, key in (("cell2location 3,000", "truth_c2l_3000"), ("cell2location 30,000", "truth_c2l"),
-                              ("spotmap", "truth_spotmap")):
+                              (f"spotmap ({r.get('signatures', 'c2l')} signatures, {r['spotmap_epochs']} epochs)",
+                               "truth_spotmap")):
                 if key in r:
                     t = r[key]
                     out.append(f"| {r['case']} | {name} | {f(t['r_q05'])} | {f(t['rmse_counts'])} | "

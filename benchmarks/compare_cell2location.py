@@ -18,7 +18,9 @@ For each simulator setting this script
 Every method gets the same counts and the **true** signatures (``truth/signatures.csv``), so only
 the mapping differs. Metrics (:mod:`spotmap.metrics`) use the q05 posterior abundance (as spotless,
 whose proportions are row-normalised q05) and also the posterior mean: median per-type Pearson r
-against the true cell numbers, RMSE of proportions, AUPR of presence (scored on proportions).
+against the true cell numbers, RMSE of proportions, AUPR of presence (scored on proportions), and the absolute
+scale: RMSE of cell counts per spot and estimated / true total cells (:func:`spotmap.metrics.rmse_counts`,
+:func:`spotmap.metrics.total_ratio`).
 
 Wall times are for fitting (model setup + training + posterior export), without the Python imports;
 cell2location's import time and total subprocess time are reported as well. Torch uses
@@ -124,7 +126,8 @@ def score(est, truth) -> dict:
     from spotmap.metrics import evaluate
 
     m = evaluate(est, truth)
-    return {k: m[k] for k in ("median_pearson", "mean_pearson", "min_pearson", "rmse_proportions", "aupr")} | {
+    keys = ("median_pearson", "mean_pearson", "min_pearson", "rmse_proportions", "aupr", "rmse_counts", "total_ratio")
+    return {k: m[k] for k in keys} | {
         "per_type_pearson": m["per_type_pearson"]}
 
 
@@ -218,13 +221,14 @@ def fmt(x, spec=".3f") -> str:
 
 def table_md(rows: list[dict]) -> str:
     head = ("| setting | method | summary | epochs | fit wall (s) | train (s) | s/epoch | median r | "
-            "RMSE prop. | AUPR |\n|---|---|---|---|---|---|---|---|---|---|")
+            "RMSE prop. | AUPR | RMSE counts | est./true total |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['setting']} | {r['method']}{' (curve)' if r.get('curve') else ''}"
                      f"{' (checkpoint)' if r.get('checkpoint') else ''} | {r['summary']} | {fmt(r['epochs'], 'd')} | "
                      f"{fmt(r['wall_s'], '.1f')} | {fmt(r.get('train_s'), '.1f')} | {fmt(r['s_per_epoch'], '.4f')} | "
-                     f"{r['median_pearson']:.3f} | {r['rmse_proportions']:.4f} | {r['aupr']:.3f} |")
+                     f"{r['median_pearson']:.3f} | {r['rmse_proportions']:.4f} | {r['aupr']:.3f} | "
+                     f"{fmt(r.get('rmse_counts'))} | {fmt(r.get('total_ratio'))} |")
     return "\n".join(lines)
 
 

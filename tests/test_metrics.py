@@ -46,6 +46,16 @@ def test_scaled_estimate_keeps_r_and_proportions(truth):
     assert rmse_proportions(est, truth) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_absolute_metrics_see_the_scale_that_r_and_proportions_miss(truth):
+    m = evaluate(truth * 0.5, truth)
+    assert m["median_pearson"] == pytest.approx(1.0) and m["rmse_proportions"] == pytest.approx(0.0, abs=1e-12)
+    assert m["total_ratio"] == pytest.approx(0.5)
+    expected = np.mean(np.sqrt(((0.5 * truth.to_numpy()) ** 2).mean(1)))  # |0.5 t - t| per spot and type
+    assert m["rmse_counts"] == pytest.approx(expected) and m["rmse_counts"] > 0.5
+    exact = evaluate(truth.copy(), truth)
+    assert exact["total_ratio"] == pytest.approx(1.0) and exact["rmse_counts"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_shuffled_estimate_is_worse(truth):
     rng = np.random.default_rng(1)
     est = pd.DataFrame(truth.to_numpy()[rng.permutation(len(truth))], index=truth.index, columns=truth.columns)

@@ -124,6 +124,22 @@ def rmse_proportions(est: pd.DataFrame, truth: pd.DataFrame) -> float:
     return float(np.mean(np.sqrt(((p - q) ** 2).mean(1))))
 
 
+def rmse_counts(est: pd.DataFrame, truth: pd.DataFrame) -> float:
+    """Mean over spots of the RMSE over types between estimated and true cells per spot (cells; absolute
+    scale, unlike the proportions)."""
+    e, t = align(est, truth)
+    return float(np.mean(np.sqrt(((e.to_numpy() - t.to_numpy()) ** 2).mean(1))))
+
+
+def total_ratio(est: pd.DataFrame, truth: pd.DataFrame) -> float:
+    """Estimated / true mean total cells per spot (1 = the right absolute number of cells)."""
+    e, t = align(est, truth)
+    true_total = float(t.to_numpy().sum(1).mean())
+    if true_total <= 0:
+        raise SpotmapError("every spot of the truth is empty: the ratio of totals is undefined")
+    return float(e.to_numpy().sum(1).mean()) / true_total
+
+
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """Average precision: Σ_k (R_k − R_{k−1}) · P_k over the distinct score thresholds, high to low.
 
@@ -202,8 +218,9 @@ def nnls_abundance(adata, signatures: pd.DataFrame, chunk: int = 2048) -> pd.Dat
 def evaluate(est: pd.DataFrame, truth: pd.DataFrame) -> dict:
     """All metrics of ``est`` against ``truth``.
 
-    Returns ``{'median_pearson', 'mean_pearson', 'min_pearson', 'rmse_proportions', 'aupr',
-    'n_spots', 'n_types', 'per_type_pearson'}``; AUPR is scored on proportions (scale-free, as spotless).
+    Returns ``{'median_pearson', 'mean_pearson', 'min_pearson', 'rmse_proportions', 'aupr', 'rmse_counts',
+    'total_ratio', 'n_spots', 'n_types', 'per_type_pearson'}``; AUPR is scored on proportions (scale-free, as
+    spotless); ``rmse_counts`` and ``total_ratio`` measure the absolute number of cells.
     """
     e, t = align(est, truth)
     r = per_type_pearson(e, t)
@@ -214,6 +231,8 @@ def evaluate(est: pd.DataFrame, truth: pd.DataFrame) -> dict:
         "min_pearson": float(rv.min()),
         "rmse_proportions": rmse_proportions(e, t),
         "aupr": aupr_presence(proportions(e), t),
+        "rmse_counts": rmse_counts(e, t),
+        "total_ratio": total_ratio(e, t),
         "n_spots": int(t.shape[0]),
         "n_types": int(t.shape[1]),
         "per_type_pearson": r.to_dict(),
