@@ -112,10 +112,19 @@ def detection_mean_from_data(X: sp.csr_matrix, g_fg: np.ndarray, n_cells_per_loc
     return float(spot_totals.mean() / n_cells_per_location / g_fg.sum(1).mean())
 
 
+#: shape a of the Gamma(a, a) factor (mean 1, sd 1/sqrt(a)) that draws each restart's initial w_sf around N/F
+START_SHAPE = 1.0
+#: shape b of the Gamma(b, b) factor per cell type (shared by every spot) of each restart's initial w_sf
+START_TYPE_SHAPE = float("inf")
+#: fraction of the separating genes a restart's factorisation uses (a random subset; 1: all of them)
+START_GENE_FRACTION = 1.0
+
+
 def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, priors: MappingPriors,
                    iterations: int = 30, max_genes: int = 2000,
                    batch: np.ndarray | None = None, sparse: bool = False,
-                   device: torch.device | None = None) -> dict[str, np.ndarray]:
+                   device: torch.device | None = None,
+                   rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """Initial values of w_sf, m_g and n_s: a quick Poisson NMF of the counts on the fixed signatures.
 
     Detection starts per batch at ``y_e = detection_mean · (mean total counts of the batch / mean over all
@@ -141,10 +150,17 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     mean_g = g_fg.mean(0)
     score = np.log((g_fg.max(0) + 1e-12) / (mean_g + 1e-12)) + 0.25 * np.log(mean_g + 1e-12)
     genes = np.arange(G) if (G <= max_genes or sparse) else np.sort(np.argsort(-score, kind="stable")[:max_genes])
+    if rng is not None and START_GENE_FRACTION < 1 and not sparse:
+        genes = np.sort(rng.choice(genes, size=max(F, int(round(START_GENE_FRACTION * len(genes)))), replace=False))
     D = None if sparse else torch.as_tensor(X[:, genes].toarray(), dtype=torch.float32)
     col_total = torch.as_tensor(np.asarray(X.sum(0, dtype=np.float64)).ravel(), dtype=torch.float32)
     g = torch.as_tensor(g_fg, dtype=torch.float32)
-    w = torch.full((S, F), priors.N_cells_per_location / F, dtype=torch.float32)
+    w0 = np.full((S, F), priors.N_cells_per_location / F)
+    if rng is not None and np.isfinite(START_SHAPE):
+        w0 = w0 * rng.gamma(START_SHAPE, 1.0 / START_SHAPE, size=(S, F))
+    if rng is not None and np.isfinite(START_TYPE_SHAPE):
+        w0 = w0 * rng.gamma(START_TYPE_SHAPE, 1.0 / START_TYPE_SHAPE, size=(1, F))
+    w = torch.as_tensor(w0, dtype=torch.float32)
     batch = np.zeros(S, dtype=np.int64) if batch is None else np.asarray(batch, dtype=np.int64)
     totals = np.asarray(X.sum(1, dtype=np.float64)).ravel()
     E = int(batch.max()) + 1 if S else 1
@@ -256,7 +272,8 @@ class SpatialMapper:
         if self._module is None:
             init = initial_values(self.X, self.g_fg, self.detection_mean, self.priors,
                                   iterations=self.settings.init_iterations, batch=self.batch_codes,
-                                  sparse=self.sparse, device=self.device)
+                                  sparse=self.sparse, device=self.device,
+                                  rng=np.random.default_rng(self.settings.seed))
             if self.sparse:
                 s_g = self.priors.gene_add_mean_hyp[0] / self.priors.gene_add_mean_hyp[1]   # prior mean of s_eg
                 self.exact_genes = choose_exact_genes(init["w_sf"], init["y_s"], init["m_g"] * self.g_fg,
