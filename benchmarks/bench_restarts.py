@@ -23,11 +23,12 @@ seed), every aggregation ``spotmap.aggregate.aggregate`` with its defaults:
     Run it once with the code to compare against on ``PYTHONPATH`` (e.g. an export of the branch point) and
     once with this one; only APIs both have are used.
 
-Start variants (``--variants``, comma-separated; ``twins`` and ``missing`` only): ``det`` — the deterministic
-start (every restart's factorisation from w_sf = N/F, this code with ``START_SHAPE = inf``); ``gamma<a>`` —
-w_sf⁽⁰⁾ = N/F · Gamma(a, a) drawn from the seed (``START_SHAPE = a``); ``half`` or ``gamma<a>+half`` — the
-factorisation on a random half of the separating genes (``START_GENE_FRACTION = 0.5``); ``default`` — the
-code's own defaults.
+Start variants (``--variants``, comma-separated; ``twins`` and ``missing`` only), set through
+``spotmap.mapping.start``'s ``START_SPOT_SHAPE`` / ``START_TYPE_SHAPE``: ``det`` — the deterministic start
+(every restart's factorisation from w_sf = N/F, both shapes inf); ``gamma<a>`` — w_sf⁽⁰⁾ = N/F · Gamma(a, a)
+per spot and type; ``type<b>`` — N/F · Gamma(b, b) per type (shared by all spots); ``type<b>+gamma<a>`` —
+both; ``default`` — the code's own defaults (``type1+gamma1``). (``half``, the factorisation on a random half
+of the separating genes, was measured at commit f4fb9da, whose ``START_GENE_FRACTION`` knob is gone.)
 
 Usage::
 
@@ -137,23 +138,21 @@ def set_variant(variant: str) -> None:
     """Point the start at ``variant`` (see the module docstring)."""
     import math
 
-    import spotmap.mapping.model as M
-
     if variant == "default":
         return
-    if not hasattr(M, "START_SHAPE"):
-        raise SystemExit(f"variant {variant!r} needs a spotmap with random starts (START_SHAPE)")
-    M.START_SHAPE, M.START_GENE_FRACTION, M.START_TYPE_SHAPE = math.inf, 1.0, math.inf
+    try:
+        import spotmap.mapping.start as M
+    except ImportError:
+        raise SystemExit(f"variant {variant!r} needs a spotmap with random starts (spotmap.mapping.start)") from None
+    M.START_SPOT_SHAPE, M.START_TYPE_SHAPE = math.inf, math.inf
     for part in variant.split("+"):
         if part == "det":
-            M.START_SHAPE = math.inf
+            continue
         elif part.startswith("gamma"):
-            M.START_SHAPE = float(part[5:])
+            M.START_SPOT_SHAPE = float(part[5:])
         elif part.startswith("type"):
             M.START_TYPE_SHAPE = float(part[4:])
-        elif part == "half":
-            M.START_GENE_FRACTION = 0.5
-        else:
+        else:  # 'half' (a random half of the genes) was measured at commit f4fb9da (START_GENE_FRACTION)
             raise SystemExit(f"unknown variant part {part!r}")
 
 
@@ -299,7 +298,10 @@ def run_accuracy(a) -> list[dict]:
                "stability_flagged": int(res.stability["flagged"].sum()),
                "restarts_flagged": int(res.restarts["flagged"].sum()),
                "per_restart_median_r_q05": {n: evaluate(table(r, "q05"), truth)["median_pearson"]
-                                            for n, r in results.items()}}
+                                            for n, r in results.items()},
+               "totals": totals(results).round(2).to_dict(orient="index"),
+               "true_totals": {k: float(v) for k, v in t.sum().items()},
+               "stability": res.stability.set_index("cell_type")["stability"].round(4).to_dict()}
         rows.append(row)
         log(f"  {json.dumps({k: row[k] for k in ('median_r_q05', 'rmse_cells', 'total_ratio_est_true', 'wall_s', 'cpu_s', 'epochs', 'used')})}")
     return rows

@@ -144,7 +144,8 @@ def test_cli_defaults_come_from_the_dataclasses():
                 "window": S.window, "likelihood": S.likelihood, "sparse_mu_max": S.sparse_mu_max,
                 "init_iterations": S.init_iterations},
         "run": {"detection_alpha": R.detection_alpha, "restarts": R.restarts, "seed": R.seed,
-                "labels_key": R.labels_key, "mapping_mode": R.mapping_mode, "device": R.device},
+                "labels_key": R.labels_key, "mapping_mode": R.mapping_mode, "device": R.device,
+                "keep_flagged": R.keep_flagged},
         "signatures": {"batch_size": T.batch_size, "lr": T.lr, "seed": T.seed},
         "simulate": {f: getattr(Sim, f) for f in ("n_cells", "n_spots", "n_bins", "n_genes", "n_cell_types",
                                                    "n_samples", "n_batches", "cells_per_spot", "cells_per_bin",
@@ -154,6 +155,22 @@ def test_cli_defaults_come_from_the_dataclasses():
         got = _option_defaults(command)
         wrong = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
         assert not wrong, f"spotmap {command}: option default != dataclass default: {wrong}"
+
+
+def test_keep_flagged_has_one_default_everywhere():
+    """Flagged restarts are left out of the consensus by default in `spotmap aggregate`, its step and core
+    functions, `spotmap run` (RunParams) and the pipeline (nextflow.config, the schema: checked above)."""
+    import inspect
+
+    from spotmap.aggregate import aggregate, aggregate_restarts
+    from spotmap.steps import aggregate as aggregate_step
+    from spotmap.workflow import RunParams
+
+    want = RunParams().keep_flagged
+    assert want is False and CONFIG["keep_flagged"] is False and SCHEMA["keep_flagged"]["type"] == "boolean"
+    for fn in (aggregate, aggregate_restarts, aggregate_step.run):
+        assert inspect.signature(fn).parameters["keep_flagged"].default is want, fn
+    assert _option_defaults("aggregate")["keep_flagged"] is want and _option_defaults("run")["keep_flagged"] is want
 
 
 def test_detection_alpha_is_written_once_in_src():

@@ -170,6 +170,27 @@ def _consensus_info(rs_all: list[Restart], names: list[str], excluded: list[str]
     }
 
 
+def _type_stability(stats, names: list[str], factors: list[str], stability: str, threshold: float,
+                    total_ratio: float) -> tuple[pd.DataFrame, pd.DataFrame, list, np.ndarray]:
+    """``(stability table, pairs table, restart pairs, their correlations)`` of the pooled restarts: per type the
+    correlation of the maps and the ratio of the totals between restart pairs, and the flags they raise."""
+    S = stats.n
+    pairs, corr = pair_correlations(stats)
+    log_ratios = pair_log_ratios(stats, pairs)
+    scores, ratios = score(corr, stability), ratio_score(log_ratios, stability)
+    t_flags = {"correlation": np.nan_to_num(scores, nan=np.inf) < threshold,
+               "total_ratio": np.nan_to_num(ratios, nan=-np.inf) > total_ratio}
+    stab_df = pd.DataFrame({"cell_type": factors, "stability": scores,
+                            "flagged": t_flags["correlation"] | t_flags["total_ratio"], "total_ratio": ratios,
+                            "total_cells": stats.mean.mean(0) * S, "flagged_by": _flagged_by(t_flags)})
+    pairs_df = pd.DataFrame([
+        {"cell_type": f, "restart_a": names[i], "restart_b": names[j], "correlation": float(corr[p, k]),
+         "total_ratio": float(np.exp(log_ratios[p, k]))}
+        for p, (i, j) in enumerate(pairs) for k, f in enumerate(factors)],
+        columns=["cell_type", "restart_a", "restart_b", "correlation", "total_ratio"])
+    return stab_df, pairs_df, pairs, corr
+
+
 def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOLD, stability: str = "median",
               agreement_threshold: float | None = None, elbo_gap: float = DEFAULT_ELBO_GAP,
               total_ratio: float = DEFAULT_TOTAL_RATIO, keep_flagged: bool = False,
@@ -235,21 +256,7 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
     rs = [rs_all[i] for i in keep]
     names = [r.name for r in rs]
     stats = stats_all if len(keep) == len(rs_all) else map_stats(mean_chunks(rs, S), with_ref=False)
-
-    # cell-type stability: correlation of the maps and ratio of the totals between restart pairs
-    pairs, corr = pair_correlations(stats)
-    log_ratios = pair_log_ratios(stats, pairs)
-    scores, ratios = score(corr, stability), ratio_score(log_ratios, stability)
-    t_flags = {"correlation": np.nan_to_num(scores, nan=np.inf) < threshold,
-               "total_ratio": np.nan_to_num(ratios, nan=-np.inf) > total_ratio}
-    stab_df = pd.DataFrame({"cell_type": factors, "stability": scores,
-                            "flagged": t_flags["correlation"] | t_flags["total_ratio"], "total_ratio": ratios,
-                            "total_cells": stats.mean.mean(0) * S, "flagged_by": _flagged_by(t_flags)})
-    pairs_df = pd.DataFrame([
-        {"cell_type": f, "restart_a": names[i], "restart_b": names[j], "correlation": float(corr[p, k]),
-         "total_ratio": float(np.exp(log_ratios[p, k]))}
-        for p, (i, j) in enumerate(pairs) for k, f in enumerate(factors)],
-        columns=["cell_type", "restart_a", "restart_b", "correlation", "total_ratio"])
+    stab_df, pairs_df, pairs, corr = _type_stability(stats, names, factors, stability, threshold, total_ratio)
 
     # consensus: the spots, genes and counts of the first restart (identical in every restart)
     cons = _consensus(adatas[names_all[0]], rs, factors)

@@ -31,7 +31,7 @@ from spotmap.errors import SpotmapError
               help="Cell types whose total cells differ between restarts by more than this factor (median over "
                    "restart pairs) are flagged, and restarts whose totals differ from the median restart's by more "
                    "than it (median over cell types).")
-@click.option("--keep-flagged", is_flag=True,
+@click.option("--keep-flagged", is_flag=True, default=False,
               help="Pool flagged restarts into the consensus and the cell-type stability too (by default they are "
                    "left out; when every restart is flagged the best by final -ELBO is kept alone).")
 @click.option("--exclude-flagged", is_flag=True,
