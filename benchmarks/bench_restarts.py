@@ -27,7 +27,7 @@ Start variants (``--variants``, comma-separated; ``twins`` and ``missing`` only)
 ``spotmap.mapping.start``'s ``START_SPOT_SHAPE`` / ``START_TYPE_SHAPE``: ``det`` — the deterministic start
 (every restart's factorisation from w_sf = N/F, both shapes inf); ``gamma<a>`` — w_sf⁽⁰⁾ = N/F · Gamma(a, a)
 per spot and type; ``type<b>`` — N/F · Gamma(b, b) per type (shared by all spots); ``type<b>+gamma<a>`` —
-both; ``default`` — the code's own defaults (``type1+gamma1``). (``half``, the factorisation on a random half
+both; ``default`` — the code's own defaults (``type2+gamma1``). (``half``, the factorisation on a random half
 of the separating genes, was measured at commit f4fb9da, whose ``START_GENE_FRACTION`` knob is gone.)
 
 Usage::
@@ -156,14 +156,15 @@ def set_variant(variant: str) -> None:
             raise SystemExit(f"unknown variant part {part!r}")
 
 
-def restarts(adata, sig, seeds=SEEDS):
-    """``({restart name: result}, {name: history}, wall s, CPU s)`` of one fit per seed, defaults otherwise."""
+def restarts(adata, sig, seeds=SEEDS, settings: dict | None = None):
+    """``({restart name: result}, {name: history}, wall s, CPU s)`` of one fit per seed, defaults otherwise
+    (or ``settings``, more map_cell_types settings)."""
     from spotmap.mapping import map_cell_types
 
     out, hists, wall, cpu = {}, {}, 0.0, 0.0
     for seed in seeds:
         t, c = time.perf_counter(), time.process_time()
-        res, hist = map_cell_types(adata.copy(), sig, seed=seed, progress=False, device="cpu")
+        res, hist = map_cell_types(adata.copy(), sig, seed=seed, progress=False, device="cpu", **(settings or {}))
         wall += time.perf_counter() - t
         cpu += time.process_time() - c
         out[f"restart_{seed}"], hists[f"restart_{seed}"] = res, hist
@@ -233,7 +234,7 @@ def run_twins(a, missing: bool = False) -> list[dict]:
     for variant in a.variants.split(","):
         set_variant(variant)
         log(f"variant {variant}")
-        results, hists, wall, cpu = restarts(adata, sig, a.restart_seeds)
+        results, hists, wall, cpu = restarts(adata, sig, a.restart_seeds, a.map_settings)
         res, agg_wall, _ = aggregate_all(results, hists)
         tot = totals(results)
         stab = res.stability.set_index("cell_type")
@@ -261,7 +262,7 @@ def run_twins(a, missing: bool = False) -> list[dict]:
             row["twins_share_a"] = [float(x) for x in tw[:, 0] / tw.sum(1)]
             row["twins_total_log_ratio"] = float(np.log(tw[:, 0].max() / tw[:, 0].min()))
         common = [t for t in others if t in truth.columns]
-        for name, var in (("variant", variant), ("restart_seeds", a.restart_seeds)):
+        for name, var in (("variant", variant), ("restart_seeds", a.restart_seeds), ("map_settings", a.map_settings)):
             row[name] = var
         row["others_median_stability"] = float(stab.loc[others, "stability"].median())
         row["others_flagged"] = int(stab.loc[others, "flagged"].sum())
@@ -284,13 +285,14 @@ def run_accuracy(a) -> list[dict]:
         wd.mkdir(parents=True, exist_ok=True)
         adata, sig, truth, _ = load_case(s, wd, a.seed)
         log(f"{s}: {adata.n_obs} spots × {adata.n_vars} genes × {sig.shape[1]} types")
-        results, hists, wall, cpu = restarts(adata, sig, a.restart_seeds)
+        set_variant(a.variants)
+        results, hists, wall, cpu = restarts(adata, sig, a.restart_seeds, a.map_settings)
         res, agg_wall, agg_cpu = aggregate_all(results, hists)
         q05, means = table(res.consensus, "q05"), table(res.consensus, "means")
         t = truth.loc[means.index, means.columns]
         rmse = float(np.sqrt(((means - t) ** 2).mean(1)).mean())
         used = res.consensus.uns["mod"]["consensus"]["used"]
-        row = {"setting": s, "median_r_q05": evaluate(q05, truth)["median_pearson"],
+        row = {"setting": s, "variant": a.variants, "map_settings": a.map_settings, "median_r_q05": evaluate(q05, truth)["median_pearson"],
                "median_r_means": evaluate(means, truth)["median_pearson"], "rmse_cells": rmse,
                "total_ratio_est_true": float(means.to_numpy().sum() / t.to_numpy().sum()),
                "wall_s": wall + agg_wall, "cpu_s": cpu + agg_cpu,
@@ -307,10 +309,48 @@ def run_accuracy(a) -> list[dict]:
     return rows
 
 
+def _pair_ratios(totals: dict) -> dict:
+    """{type: exp(median over restart pairs of |log(T_a / T_b)|)} from {restart: {type: total}}."""
+    import itertools
+
+    import numpy as np
+
+    names = list(totals)
+    return {t: float(np.exp(np.median([abs(np.log(totals[a][t] / totals[b][t]))
+                                       for a, b in itertools.combinations(names, 2)]))) for t in totals[names[0]]}
+
+
+def summarise(files: list[str]) -> None:
+    """Markdown rows of earlier runs' JSON files (twins / missing / accuracy)."""
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        m = d["meta"]
+        print(f"\n{f}: {m['started']} – {m['finished']}, load {m['loadavg_1min']:.1f}, {m['git_head']}, {m['argv']}")
+        for r in d["rows"]:
+            ratios = _pair_ratios(r["totals"])
+            if "setting" in r:
+                print(f"| {r['setting']} | {r.get('variant', '')} | {r['median_r_q05']:.4f} | {r['rmse_cells']:.4f} | "
+                      f"{r['total_ratio_est_true']:.3f} | {r['wall_s']:.0f} | {r['cpu_s']:.1f} | "
+                      f"{', '.join(map(str, r['epochs']))} | {max(ratios.values()):.3f} | "
+                      f"{min(r['stability'].values()):.3f} | {r['stability_flagged']} / {r['restarts_flagged']} |")
+                continue
+            twins = r.get("twins", [])
+            others = {t: v for t, v in ratios.items() if t not in twins}
+            tw = " / ".join(f"{r['stability'][t]:.3f}, {ratios[t]:.2f}{' F' if r['flagged'][t] else ''}" for t in twins)
+            print(f"| {r['variant']} | {','.join(map(str, r.get('restart_seeds', SEEDS)))} | {tw or '—'} | "
+                  f"{', '.join(f'{x:.2f}' for x in r.get('twins_share_a', [])) or '—'} | "
+                  f"{r.get('twins_sum_r_means', float('nan')):.3f} / {r.get('twins_sum_r', float('nan')):.3f} | "
+                  f"{r['others_median_stability']:.3f} | {min(r['stability'][t] for t in others):.3f} | "
+                  f"{max(others.values()):.3f} ({max(others, key=others.get)}) | {r['others_flagged']} | "
+                  f"{sum(bool(v) for v in r['restarts']['flagged'].values())} | {r['others_median_r_q05']:.4f} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("twins", "missing", "accuracy"))
-    ap.add_argument("--variants", default="default", help="start variants (twins, missing); see above")
+    ap.add_argument("what", choices=("twins", "missing", "accuracy", "summarise"))
+    ap.add_argument("files", nargs="*", help="summarise: the JSON files of earlier runs")
+    ap.add_argument("--variants", default="default", help="start variants (twins, missing; accuracy: one); see above")
+    ap.add_argument("--map-settings", default={}, type=json.loads, help="JSON of more map_cell_types settings")
     ap.add_argument("--settings", default="default,rare,batch,lowdepth", help="accuracy: compare_cell2location settings")
     ap.add_argument("--spots", type=int, default=400)
     ap.add_argument("--genes", type=int, default=2000)
@@ -321,6 +361,9 @@ def main(argv=None) -> int:
     ap.add_argument("--label", default="", help="name of this run in the JSON (e.g. 'before')")
     ap.add_argument("--outdir", default=str(Path(tempfile.gettempdir()) / "spotmap-bench-restarts"))
     a = ap.parse_args(argv)
+    if a.what == "summarise":
+        summarise(a.files)
+        return 0
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     import torch
 

@@ -149,9 +149,9 @@ def test_same_seed_bit_identical_other_seed_differs(case):
 
 
 def test_each_seed_starts_from_its_own_random_point(case):
-    """Restarts start apart: the factorisation that initialises w_sf starts from N/F · a_sf · b_f (a, b
-    exponential, mean 1) drawn from the seed — the same seed gives the same start bit for bit, another seed
-    another start; without a generator the start is N/F everywhere."""
+    """Restarts start apart: the factorisation that initialises w_sf starts from N/F · a_sf · b_f (Gamma
+    factors of mean 1, per spot and type and per type) drawn from the seed — the same seed gives the same start
+    bit for bit, another seed another start; without a generator the start is N/F everywhere."""
     from spotmap.io.genes import match_genes
     from spotmap.mapping import MappingSettings, SpatialMapper
     from spotmap.mapping.start import start_abundance

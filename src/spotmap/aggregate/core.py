@@ -22,8 +22,8 @@ from spotmap.utils import log
 DEFAULT_THRESHOLD = 0.8
 DEFAULT_ELBO_GAP = 0.1
 #: cell types (restarts) whose total cells differ between restarts by more than this factor are flagged; chosen
-#: by measurement (benchmarks/RESULTS_aggregate.md): identifiable types differ by at most ~1.1 between restarts
-#: from independent starts, two signatures that cannot be told apart by 1.7 and more
+#: between the ratios of identifiable types and of two signatures that cannot be told apart, as measured from
+#: independent starts (benchmarks/RESULTS_aggregate.md)
 DEFAULT_TOTAL_RATIO = 1.25
 
 
@@ -34,7 +34,7 @@ class AggregateResult:
     consensus: ad.AnnData
     stability: pd.DataFrame          #: cell_type, stability, flagged, total_ratio, total_cells, flagged_by
     restarts: pd.DataFrame           #: restart, elbo, agreement, flagged, total_ratio, total_cells, used, flagged_by
-    pairs: pd.DataFrame              #: cell_type, restart_a, restart_b, correlation (long format)
+    pairs: pd.DataFrame              #: cell_type, restart_a, restart_b, correlation, total_ratio (long format)
     summary: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
