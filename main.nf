@@ -86,7 +86,7 @@ workflow {
         }
         ch_signatures = params.signatures ? channel.fromPath(params.signatures, checkIfExists: true) : channel.empty()
 
-        SPOTMAP(ch_samples, ch_reference, ch_signatures, seeds, ch_versions, isTrue(params.skip_multiqc))
+        SPOTMAP(ch_samples, ch_reference, ch_signatures, seeds, ch_versions, isTrue(params.skip_multiqc), isTrue(params.skip_colocation))
     }
 }
 

@@ -132,7 +132,7 @@ def cmd_c2l(a) -> None:
     for case in a.cases:
         wd = a.workdir / case
         meta = json.loads((wd / "case.json").read_text())
-        sig_dir = wd / "c2l_signatures"
+        sig_dir = wd / "c2l_signatures"  # always seed 0's: another seed refits the spatial model only
         if not (sig_dir / "signatures.csv").exists():
             args = ["--reference", meta["reference"], "--labels-key", meta["labels_key"], "--out", sig_dir,
                     "--seed", a.seed]
@@ -140,7 +140,7 @@ def cmd_c2l(a) -> None:
             args += ["--filter-genes"] if meta["filter_genes"] else []
             sig_dir.mkdir(parents=True, exist_ok=True)
             _c2l(a.c2l_python, "c2l_signatures_runner.py", args, a.threads, wd / "c2l_signatures.log")
-        out = wd / f"c2l_{a.epochs}"
+        out = wd / (f"c2l_{a.epochs}" if a.seed == 0 else f"c2l_{a.epochs}_seed{a.seed}")  # seed 0: the comparison
         if (out / "timing.json").exists():
             log(f"{case}: cell2location {a.epochs} epochs done already")
             continue

@@ -64,7 +64,7 @@ def cmd_spotmap(a) -> None:
         hist.to_csv(out / "history.csv", index=False)
         pm = mapper.posterior_mean
         np.savez_compressed(out / "post_means.npz", w_sf=pm("w_sf"), m_g=pm("m_g"), y_s=pm("y_s"), s_eg=pm("s_eg"),
-                            alpha_eg_inv=pm("alpha_eg_inv"), y_e=pm("y_e"),
+                            alpha_eg_inv=pm("alpha_eg_inv"), y_e=mapper.detection,
                             batch=mapper.batch_codes, obs_names=np.asarray(res.obs_names, dtype=str))
         (out / "run.json").write_text(json.dumps({
             "wall_s": wall, "epochs": int(len(hist)), "converged": bool(hist.attrs.get("converged")),
@@ -165,6 +165,12 @@ def score_case(wd: Path, tag: str, epochs: int) -> dict | None:
            "loglik_per_spot_spotmap": float(ll_s.mean()), "loglik_per_spot_c2l": float(ll_c.mean()),
            "spotmap_epochs": run["epochs"], "spotmap_wall_s": run["wall_s"],
            "c2l_train_s": json.loads((c2l / "timing.json").read_text())["train_seconds"], **c2l_flatness(c2l)}
+    seed1 = wd / f"c2l_{epochs}_seed1"
+    if (seed1 / "q05.csv").exists():  # cell2location against itself: how far two of its own seeds agree
+        o_q, o_m = (pd.read_csv(seed1 / f"{k}.csv", index_col=0) for k in ("q05", "means"))
+        self_ratio = o_m.sum(1).loc[tot_c.index] / tot_c
+        row["c2l_seeds"] = {"r_q05": _median_r(o_q, q["c2l_q05"]), "r_means": _median_r(o_m, q["c2l_means"]),
+                            "total_ratio_median": float(self_ratio.median())}
     if (wd / "truth.csv").exists():
         truth = pd.read_csv(wd / "truth.csv", index_col=0)
         row["truth_spotmap"] = against_truth(q["sm_q05"], q["sm_means"], truth)
@@ -188,6 +194,11 @@ def table_md(rows: list[dict]) -> str:
                    f"{f(r['c2l']['m_g_median'])} / {f(r['spotmap']['m_g_median'])} | {f(r['c2l']['alpha_median'], 1)} / "
                    f"{f(r['spotmap']['alpha_median'], 1)} | {f(r['loglik_per_spot_spotmap'] - r['loglik_per_spot_c2l'], 2)} "
                    f"| {r['spotmap_epochs']} |")
+    seeds = [r for r in rows if "c2l_seeds" in r]
+    if seeds:
+        out += ["", "| case | cell2location seed 1 vs seed 0: r q05 / means | total ratio median |", "|---|---|---|"]
+        out += [f"| {r['case']} | {f(r['c2l_seeds']['r_q05'])} / {f(r['c2l_seeds']['r_means'])} | "
+                f"{f(r['c2l_seeds']['total_ratio_median'])} |" for r in seeds]
     sims = [r for r in rows if "truth_spotmap" in r]
     if sims:
         out += ["", "| case | fit | per-type r (q05) | RMSE of cell counts | estimated / true total | RMSE prop. |",

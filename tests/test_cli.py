@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from spotmap.cli import cli
 
-STEPS = ["qc", "signatures", "map", "aggregate", "report", "run", "simulate", "demo"]
+STEPS = ["qc", "signatures", "map", "aggregate", "colocation", "report", "run", "simulate", "demo"]
 
 
 def test_version():

@@ -287,3 +287,19 @@ def test_plots_select_no_backend(tmp_path):
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot loaded'; assert raw() == before, raw()")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     assert (tmp_path / "f.png").exists()
+
+
+def test_a_range_of_factor_numbers_is_cut_at_the_number_of_types():
+    """5-30 on 4 types fits 4 factors only (and says why); a single number or a list is kept as given."""
+    from spotmap.colocation.inputs import factor_numbers
+
+    assert factor_numbers(None, 100, 19, (5, 30)) == list(range(5, 20))
+    assert factor_numbers("5-30", 100, 4, (5, 30)) == [4] == factor_numbers((5, 30), 100, 4, (5, 30))
+    assert factor_numbers(6, 100, 4, (5, 30)) == [6] and factor_numbers([2, 9], 100, 4, (5, 30)) == [2, 9]
+    with pytest.raises(SpotmapError, match=r"fewer spots \(10\) than factors \(19\)"):
+        factor_numbers(None, 10, 19, (5, 30))
+    t = structured_tissue(n_spots=300, n_groups=2, types_per_group=2, n_widespread=0, seed=0)
+    res = colocation.find_factors(t.abundance)
+    assert list(res.fits["n_factors"]) == [4] and res.reason == "4 factors: the range 5-30 cut at the 4 cell types"
+    res = colocation.find_factors(t.abundance, "2-30")
+    assert list(res.fits["n_factors"]) == [2, 3, 4] and res.reason.endswith("(numbers above the 4 cell types not tried)")

@@ -9,6 +9,7 @@ The raster and report-size tests use a synthetic HD mapping result made directly
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from pathlib import Path
@@ -290,6 +291,10 @@ def test_hd_run_maps_per_sample_and_aggregates(hd_run):
                 "consensus/W_cell_density.csv"]:
         assert (out / "mapping" / "sample1" / rel).is_file(), rel
     assert not (out / "mapping" / "restart_0").exists() and not (out / "mapping" / "consensus").exists()
+    # co-location beside the sample's consensus, its bins averaged with their neighbours (HD)
+    summary = json.loads((out / "mapping" / "sample1" / "colocation" / "colocation_summary.json").read_text())
+    assert summary["platform"] == "visium-hd" and summary["settings"]["n_neighbours"] == 24
+    assert summary["source"] == str(out / "mapping" / "sample1" / "consensus" / "sp.h5ad")
     res = ad.read_h5ad(out / "mapping" / "sample1" / "restart_0" / "sp.h5ad", backed="r")
     assert res.uns["mod"]["priors"]["N_cells_per_location"] == 1.5   # the samplesheet's value
     res.file.close()

@@ -12,8 +12,8 @@
 
 The contract tests take their inputs from the shared pipeline run (``conftest.pipeline_run``): QC and
 SIGNATURES read its simulated case, MAP its QC'd samples and signatures, AGGREGATE one of its restarts
-beside MAP's, MULTIQC the files of the processes run here; SIMULATE runs alone, and the Visium HD chain
-(SIMULATE -> QC -> MAP -> AGGREGATE) on its own tiny case. Their ``task.ext.args`` is empty except where
+beside MAP's, COLOCATION the shared run's consensus, MULTIQC the files of the processes run here; SIMULATE
+runs alone, and the Visium HD chain (SIMULATE -> QC -> MAP -> AGGREGATE -> COLOCATION) on its own tiny case. Their ``task.ext.args`` is empty except where
 the defaults would make a tiny case slow or empty, and each such case says why.
 """
 
@@ -97,7 +97,7 @@ def test_pipeline_files_exist():
                 "conf/test.config", "conf/test_hd.config", "workflows/spotmap.nf", "containers/Dockerfile.cpu", "containers/Dockerfile.cuda",
                 "containers/README.md", "docs/nextflow.md"]:
         assert (REPO / rel).is_file(), rel
-    assert set(PROCS) == {"SIMULATE", "QC", "QC_BATCH", "SIGNATURES", "MAP", "AGGREGATE", "MULTIQC"}
+    assert set(PROCS) == {"SIMULATE", "QC", "QC_BATCH", "SIGNATURES", "MAP", "AGGREGATE", "COLOCATION", "MULTIQC"}
 
 
 def test_every_nf_file_parses_with_reftrace():
@@ -345,9 +345,10 @@ RENDER_INPUTS = {
     "SIGNATURES": {"meta": {"id": "reference", "labels_key": "cell_type"}, "reference": "ref.h5ad", "cell_types": ""},
     "MAP": {"meta": JOINT, "spatial": ["spatial/a.h5ad"], "signatures": "s.csv", "seed": 0},
     "AGGREGATE": {"meta": JOINT, "restarts": ["restarts/restart_0", "restarts/restart_1"]},
+    "COLOCATION": {"meta": JOINT, "mapping": "consensus"},
     "MULTIQC": {"mqc_files": ["1/x_mqc.tsv"]},
 }
-COMPUTING = {"QC_BATCH", "SIGNATURES", "MAP"}  # steps with a --threads option (torch, BLAS, numba)
+COMPUTING = {"QC_BATCH", "SIGNATURES", "MAP", "COLOCATION"}  # steps with a --threads option (torch, BLAS, numba)
 
 
 @pytest.mark.parametrize("name", sorted(PROCS))
@@ -489,6 +490,11 @@ class Contract:
         return self.run("AGGREGATE", "AGGREGATE", {"meta": JOINT, "restarts": [
             self.shared["results"] / "mapping" / "restart_0", restart]})
 
+    def colocation(self):
+        """The shared run's consensus (a joint mapping of both samples), as AGGREGATE emits it."""
+        return self.run("COLOCATION", "COLOCATION", {"meta": JOINT, "mapping": self.shared["results"] / "mapping"
+                                                     / "consensus"})
+
     def simulate_hd(self):
         if "SIMULATE_HD" not in self.results:
             self.results["SIMULATE_HD"] = nfh.run_task(PROCS["SIMULATE"], self.root / "SIMULATE_HD", {},
@@ -508,6 +514,10 @@ class Contract:
     def aggregate_hd(self):
         restart = self.need("MAP (HD)", self.map_hd()).outputs["restart"][0]
         return self.run("AGGREGATE_HD", "AGGREGATE", {"meta": HD_META, "restarts": [restart]})
+
+    def colocation_hd(self):
+        consensus = self.need("AGGREGATE (HD)", self.aggregate_hd()).outputs["consensus"][0]
+        return self.run("COLOCATION_HD", "COLOCATION", {"meta": HD_META, "mapping": consensus})
 
     def qc_batch(self):
         return self.run("QC_BATCH", "QC_BATCH", {"meta": {"id": "all_samples"}, "spatial": self.qc_files()})
@@ -532,6 +542,9 @@ class Contract:
             consensus = self.aggregate().outputs["consensus"]  # staged as a folder, as the workflow does
         except pytest.fail.Exception:
             pass
+        coloc = self.colocation()
+        if coloc.returncode == 0:
+            consensus += coloc.outputs["colocation"]  # a folder too (workflows/spotmap.nf)
         info = self.root / "pipeline_info"
         info.mkdir(parents=True, exist_ok=True)
         vers = info / "spotmap_software_mqc_versions.yml"
@@ -603,7 +616,7 @@ def test_contract_map(contract):
 def test_contract_visium_hd(contract):
     """A Visium HD sample through the modules: QC gets --bin-size from meta.bin_size and reads the
     binned output as HD; MAP runs per sample with the samplesheet's n_cells_per_location; AGGREGATE
-    makes its consensus."""
+    makes its consensus; COLOCATION treats its bins as bins."""
     import anndata as ad
 
     res = contract.simulate_hd()
@@ -626,6 +639,12 @@ def test_contract_visium_hd(contract):
     assert load_checkpoint(ckpt)["epoch"] == 5
     res = contract.aggregate_hd()
     _check(res, "SPOTMAP:AGGREGATE")
+    # co-location of the HD consensus: bins get the neighbourhood mean of their platform (24 neighbours)
+    res = contract.colocation_hd()
+    _check(res, "SPOTMAP:COLOCATION")
+    summary = json.loads((res.outputs["colocation"][0] / "colocation_summary.json").read_text())
+    assert summary["platform"] == "visium-hd" and summary["settings"]["n_neighbours"] == 24
+    assert "sample1_colocation_regions_mqc.png" in {p.name for p in res.outputs["mqc"]}
 
 
 def test_contract_aggregate(contract):
@@ -663,12 +682,35 @@ def test_contract_aggregate_keep_flagged(contract):
     assert all(row.split("\t")[head.index("used")] == "True" for row in rst[1:]) and len(rst) == 3
 
 
+def test_contract_colocation(contract):
+    """COLOCATION on the shared run's consensus: every output, the default range cut at the 6 cell types,
+    the co-location folder's MultiQC files, --threads from task.cpus."""
+    import pandas as pd
+
+    res = contract.colocation()
+    _check(res, "SPOTMAP:COLOCATION")
+    assert "--threads 1" in res.script and "--outdir colocation" in res.script
+    folder = res.outputs["colocation"][0]
+    assert {p.name for p in res.outputs["files"]} == {p.name for p in folder.iterdir()}
+    coloc = pd.read_csv(res.outputs["factors"][0], index_col=0)
+    regions = pd.read_csv(res.outputs["regions"][0])
+    h5 = ad.read_h5ad(contract.shared["results"] / "mapping" / "consensus" / "sp.h5ad", backed="r")
+    assert set(coloc.index) == set(h5.uns["mod"]["factor_names"]) and list(regions.columns) == ["spot", "region"]
+    assert list(regions["spot"]) == list(h5.obs_names)
+    fits = pd.read_csv(res.outputs["factor_fits"][0])
+    assert fits["n_factors"].max() <= coloc.shape[0] and fits["chosen"].sum() == 1
+    names = {p.name for p in res.outputs["mqc"]}
+    assert {"colocation_summary_mqc.html", "colocation_dotplot_mqc.png", "sample1_colocation_regions_mqc.png",
+            "sample2_colocation_factor_maps_mqc.png", "colocation_factor_fits_mqc.tsv"} <= names
+
+
 def test_contract_multiqc(contract):
     res = contract.multiqc()
     _check(res, "SPOTMAP:MULTIQC")
     html = res.outputs["report"][0].read_text(errors="replace")
     assert VERSION in html and "spotmap" in html.lower()
     assert "restarts" in html, "the workflow summary (from the staged params.json) is missing"
+    assert 'id="spotmap_colocation_section"' in html and "spotmap_colocation_missing" not in html
 
 
 STUB_INPUTS = {
@@ -678,6 +720,7 @@ STUB_INPUTS = {
     "SIGNATURES": {"meta": {"id": "reference", "labels_key": "cell_type"}, "reference": "ref.h5ad", "cell_types": []},
     "MAP": {"meta": JOINT, "spatial": ["a.h5ad", "b.h5ad"], "signatures": "sig.csv", "seed": 7},
     "AGGREGATE": {"meta": JOINT, "restarts": ["restart_0/", "restart_1/"]},
+    "COLOCATION": {"meta": JOINT, "mapping": "consensus/"},
     "MULTIQC": {"mqc_files": ["x_mqc.tsv", "y_mqc.png"]},
 }
 
@@ -825,11 +868,13 @@ def test_nf_schema_plugin_is_used():
     assert "paramsSummaryLog(workflow)" in main and "paramsHelp(" in main
     assert "assets/schema_input.json" in main
     # booleans from the command line arrive as text under the strict parser: main.nf reads them with isTrue()
-    for flag in ["validate_params", "simulate", "skip_multiqc", "help_full", "show_hidden", "version"]:
+    for flag in ["validate_params", "simulate", "skip_multiqc", "skip_colocation", "help_full", "show_hidden",
+                 "version"]:
         assert f"isTrue(params.{flag})" in main, flag
         assert not re.search(rf"(?<!isTrue\()params\.{flag}\b", main), f"params.{flag} read without isTrue()"
     wf = (REPO / "workflows" / "spotmap.nf").read_text()
     assert "params.skip_multiqc" not in wf and "if (!skip_multiqc)" in wf
+    assert "params.skip_colocation" not in wf and "if (!skip_colocation)" in wf
 
 
 def _sheet_rows(path: Path) -> list[dict]:

@@ -277,11 +277,28 @@ def sample = published([id: 's1'])
 assert Paths.get('/out/mapping/consensus/stability.tsv') in joint && !(Paths.get('/out/mapping/consensus') in joint)
 assert Paths.get('/out/mapping/s1/consensus/summary.txt') in sample && joint.size() == aggregateOutputs.size() - 2
 
+// COLOCATION publishes each file of colocation/ beside the consensus
+def cpublish = run(colocationPublish, [params: [outdir: '/out', publish_dir_mode: 'copy']])
+def cpublished = { Map meta -> colocationOutputs.collect { name ->
+    def as_name = bind(cpublish.saveAs, [params: [outdir: '/out'], meta: meta])(name)
+    as_name == null ? null : Paths.get(run(cpublish.path, [params: [outdir: '/out'], meta: meta]).toString(), as_name)
+}.findAll { p -> p != null } }
+def cjoint = cpublished([id: 'joint', joint: true])
+def csample = cpublished([id: 's1'])
+assert Paths.get('/out/mapping/colocation/regions.csv') in cjoint && !(Paths.get('/out/mapping/colocation') in cjoint)
+assert Paths.get('/out/mapping/s1/colocation/region_composition.csv') in csample
+assert cjoint.size() == colocationOutputs.size() - 2  // not the folder itself, nor versions.yml
+
+// COLOCATION's ext.args: a fixed number of factors wins over the range; unset regions leave the choice to the step
+def cargs = { Map p -> run(colocationArgs, [params: [colocation_n_factors_range: '5-30', colocation_quantity: 'q05', seed: 0] + p]).tokenize().join(' ') }
+assert cargs([:]) == '--n-factors-range 5-30 --quantity q05 --seed 0'
+assert cargs([colocation_n_factors: 8, colocation_n_regions: 4, seed: 3]) == '--n-factors 8 --n-regions 4 --quantity q05 --seed 3'
+
 // tower.yml, as Nextflow's nf-tower plugin (TowerReports) matches a published file: glob "**/<key>", first key wins
 def keys = towerKeys
 def matchers = keys.collect { k -> FileSystems.getDefault().getPathMatcher('glob:' + (k.startsWith('**/') ? '' : '**/') + k) }
 def report = { p -> def i = matchers.findIndexOf { m -> m.matches(p) }; i < 0 ? null : keys[i] }
-def all = joint + sample + [ Paths.get('/out/multiqc/multiqc_report.html') ]
+def all = joint + sample + cjoint + csample + [ Paths.get('/out/multiqc/multiqc_report.html') ]
 keys.each { k -> assert all.any { p -> report(p) == k } : "tower.yml key ${k} matches no published file" }
 for (layout in [ joint, sample ]) {
     for (f in [ 'stability.tsv', 'restarts.tsv', 'summary.txt', 'W_cell_density_q05.csv' ]) {
@@ -289,6 +306,13 @@ for (layout in [ joint, sample ]) {
         assert p != null && report(p) == "consensus/${f}" : "${f} is not reported"
     }
     assert report(layout.find { q -> q.fileName.toString() == 'sp.h5ad' }) == null
+}
+for (layout in [ cjoint, csample ]) {
+    for (f in [ 'region_composition.csv', 'colocation_factors.csv' ]) {
+        def p = layout.find { q -> q.fileName.toString() == f }
+        assert p != null && report(p) == "colocation/${f}" : "${f} is not reported"
+    }
+    assert report(layout.find { q -> q.fileName.toString() == 'factor_abundance.csv' }) == null
 }
 assert report(Paths.get('/out/multiqc/multiqc_report.html')) == 'multiqc_report.html'
 println "CONFIG CHECKS OK"
@@ -305,8 +329,8 @@ def _value(rel: str, path: tuple[str, ...]) -> str:
                     reason="needs groovy, java and SnakeYAML (apt-get install groovy libyaml-snake-java)")
 def test_config_logic(tmp_path):
     """The config's own logic, cut out of the config files and run with Groovy: containerOptions per engine
-    (GPU flag, bind mounts), the nf-core/configs include, command-line booleans in the config, AGGREGATE's
-    publishDir, and tower.yml's keys matched against the published paths as Nextflow's nf-tower plugin does."""
+    (GPU flag, bind mounts), the nf-core/configs include, command-line booleans in the config, AGGREGATE's and
+    COLOCATION's publishDir, COLOCATION's ext.args, and tower.yml's keys matched against the published paths as Nextflow's nf-tower plugin does."""
     import yaml
 
     cfg = (REPO / "nextflow.config").read_text()
@@ -315,6 +339,10 @@ def test_config_logic(tmp_path):
     from spotmap.steps.aggregate import AGGREGATE_FILES
 
     outputs = sorted({n for n in names if "*" not in n} | {f"consensus/{f}" for f in AGGREGATE_FILES})
+    from spotmap.steps.colocation import COLOCATION_FILES
+
+    cnames = [o.pattern for o in nfh.parse_processes(REPO / "modules/local/colocation/main.nf")[0].outputs]
+    coutputs = sorted({n for n in cnames if "*" not in n} | {f"colocation/{f}" for f in COLOCATION_FILES})
     keys = list(yaml.safe_load((REPO / "tower.yml").read_text())["reports"])
     script = "\n".join([
         f"containerOptions = {_value('conf/base.config', ('process', 'containerOptions'))}",
@@ -325,6 +353,9 @@ def test_config_logic(tmp_path):
         f"mailOn = {{ -> {_value('nextflow.config', ('notification', 'enabled'))} }}",
         f"aggregatePublish = {{ -> {_value('conf/modules.config', ('process', 'withName:AGGREGATE', 'publishDir'))} }}",
         "aggregateOutputs = [" + ", ".join(f"'{n}'" for n in outputs) + "]",
+        f"colocationPublish = {{ -> {_value('conf/modules.config', ('process', 'withName:COLOCATION', 'publishDir'))} }}",
+        f"colocationArgs = {_value('conf/modules.config', ('process', 'withName:COLOCATION', 'ext', 'args'))}",
+        "colocationOutputs = [" + ", ".join(f"'{n}'" for n in coutputs) + "]",
         "towerKeys = [" + ", ".join(f"'{k}'" for k in keys) + "]",
         CONFIG_CHECKS])
     (tmp_path / "config.groovy").write_text(script)

@@ -109,11 +109,18 @@ def test_cerebellum_granule_dominates_purkinje_next(cerebellum):
     assert dom_q05.index[1] == "Purkinje" and dom_q05["Purkinje"] >= dom_q05.iloc[2] + 2
 
 
-def test_hippocampus_proportions_correlate_with_rctd(shared_data, tmp_path):
-    """RCTD full mode, normalized weights of the first six spots for Neurogenesis and Astrocyte."""
+@pytest.fixture(scope="module")
+def hippocampus(shared_data, tmp_path_factory):
     d = shared_data / "spacexr_visium_hippocampus"
-    res, _ = _pipeline(tmp_path, "hippocampus", d / "spatial/counts.csv", d / "spatial/coords.csv",
+    out = tmp_path_factory.mktemp("hippocampus")
+    res, _ = _pipeline(out, "hippocampus", d / "spatial/counts.csv", d / "spatial/coords.csv",
                        d / "reference/counts.csv", d / "reference/cell_types.csv", "x", 8)
+    return res, out
+
+
+def test_hippocampus_proportions_correlate_with_rctd(hippocampus):
+    """RCTD full mode, normalized weights of the first six spots for Neurogenesis and Astrocyte."""
+    res, _ = hippocampus
     assert res.n_obs == 313 and res.n_vars == 124  # only 124 genes are shared (the set's README)
     means = table(res, "means")
     prop = means.div(means.sum(1), axis=0)
@@ -131,6 +138,31 @@ def test_hippocampus_proportions_correlate_with_rctd(shared_data, tmp_path):
     ratio = (ours / RCTD_HIPPOCAMPUS).mean()
     assert 0.45 < ratio["Neurogenesis"] < 0.65 and 1.2 < ratio["Astrocyte"] < 1.8
     assert (ours["Neurogenesis"] > ours["Astrocyte"]).sum() >= 5
+
+
+def test_hippocampus_colocation_follows_the_fields(hippocampus):
+    """`spotmap colocation` with its defaults on the mapped hippocampus: the dentate gyrus, the Cornu Ammonis
+    pyramidal fields and the oligodendrocytes of the white matter fall in different factors, CA1 and CA3 in
+    one, and the regions are spatially coherent (examples/real_data.md)."""
+    from scipy.spatial import cKDTree
+
+    res, out = hippocampus
+    _spotmap("colocation", "--mapping", out / "map", "--outdir", out / "colocation")
+    coloc = pd.read_csv(out / "colocation" / "colocation_factors.csv", index_col=0)
+    top = coloc.idxmax(axis=1)
+    # measured (seeds 0–2): Denate 0.86–0.88 of its cells in its factor, CA3 0.97–0.99, Oligodendrocyte 0.97–1.00,
+    # CA1 0.69–0.75 in CA3's factor (with Entorihinal); 5 factors, 5 regions
+    assert len({top["Denate"], top["CA3"], top["Oligodendrocyte"]}) == 3
+    assert coloc.loc["Denate", top["Denate"]] > 0.75 and coloc.loc["CA3", top["CA3"]] > 0.85
+    assert coloc.loc["Oligodendrocyte", top["Oligodendrocyte"]] > 0.85
+    assert top["CA1"] == top["CA3"] and coloc.loc["CA1", top["CA3"]] > 0.55
+    # regions: the share of each spot's 6 nearest spots in its own region (measured 0.459–0.468; shuffled
+    # regions 0.21, at most 0.25 over 200 shuffles)
+    regions = pd.read_csv(out / "colocation" / "regions.csv", index_col=0)["region"].to_numpy()
+    _, nn = cKDTree(np.asarray(res.obsm["spatial"], float)).query(np.asarray(res.obsm["spatial"], float), k=7)
+    same = (regions[nn[:, 1:]] == regions[:, None]).mean()
+    shuffled = np.random.default_rng(0).permutation(regions)
+    assert same > 0.4 and same > 1.6 * (shuffled[nn[:, 1:]] == shuffled[:, None]).mean()
 
 
 def test_merfish_one_type_per_cell(shared_data, tmp_path):

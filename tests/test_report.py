@@ -51,6 +51,15 @@ def test_report_has_every_section(sim_report):
                  "Cell abundance per type: ", "Most abundant types together", "Kleshchevnikov",
                  "10.1038/s41587-021-01139-4", "detection_alpha"):
         assert text in html, text
+    # the co-location section (spotmap run's mapping/colocation/) and its methods sentence
+    for text in ("Co-location: the choices and what they show", "Co-location factors: cell types × factors",
+                 "Co-location factors over the tissue: sample1", "Tissue regions: sample2", "Composition of each region",
+                 'id="spotmap_colocation_composition"', "Number of factors: the fit of each",
+                 "Number of regions: the fit of each", "Co-located cell types were found by a non-negative matrix "
+                 "factorisation", "Pedregosa et al. 2011"):
+        assert text in html, text
+    reason = json.loads((sim_report["results"] / "mapping" / "colocation" / "colocation_summary.json").read_text())
+    assert html_escape(reason["factor_reason"]) in html or reason["factor_reason"] in html
     assert not re.search(r'id="spotmap_\w+_missing"', html), "a step is reported as not run"
     # the consensus findings (flagged cell types and restarts) in words
     summary = (sim_report["results"] / "mapping" / "consensus" / "summary.txt").read_text().splitlines()
@@ -443,20 +452,30 @@ def test_per_sample_consensus_sections_stay_apart(tmp_path, sim_report):
     stage = tmp_path / "work"
     for n in ("1", "2"):  # copies: collect() visits a folder linked twice only once
         shutil.copytree(sim_report["results"] / "mapping" / "consensus", stage / n / "consensus")
+        shutil.copytree(sim_report["results"] / "mapping" / "colocation", stage / f"{n}c" / "colocation")
     files = collect(stage)
     folders = sorted({p.parent for p in files["h5ad"]})
     labels = consensus_labels(folders)
     assert sorted(labels.values()) == ["sample1, sample2 (1)", "sample1, sample2 (2)"]
+    # a co-location folder is named by the samples its summary lists, as a consensus by its sp.h5ad
+    coloc = consensus_labels(sorted({p.parent for p in files["table"] if p.parent.name == "colocation"}))
+    assert sorted(coloc.values()) == ["sample1, sample2 (1c)", "sample1, sample2 (2c)"]
     w = ContentWriter(stage, tmp_path / "content")
-    w.groups = labels
+    w.groups = labels | coloc
     for p in files["table"]:
         w.table(p)
     for p in files["structured"]:
         w.structured(p)
+    for p in files["image"]:
+        w.image(p, set())
     ids = [s.section_id for s in w.found.sections]
     assert len(ids) == len(set(ids))
     assert {"spotmap_stability_sample1_sample2_1", "spotmap_stability_sample1_sample2_2",
-            "spotmap_restarts_sample1_sample2_1", "spotmap_stability_heatmap_sample1_sample2_2"} <= set(ids)
+            "spotmap_restarts_sample1_sample2_1", "spotmap_stability_heatmap_sample1_sample2_2",
+            "spotmap_colocation_factor_fits_sample1_sample2_1c", "spotmap_colocation_composition_sample1_sample2_2c",
+            } <= set(ids)
+    titles = [json.loads(p.read_text())["section_name"] for p in (tmp_path / "content").rglob("*dotplot*_mqc.yaml")]
+    assert sorted(titles) == [f"Co-location factors: cell types × factors: sample1, sample2 ({n}c)" for n in (1, 2)]
     # restarts only, one mapping folder per sample: the best restart of each
     h5 = [tmp_path / "r" / s / f"restart_{k}" / "sp.h5ad" for s in ("s1", "s2") for k in (0, 1)]
     assert sorted(p.parent.parent.name for p in choose_mapping_result(h5)) == ["s1", "s2"]

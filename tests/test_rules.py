@@ -113,16 +113,23 @@ def test_nextflow_params_equal_the_dataclasses(name):
 
 def test_the_shared_params_are_compared():
     """The params the test above must cover are there (a renamed field would silently drop out)."""
-    assert {"detection_alpha", "restarts", "seed", "labels_key", "mapping_mode", "qc_min_counts"} <= (
+    assert {"detection_alpha", "restarts", "seed", "labels_key", "mapping_mode", "qc_min_counts", "skip_colocation",
+            "colocation_n_factors_range", "colocation_quantity", "colocation_n_factors"} <= (
         set(CONFIG) & set(_dataclass_defaults()))
 
 
 def test_run_params_take_the_model_defaults():
+    from spotmap.colocation import ColocationSettings
     from spotmap.mapping import MappingPriors, MappingSettings
     from spotmap.workflow import RunParams
 
     assert RunParams().detection_alpha == MappingPriors().detection_alpha
     assert RunParams().seed == MappingSettings().seed and RunParams().device == MappingSettings().device
+    lo, hi = ColocationSettings().factor_range
+    assert RunParams().colocation_n_factors_range == f"{lo}-{hi}" == CONFIG["colocation_n_factors_range"]
+    assert RunParams().colocation_quantity == ColocationSettings().quantity == SCHEMA["colocation_quantity"]["default"]
+    # the pipeline's seed seeds the co-location too (spotmap run and conf/modules.config): the same default
+    assert ColocationSettings().seed == RunParams().seed
 
 
 def _option_defaults(command: str) -> dict:
@@ -137,7 +144,11 @@ def test_cli_defaults_come_from_the_dataclasses():
     from spotmap.simulate import SimulationParams
     from spotmap.workflow import RunParams
 
+    from spotmap.colocation import ColocationSettings
+    from spotmap.colocation.settings import range_text
+
     P, S, T, R, Sim = MappingPriors(), MappingSettings(), SignatureSettings(), RunParams(), SimulationParams()
+    C = ColocationSettings()
     expected = {
         "map": {"detection_alpha": P.detection_alpha, "n_groups": P.n_groups, "max_epochs": S.max_epochs,
                 "lr": S.lr, "seed": S.seed, "batch_key": S.batch_key, "min_epochs": S.min_epochs, "tol": S.tol,
@@ -145,7 +156,10 @@ def test_cli_defaults_come_from_the_dataclasses():
                 "init_iterations": S.init_iterations},
         "run": {"detection_alpha": R.detection_alpha, "restarts": R.restarts, "seed": R.seed,
                 "labels_key": R.labels_key, "mapping_mode": R.mapping_mode, "device": R.device,
-                "keep_flagged": R.keep_flagged},
+                "keep_flagged": R.keep_flagged,
+                "skip_colocation": R.skip_colocation, "colocation_n_factors_range": range_text(C.factor_range),
+                "colocation_quantity": C.quantity},
+        "colocation": {"quantity": C.quantity, "seed": C.seed},
         "signatures": {"batch_size": T.batch_size, "lr": T.lr, "seed": T.seed},
         "simulate": {f: getattr(Sim, f) for f in ("n_cells", "n_spots", "n_bins", "n_genes", "n_cell_types",
                                                    "n_samples", "n_batches", "cells_per_spot", "cells_per_bin",

@@ -80,7 +80,7 @@ def test_run_passes_threads_to_its_steps(tmp_path, monkeypatch):
             return Path(kwargs.get("outdir", tmp_path)) / f"{kwargs.get('sample', name)}.h5ad"
         return run
 
-    for name in ("qc", "qc_batch", "signatures", "map", "aggregate", "report"):
+    for name in ("qc", "qc_batch", "signatures", "map", "aggregate", "colocation", "report"):
         monkeypatch.setattr(getattr(steps, name), "run", fake(name))
     monkeypatch.setattr(spotmap.utils, "set_threads", lambda n=None, torch_threads=True: calls.append(("set", n)))
     for threads in (3, None):

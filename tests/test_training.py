@@ -40,7 +40,7 @@ def test_convergence_rule_stops_and_is_recorded():
     assert last["rel_change"] < 1e-3 and last["epoch"] >= 50
     w = 20
     e = hist["elbo"].to_numpy()
-    rel = abs(e[-w:].mean() - e[-2 * w:-w].mean()) / abs(e[-w:].mean())
+    rel = abs(e[-w:].mean() - e[-2 * w:-w].mean()) / (e[0] - e[-w:].mean())
     assert rel == pytest.approx(last["rel_change"], rel=1e-9)
     assert hist["rel_change"].iloc[: 2 * w - 1].isna().all()
     assert abs(float(pyro.param("mu_loc")) - float(DATA.mean())) < 0.2
@@ -108,3 +108,34 @@ def test_log_lines_come_by_time_as_well_as_by_epochs(caplog, monkeypatch):
         train_svi(model, guide, len(DATA), kwargs, cfg)
     assert [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("epoch ")] == ["10/12"]
     assert training._duration(3725) == "1 h 02 min" and training._duration(75) == "1 min 15 s"
+
+
+@pytest.mark.parametrize("constant", [1e6, -1e6, 0.0])
+def test_stopping_epoch_does_not_depend_on_a_constant_in_the_loss(constant):
+    """The models drop constants from the -ELBO (log d!): adding one must not move the stopping epoch."""
+    from pyro.infer import Trace_ELBO
+
+    base = Trace_ELBO()
+
+    def loss(model_, guide_, *args, **kw):
+        return base.differentiable_loss(model_, guide_, *args, **kw) + constant
+
+    cfg = TrainConfig(max_epochs=3000, lr=0.05, min_epochs=50, window=20, tol=1e-3, progress=False, seed=3)
+    hist = train_svi(model, guide, len(DATA), kwargs, cfg, loss=loss)
+    ref = train_svi(model, guide, len(DATA), kwargs, cfg)
+    assert hist.attrs["converged"] and 50 <= len(hist) < 3000
+    assert len(hist) == len(ref)
+    np.testing.assert_allclose(hist["rel_change"].to_numpy(), ref["rel_change"].to_numpy(), rtol=1e-3, equal_nan=True)
+
+
+def test_relative_change_is_invariant_to_shift_and_scale():
+    from spotmap.training import relative_change
+
+    rng = np.random.default_rng(0)
+    elbos = list(1000 * np.exp(-np.arange(300) / 50) + rng.normal(0, 1, 300))
+    r = relative_change(elbos, 50)
+    assert np.isfinite(r) and r > 0
+    assert relative_change([x + 1e7 for x in elbos], 50) == pytest.approx(r, rel=1e-6)
+    assert relative_change([3 * x - 5e5 for x in elbos], 50) == pytest.approx(r, rel=1e-9)
+    assert np.isnan(relative_change(elbos[:99], 50))
+    assert relative_change([float(i) for i in range(200)], 50) == float("inf")  # -ELBO going up: not converged

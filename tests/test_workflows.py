@@ -99,7 +99,8 @@ def test_nextflow_workflow_runs_lint_stub_and_test_on_the_oldest_and_newest_next
     assert order == sorted(order), "load the image, lint, stub run, then the real run"
     assert steps.index(setup) < order[1]
     check = next(r for r in runs if "test -s" in r)
-    for f in ["mapping/consensus/stability.tsv", "mapping/consensus/summary.txt", "multiqc/multiqc_report.html"]:
+    for f in ["mapping/consensus/stability.tsv", "mapping/consensus/summary.txt", "mapping/colocation/regions.csv",
+              "multiqc/multiqc_report.html"]:
         assert f in check
     # the CPU image is built from containers/ with the tag nextflow.config names, so the tasks use it as built
     build = _steps(doc, "cpu-image")

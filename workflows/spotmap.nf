@@ -1,7 +1,7 @@
 /*
  * SPOTMAP: QC per sample -> SIGNATURES once per reference -> MAP once per restart seed
  * (all samples jointly, or each on its own with --mapping_mode per_sample, and by default when any
- * sample is Visium HD) -> AGGREGATE -> MULTIQC.
+ * sample is Visium HD) -> AGGREGATE -> COLOCATION (per consensus) -> MULTIQC.
  * Every step is one `spotmap` CLI call (modules/local/<step>/main.nf).
  */
 
@@ -10,17 +10,19 @@ include { QC_BATCH   } from '../modules/local/qc_batch/main'
 include { SIGNATURES } from '../modules/local/signatures/main'
 include { MAP        } from '../modules/local/map/main'
 include { AGGREGATE  } from '../modules/local/aggregate/main'
+include { COLOCATION } from '../modules/local/colocation/main'
 include { MULTIQC    } from '../modules/local/multiqc/main'
 
 workflow SPOTMAP {
 
     take:
-    ch_samples     // channel: [ val(meta), path(spaceranger_dir, h5ad or counts), path(coordinates) or [] ]; meta.bin_size for Visium HD, meta.batch
-    ch_reference   // channel: [ val(meta), path(reference), path(cell_types) or [] ]; empty with --signatures
-    ch_signatures  // channel: path(signatures.csv); empty unless --signatures is given
-    seeds          // list of restart seeds, one MAP task per seed (and per sample in per_sample mode)
-    ch_versions    // channel: versions.yml files of steps run before this workflow
-    skip_multiqc   // boolean: do not build the MultiQC report (--skip_multiqc, read by main.nf as a boolean)
+    ch_samples      // channel: [ val(meta), path(spaceranger_dir, h5ad or counts), path(coordinates) or [] ]; meta.bin_size for Visium HD, meta.batch
+    ch_reference    // channel: [ val(meta), path(reference), path(cell_types) or [] ]; empty with --signatures
+    ch_signatures   // channel: path(signatures.csv); empty unless --signatures is given
+    seeds           // list of restart seeds, one MAP task per seed (and per sample in per_sample mode)
+    ch_versions     // channel: versions.yml files of steps run before this workflow
+    skip_multiqc    // boolean: do not build the MultiQC report (--skip_multiqc, read by main.nf as a boolean)
+    skip_colocation // boolean: do not run COLOCATION (--skip_colocation, read by main.nf as a boolean)
 
     main:
     ch_mqc = channel.empty()
@@ -92,6 +94,16 @@ workflow SPOTMAP {
     ch_versions = ch_versions.mix(AGGREGATE.out.versions)  // its *_mqc files reach the report with consensus/
 
     //
+    // Co-located cell types and tissue regions of each consensus
+    //
+    ch_colocation = channel.empty()
+    if (!skip_colocation) {
+        COLOCATION(AGGREGATE.out.consensus)
+        ch_versions   = ch_versions.mix(COLOCATION.out.versions)
+        ch_colocation = COLOCATION.out.colocation  // its *_mqc files reach the report with colocation/
+    }
+
+    //
     // Software versions (pipeline_info/) and the MultiQC report
     //
     ch_versions_yml = softwareVersionsToYAML(ch_versions)
@@ -103,11 +115,13 @@ workflow SPOTMAP {
 
     ch_report = channel.empty()
     if (!skip_multiqc) {
-        // spotmap report collects *_mqc.* files, params.json, *_mqc_versions.yml and the consensus
-        // folder(s) (for the cell abundance maps) from its staged inputs
+        // spotmap report collects *_mqc.* files, params.json, *_mqc_versions.yml, the consensus folder(s)
+        // (for the cell abundance maps) and the co-location folder(s) from its staged inputs; folders, so
+        // that per-sample mappings keep their sections apart
         MULTIQC(
             ch_mqc
                 .mix(AGGREGATE.out.consensus.map { _meta, dir -> dir })
+                .mix(ch_colocation.map { _meta, dir -> dir })
                 .mix(ch_versions_yml, ch_params_json)
                 .collect()
         )
@@ -115,10 +129,11 @@ workflow SPOTMAP {
     }
 
     emit:
-    consensus = AGGREGATE.out.consensus   // channel: [ val(meta), path(consensus/) ]
-    restarts  = MAP.out.restart           // channel: [ val(meta), path(restart_<seed>/) ]
-    report    = ch_report                 // channel: path(multiqc_report.html)
-    versions  = ch_versions_yml           // channel: path(spotmap_software_mqc_versions.yml)
+    consensus  = AGGREGATE.out.consensus  // channel: [ val(meta), path(consensus/) ]
+    colocation = ch_colocation            // channel: [ val(meta), path(colocation/) ]; empty with --skip_colocation
+    restarts   = MAP.out.restart          // channel: [ val(meta), path(restart_<seed>/) ]
+    report     = ch_report                // channel: path(multiqc_report.html)
+    versions   = ch_versions_yml          // channel: path(spotmap_software_mqc_versions.yml)
 }
 
 /*

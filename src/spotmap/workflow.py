@@ -8,6 +8,7 @@ pipeline run publish the same layout::
     OUTDIR/signatures/                  spotmap signatures (skipped when --signatures is given)
     OUTDIR/mapping/restart_<seed>/      spotmap map, one per restart seed (samples mapped jointly)
     OUTDIR/mapping/consensus/           spotmap aggregate
+    OUTDIR/mapping/colocation/          spotmap colocation on the consensus (skipped with --skip-colocation)
     OUTDIR/mapping/<sample>/...         the same per sample (--mapping-mode per_sample; auto with Visium HD)
     OUTDIR/multiqc/multiqc_report.html  spotmap report
     OUTDIR/pipeline_info/params.json    parameters and their defaults (for the report's workflow summary)
@@ -20,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from spotmap.colocation.settings import ColocationSettings, range_text
 from spotmap.errors import SpotmapError
 from spotmap.mapping.priors import MappingPriors
 from spotmap.mapping.settings import MappingSettings
@@ -33,9 +35,11 @@ class RunParams:
     """Parameters of :func:`run_pipeline` (names as in nextflow.config, snake_case; its defaults are these).
 
     ``qc_*`` None: the QC default of each sample's platform; ``n_cells_per_location`` None: the mapping's
-    default of the inputs' platform; ``*_max_epochs`` None: the step's own default. ``extra_*_args``: more
-    keyword arguments of :func:`spotmap.steps.qc.run`, :func:`spotmap.steps.signatures.run` and
-    :func:`spotmap.steps.map.run`.
+    default of the inputs' platform; ``*_max_epochs`` None: the step's own default. ``colocation_n_factors``
+    None: the number of co-location factors is chosen from ``colocation_n_factors_range`` (``'LO-HI'``);
+    ``colocation_n_regions`` None: chosen by silhouette. ``extra_*_args``: more keyword arguments of
+    :func:`spotmap.steps.qc.run`, :func:`spotmap.steps.signatures.run`, :func:`spotmap.steps.map.run` and
+    :func:`spotmap.steps.colocation.run`.
     """
 
     samplesheet: str = ""
@@ -57,10 +61,16 @@ class RunParams:
     map_max_epochs: int | None = None
     keep_flagged: bool = False  # pool flagged restarts into the consensus too (spotmap aggregate --keep-flagged)
     device: str = MappingSettings.device
-    threads: int | None = None  # CPU threads of qc-batch, signatures and map (0: all cores); None: each step's default
+    threads: int | None = None  # CPU threads of qc-batch, signatures, map, colocation (0: all cores); None: each default
+    skip_colocation: bool = False
+    colocation_n_factors: int | None = None
+    colocation_n_factors_range: str = range_text(ColocationSettings.factor_range)
+    colocation_n_regions: int | None = None
+    colocation_quantity: str = ColocationSettings.quantity
     extra_qc_args: dict = field(default_factory=dict)
     extra_signatures_args: dict = field(default_factory=dict)
     extra_map_args: dict = field(default_factory=dict)
+    extra_colocation_args: dict = field(default_factory=dict)
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.restarts)]
@@ -100,6 +110,11 @@ def _check(params: RunParams) -> None:
         raise SpotmapError(f"--mapping-mode must be one of {', '.join(MAPPING_MODES)} (got {params.mapping_mode!r})")
     if params.restarts < 1:
         raise SpotmapError(f"--restarts must be at least 1 (got {params.restarts})")
+    if not params.skip_colocation:  # before hours of mapping
+        from spotmap.steps.colocation import check_request
+
+        check_request(params.colocation_n_factors, None, params.colocation_n_regions, params.colocation_quantity)
+        check_request(None, params.colocation_n_factors_range, None, params.colocation_quantity)
 
 
 def _qc(params: RunParams, rows: list, out: Path) -> list[Path]:
@@ -132,7 +147,8 @@ def _signatures(params: RunParams, out: Path) -> Path:
 
 def _map_and_aggregate(params: RunParams, group: str, files: list[Path], signatures: Path, base: Path,
                        n_cells: float | None, batch_key: str | None) -> Path:
-    """Every restart seed of one mapping (all samples, or one in per-sample mode), then their consensus."""
+    """Every restart seed of one mapping (all samples, or one in per-sample mode), then their consensus (and
+    its co-location); returns the consensus folder."""
     from spotmap.steps import aggregate, map as map_step
 
     epochs = {"max_epochs": params.map_max_epochs} if params.map_max_epochs else {}
@@ -144,12 +160,26 @@ def _map_and_aggregate(params: RunParams, group: str, files: list[Path], signatu
             outdir=base / f"restart_{seed}", seed=seed, device=params.device,
             detection_alpha=params.detection_alpha, name=f"{group + '_' if group else ''}restart_{seed}",
             n_cells_per_location=n_cells, **epochs, **keys, **params.extra_map_args))
-    return _step(f"aggregate {group or 'all'}", aggregate.run, restarts=restart_dirs, outdir=base / "consensus",
-                 keep_flagged=params.keep_flagged)
+    consensus = _step(f"aggregate {group or 'all'}", aggregate.run, restarts=restart_dirs, outdir=base / "consensus",
+                      keep_flagged=params.keep_flagged)
+    return consensus if params.skip_colocation else _colocation(params, group, consensus, base / "colocation")
+
+
+def _colocation(params: RunParams, group: str, consensus: Path, outdir: Path) -> Path:
+    """Co-located cell types and tissue regions of one consensus into ``outdir`` (``<mapping>/colocation/``,
+    beside the consensus); returns the consensus folder."""
+    from spotmap.steps import colocation
+
+    factors = ({"n_factors": params.colocation_n_factors} if params.colocation_n_factors is not None
+               else {"n_factors_range": params.colocation_n_factors_range})
+    _step(f"colocation {group or 'all'}", colocation.run, mapping=consensus, outdir=outdir,
+          n_regions=params.colocation_n_regions, quantity=params.colocation_quantity, seed=params.seed, **factors,
+          **params.extra_colocation_args)
+    return consensus
 
 
 def run_pipeline(params: RunParams) -> Path:
-    """Run QC → signatures → map (per restart seed) → aggregate → report; return the report's path."""
+    """Run QC → signatures → map (per restart seed) → aggregate → co-location → report; return the report's path."""
     from spotmap.io.samplesheet import read_samplesheet, sample_rows
     from spotmap.steps import report
 

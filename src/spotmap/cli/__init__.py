@@ -37,7 +37,7 @@ class SpotmapGroup(click.Group):
 def cli(verbose: bool) -> None:
     """spotmap: map cell types onto spatial transcriptomics with the cell2location model.
 
-    Steps: qc → signatures → map (one per restart seed) → aggregate → report;
+    Steps: qc → signatures → map (one per restart seed) → aggregate → colocation → report;
     `run` does them all on one machine, `demo` on simulated data.
     """
     command_process()
@@ -61,9 +61,10 @@ def command_process() -> None:
 
 
 def _register() -> None:
-    from spotmap.cli import aggregate, demo, map, qc, qc_batch, report, run, signatures, simulate, versions  # noqa: A004
+    from spotmap.cli import (aggregate, colocation, demo, map, qc, qc_batch, report, run, signatures,  # noqa: A004
+                             simulate, versions)
 
-    for mod in (simulate, qc, qc_batch, signatures, map, aggregate, report, run, demo, versions):
+    for mod in (simulate, qc, qc_batch, signatures, map, aggregate, colocation, report, run, demo, versions):
         cli.add_command(mod.command)
 
 

@@ -59,7 +59,8 @@ _S, _P = MappingSettings(), MappingPriors()
 @click.option("--min-epochs", default=_S.min_epochs, show_default=True, type=int,
               help="The convergence rule is not checked before this epoch.")
 @click.option("--tol", default=_S.tol, show_default=True, type=float,
-              help="Convergence: relative change of the smoothed -ELBO between two windows.")
+              help="Convergence: change of the smoothed -ELBO between the last two windows, relative to its "
+                   "decrease since the first epoch.")
 @click.option("--window", default=_S.window, show_default=True, type=int, help="Convergence: epochs per window.")
 @click.option("--likelihood", type=click.Choice(list(LIKELIHOODS)), default=_S.likelihood, show_default=True,
               help="dense: exact NB over every spot × gene; sparse: cost grows with the non-zero counts (Visium "

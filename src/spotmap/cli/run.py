@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from spotmap.colocation.settings import QUANTITIES
 from spotmap.mapping.priors import HD_CELLS_PER_8UM_BIN, MappingPriors
 from spotmap.qc.thresholds import HD_8UM, VISIUM
 from spotmap.workflow import MAPPING_MODES, RunParams
@@ -55,18 +56,29 @@ _R = RunParams()
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_R.device, show_default=True,
               help="Where to train.")
 @click.option("--threads", type=click.IntRange(min=0), default=None,
-              help="CPU threads of every computing step (qc-batch, signatures, map; 0: all cores). "
+              help="CPU threads of every computing step (qc-batch, signatures, map, colocation; 0: all cores). "
                    "[default: each step's own: all cores; signatures 1]")
+@click.option("--skip-colocation", is_flag=True, default=_R.skip_colocation,
+              help="Do not run the co-location step (factors and tissue regions) on the consensus.")
+@click.option("--colocation-n-factors", type=click.IntRange(min=1), default=None,
+              help="Co-location: fit this many factors.  [default: chosen from --colocation-n-factors-range]")
+@click.option("--colocation-n-factors-range", default=_R.colocation_n_factors_range, show_default=True,
+              metavar="LO-HI", help="Co-location: the numbers of factors to fit and choose from.")
+@click.option("--colocation-n-regions", type=click.IntRange(min=1), default=None,
+              help="Co-location: number of tissue regions.  [default: chosen by silhouette]")
+@click.option("--colocation-quantity", type=click.Choice(QUANTITIES), default=_R.colocation_quantity,
+              show_default=True, help="Co-location: posterior summary of the cell abundance to analyse.")
 def command(samplesheet: Path, reference: Path | None, signatures: Path | None, outdir: Path, labels_key: str,
             cell_types: Path | None, batch_key: str | None, qc_min_counts: float | None, qc_min_genes: int | None,
             qc_max_mt_fraction: float | None, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float | None,
             detection_alpha: float, signatures_max_epochs: int | None, map_max_epochs: int | None,
-            keep_flagged: bool, device: str, threads: int | None) -> None:
-    """Run QC → signatures → map (one per restart) → aggregate → report into OUTDIR.
+            keep_flagged: bool, device: str, threads: int | None, skip_colocation: bool, colocation_n_factors: int | None,
+            colocation_n_factors_range: str, colocation_n_regions: int | None, colocation_quantity: str) -> None:
+    """Run QC → signatures → map (one per restart) → aggregate → co-location → report into OUTDIR.
 
-    Writes OUTDIR/qc/, OUTDIR/signatures/, OUTDIR/mapping/restart_<seed>/, OUTDIR/mapping/consensus/
-    (per-sample mapping: OUTDIR/mapping/<sample>/restart_<seed>/ and .../consensus/),
-    OUTDIR/multiqc/multiqc_report.html and OUTDIR/pipeline_info/params.json.
+    Writes OUTDIR/qc/, OUTDIR/signatures/, OUTDIR/mapping/restart_<seed>/, OUTDIR/mapping/consensus/,
+    OUTDIR/mapping/colocation/ (per-sample mapping: OUTDIR/mapping/<sample>/restart_<seed>/, .../consensus/
+    and .../colocation/), OUTDIR/multiqc/multiqc_report.html and OUTDIR/pipeline_info/params.json.
     """
     from spotmap.workflow import run_pipeline
 
@@ -77,4 +89,6 @@ def command(samplesheet: Path, reference: Path | None, signatures: Path | None, 
         qc_max_mt_fraction=qc_max_mt_fraction, restarts=restarts, seed=seed, mapping_mode=mapping_mode,
         n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha,
         signatures_max_epochs=signatures_max_epochs, map_max_epochs=map_max_epochs, keep_flagged=keep_flagged,
-        device=device, threads=threads))
+        device=device, threads=threads, skip_colocation=skip_colocation, colocation_n_factors=colocation_n_factors,
+        colocation_n_factors_range=colocation_n_factors_range, colocation_n_regions=colocation_n_regions,
+        colocation_quantity=colocation_quantity))

@@ -92,6 +92,34 @@ def _draw_values(ax, xy: np.ndarray, values: np.ndarray, vmax: float, max_points
                       rasterized=True)
 
 
+def _image_of(images, name: str, n_names: int):
+    """``(image, scale)`` of sample ``name`` in ``images`` (the only one when there is one sample and one image)."""
+    if not images:
+        return None
+    if name in images:
+        return images[name]
+    return next(iter(images.values())) if n_names == 1 and len(images) == 1 else None
+
+
+def _tissue(ax, image: np.ndarray, xy: np.ndarray, max_px: int = 2 * MAX_PX, pad: float = 0.05) -> None:
+    """The tissue image in grey under the spots at display coordinates ``xy`` (image pixels): cropped to the
+    spots and strided to at most ``max_px`` pixels a side; the axes' limits are set to the spots."""
+    img = np.asarray(image)
+    margin = pad * max(float(np.ptp(xy[:, 0])), float(np.ptp(xy[:, 1])), 1.0)
+    lo, hi = xy.min(0) - margin, xy.max(0) + margin
+    x0, y0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
+    x1, y1 = min(int(np.ceil(hi[0])), img.shape[1]), min(int(np.ceil(hi[1])), img.shape[0])
+    if x1 > x0 and y1 > y0:
+        step = max(1, int(np.ceil(max(x1 - x0, y1 - y0) / max_px)))
+        crop = img[y0:y1:step, x0:x1:step].astype(np.float64)
+        grey = crop[..., :3].mean(-1) if crop.ndim == 3 else crop
+        h, w = grey.shape
+        ax.imshow(grey, cmap="gray", alpha=0.55, vmin=0, vmax=max(float(grey.max()), 1e-12), interpolation="nearest",
+                  extent=(x0 - 0.5, x0 + w * step - 0.5, y0 + h * step - 0.5, y0 - 0.5))
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(hi[1], lo[1])  # y grows downwards, as in the image
+
+
 def _panel_axes(fig: Figure, n_rows: int, n_cols: int):
     axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
     for ax in axes.ravel():
@@ -102,28 +130,41 @@ def _panel_axes(fig: Figure, n_rows: int, n_cols: int):
 
 
 def spatial_factors(factor_abundance: pd.DataFrame, coords, samples=None, factors=None, quantile: float = 0.992,
-                    max_points: int = MAX_POINTS, max_px: int = MAX_PX) -> Figure:
-    """Cells per spot of each factor over the tissue: a row per sample, a panel per factor.
+                    max_points: int = MAX_POINTS, max_px: int = MAX_PX, images: dict | None = None,
+                    ncols: int | None = None) -> Figure:
+    """Cells per spot of each factor over the tissue: a panel per sample and factor.
 
     ``coords``: spots × 2 (``obsm['spatial']``; y grows downwards, as in the image); ``factors``: the
     columns to draw (default all). Colour scale per factor: 0 to its ``quantile`` over all spots.
+    ``images``: ``{sample: (image, scale)}`` — the tissue image (H × W or H × W × 3/4) drawn in grey under
+    the spots, which sit at ``coords × scale`` (``uns['spatial'][library]['images']['hires']`` and its
+    ``tissue_hires_scalef``); samples without one are drawn on their coordinates. ``ncols``: panels per
+    row (default: a row per sample, a column per factor).
     """
     xy = np.asarray(coords, dtype=np.float64)[:, :2]
     cols = list(factor_abundance.columns if factors is None else factors)
     lab, names = _samples(len(xy), samples)
-    fig = Figure(figsize=(2.4 * len(cols) + 0.6, 2.4 * len(names) + 0.4))
-    axes = _panel_axes(fig, len(names), len(cols))
-    for j, col in enumerate(cols):
-        v = factor_abundance[col].to_numpy(dtype=np.float64)
-        vmax = max(float(np.quantile(v, quantile)), 1e-12)
-        for i, name in enumerate(names):
-            sel = lab == name
-            ax = axes[i, j]
-            art = _draw_values(ax, xy[sel], v[sel], vmax, max_points, max_px)
-            ax.set_title(f"{col}" + (f" — {name}" if name else ""), fontsize=8)
-            if not ax.yaxis_inverted():
-                ax.invert_yaxis()
-            fig.colorbar(art, ax=ax, shrink=0.7).ax.tick_params(labelsize=6)
+    panels = [(name, col) for name in names for col in cols]
+    ncols = len(cols) if ncols is None else max(1, min(int(ncols), len(panels)))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(2.4 * ncols + 0.6, 2.4 * nrows + 0.4))
+    axes = _panel_axes(fig, nrows, ncols).ravel()
+    vmax = {col: max(float(np.quantile(factor_abundance[col].to_numpy(dtype=np.float64), quantile)), 1e-12)
+            for col in cols}
+    for ax, (name, col) in zip(axes, panels):
+        sel = lab == name
+        v = factor_abundance[col].to_numpy(dtype=np.float64)[sel]
+        image = _image_of(images, name, len(names))
+        p = xy[sel] * (image[1] if image is not None else 1.0)
+        if image is not None:
+            _tissue(ax, image[0], p)
+        art = _draw_values(ax, p, v, vmax[col], max_points, max_px)
+        ax.set_title(f"{col}" + (f" — {name}" if name else ""), fontsize=8)
+        if not ax.yaxis_inverted():
+            ax.invert_yaxis()
+        fig.colorbar(art, ax=ax, shrink=0.7).ax.tick_params(labelsize=6)
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
     fig.tight_layout()
     return fig
 
@@ -133,18 +174,24 @@ def _colours(k: int) -> list[str]:
 
 
 def spatial_regions(regions: pd.Series, coords, samples=None, max_points: int = MAX_POINTS,
-                    max_px: int = MAX_PX) -> Figure:
-    """The region of each spot over the tissue, one panel per sample (regions 0 … K-1, one colour each)."""
+                    max_px: int = MAX_PX, images: dict | None = None) -> Figure:
+    """The region of each spot over the tissue, one panel per sample (regions 0 … K-1, one colour each).
+
+    ``images``: ``{sample: (image, scale)}``, the tissue image under the spots (as :func:`spatial_factors`).
+    """
     xy = np.asarray(coords, dtype=np.float64)[:, :2]
     labels = np.asarray(regions).astype(np.int64)
     k = int(labels.max()) + 1
     cmap = ListedColormap(_colours(k))
     lab, names = _samples(len(xy), samples)
-    fig = Figure(figsize=(3.6 * len(names) + 1.4, 3.6))
+    fig = Figure(figsize=(3.6 * len(names) + 0.9, 3.6))
     axes = _panel_axes(fig, 1, len(names))
     for i, name in enumerate(names):
         sel, ax = lab == name, axes[0, i]
-        p, r = xy[sel], labels[sel]
+        image = _image_of(images, name, len(names))
+        p, r = xy[sel] * (image[1] if image is not None else 1.0), labels[sel]
+        if image is not None:
+            _tissue(ax, image[0], p)
         if len(r) > max_points:  # the most frequent region of each pixel
             pix, shape, extent = _raster(p, max_px)
             counts = np.bincount(pix * k + r, minlength=shape[0] * shape[1] * k).reshape(-1, k)
@@ -158,9 +205,10 @@ def spatial_regions(regions: pd.Series, coords, samples=None, max_points: int = 
         if not ax.yaxis_inverted():
             ax.invert_yaxis()
         ax.set_title(f"Regions{' — ' + name if name else ''}", fontsize=9)
-    fig.legend(handles=[Patch(color=c, label=str(i)) for i, c in enumerate(_colours(k))], title="region",
-               loc="center right", fontsize=7, title_fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1 - 1.2 / fig.get_figwidth(), 1))
+    # beside the last panel (a figure legend stays at the figure's edge, away from the equal-aspect panels)
+    axes[0, -1].legend(handles=[Patch(color=c, label=str(i)) for i, c in enumerate(_colours(k))], title="region",
+                       loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, title_fontsize=8)
+    fig.tight_layout()
     return fig
 
 

@@ -14,10 +14,10 @@ import pandas as pd
 
 from spotmap.colocation.clustering import (assign, choose_n_regions, proportions, region_composition,
                                            region_fits)
-from spotmap.colocation.inputs import (DEFAULT_FIELD, check_abundance, factor_numbers, neighbourhood_mean,
-                                       region_numbers, subsample)
+from spotmap.colocation.inputs import (DEFAULT_FIELD, check_abundance, factor_numbers, is_range,
+                                       neighbourhood_mean, parse_numbers, region_numbers, subsample)
 from spotmap.colocation.nmf import choose_n_factors, factor_tables, fit_factors, fit_range, project
-from spotmap.colocation.settings import ColocationSettings
+from spotmap.colocation.settings import ColocationSettings, range_text
 from spotmap.errors import SpotmapError, input_error
 
 REGION_FEATURES = ("factors", "types")
@@ -132,6 +132,11 @@ def find_factors(abundance, n_factors=None, coords=None, samples=None, seed: int
             raise input_error(source, "the subsample of spots fitted holds no cells", field, len(r))
     fits_table, fits = fit_range(x[range_rows], ks, s.seed, s)
     k, reason = choose_n_factors(fits_table, n_types, s.gain_threshold)
+    asked = s.factor_range if n_factors is None else n_factors
+    if is_range(n_factors) and max(parse_numbers(asked, s.factor_range, "n_factors", source)) > n_types:
+        text = range_text(asked) if isinstance(asked, tuple) else asked
+        reason = (f"{k} factors: the range {text} cut at the {n_types} cell types" if len(ks) == 1
+                  else f"{reason} (numbers above the {n_types} cell types not tried)")
     # the chosen number, on the (larger) subsample for the final fit unless that is the same one
     fit = fits[k] if np.array_equal(rows, range_rows) else fit_factors(x[rows], k, s.seed, s)
     w_sr = fit.w_sr if len(rows) == n_spots else project(fit, x)

@@ -17,6 +17,14 @@ OUTPUT_FILES = {
     "region_fits.csv": "per number of regions: silhouette",
 }
 
+#: the posterior summaries of w_sf in a mapping result that co-location can read (``obsm['{q}_cell_abundance_w_sf']``)
+QUANTITIES = ("q05", "means", "q50", "q95")
+
+
+def range_text(numbers: tuple[int, int]) -> str:
+    """``(5, 30)`` → ``'5-30'``: a range as the command line and the pipeline's parameters spell it."""
+    return f"{numbers[0]}-{numbers[1]}"
+
 
 @dataclass(frozen=True)
 class ColocationSettings:

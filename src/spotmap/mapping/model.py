@@ -19,6 +19,8 @@ import torch
 
 from spotmap.errors import SpotmapError, input_error
 from spotmap.io.genes import match_genes
+from spotmap.mapping.data import _counts_matrix, gpu_memory_bytes, validate_signatures  # noqa: F401
+from spotmap.mapping.detection import fix_detection_level, relative_sensitivity
 from spotmap.mapping.likelihood import CountHistogram, SpotCounts
 from spotmap.mapping.module import GLOBAL_SITES, LOCAL_SITES, MappingModule
 from spotmap.mapping.priors import MappingPriors, default_cells_per_location
@@ -38,71 +40,6 @@ NAN_HINT = ("the learning rate is too high (lower --lr), or the input has spots 
 # ------------------------------------------------------------------------------------------------------------
 # data preparation
 # ------------------------------------------------------------------------------------------------------------
-def _counts_matrix(adata: ad.AnnData, source: str, block: int = 1 << 24) -> sp.csr_matrix:
-    """``adata.X`` as float32 CSR with sorted indices, checked to hold raw counts (shares memory when possible)."""
-    X = adata.X
-    if not sp.issparse(X):
-        X = sp.csr_matrix(np.asarray(X, dtype=np.float32))
-    else:
-        X = X.tocsr(copy=False)
-        if X.dtype != np.float32:
-            X = X.astype(np.float32)
-    data = X.data
-    for i in range(0, data.size, block):  # in blocks: no nnz-sized temporaries
-        part = data[i:i + block]
-        if not np.all(np.isfinite(part)):
-            raise input_error(source, "counts must be finite", field="X", value=float(part[~np.isfinite(part)][0]))
-        if part.min() < 0:
-            raise input_error(source, "counts must be non-negative raw counts", field="X", value=float(part.min()))
-        frac = np.abs(part - np.rint(part))
-        if frac.max() > 1e-3:
-            raise input_error(source, "counts must be raw integer counts (not normalised or log-transformed)",
-                              field="X", value=float(part[np.argmax(frac)]))
-        if frac.max() > 0:
-            part[:] = np.rint(part)
-    if data.size and (data == 0).any():
-        X = X.copy()
-        X.eliminate_zeros()
-    if not X.has_sorted_indices:
-        X = X.copy()
-        X.sort_indices()
-    return X
-
-
-def validate_signatures(sig: pd.DataFrame, source: str = "signatures") -> pd.DataFrame:
-    """Numeric, finite, non-negative genes × types table; genes zero in every type are dropped (warning)."""
-    if sig.shape[1] < 1 or sig.shape[0] < 1:
-        raise input_error(source, "signatures table is empty", value=sig.shape)
-    if sig.columns.duplicated().any():
-        raise input_error(source, "duplicated cell-type name", field="columns", value=sig.columns[sig.columns.duplicated()][0])
-    if sig.index.duplicated().any():
-        raise input_error(source, "duplicated gene", field="index", value=sig.index[sig.index.duplicated()][0])
-    try:
-        values = sig.to_numpy(dtype=np.float64)
-    except (TypeError, ValueError):
-        bad = [c for c in sig.columns if not pd.api.types.is_numeric_dtype(sig[c])]
-        raise input_error(source, "signatures must be numeric", field=bad[0] if bad else None) from None
-    if not np.isfinite(values).all():
-        r, c = np.argwhere(~np.isfinite(values))[0]
-        raise input_error(source, "signatures must be finite", field=f"{sig.index[r]}/{sig.columns[c]}", value=values[r, c])
-    if (values < 0).any():
-        r, c = np.argwhere(values < 0)[0]
-        raise input_error(source, "signatures must be non-negative", field=f"{sig.index[r]}/{sig.columns[c]}", value=values[r, c])
-    zero = values.sum(1) <= 0
-    if zero.any():
-        log.warning("%s: %d gene(s) have a zero signature in every cell type and are left out (e.g. %s)", source,
-                    int(zero.sum()), sig.index[zero][0])
-        sig = sig.loc[~zero]
-    if (sig.sum(0) <= 0).any():
-        raise input_error(source, "a cell type has an all-zero signature", field=str(sig.columns[(sig.sum(0) <= 0).to_numpy()][0]))
-    return sig.astype(np.float64)
-
-
-def gpu_memory_bytes(device: torch.device) -> int:
-    """Total memory of ``device`` if it is a CUDA GPU, else 0."""
-    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
-
-
 def detection_mean_from_data(X: sp.csr_matrix, g_fg: np.ndarray, n_cells_per_location: float) -> float:
     """cell2location's prior mean of detection efficiency, from the data.
 
@@ -216,6 +153,7 @@ class SpatialMapper:
         self.batch_names = [str(c) for c in batch.categories]
         self.batch_codes = np.asarray(batch.codes, dtype=np.int64)
         self.detection_mean = detection_mean_from_data(self.X, self.g_fg, self.priors.N_cells_per_location)
+        self.detection: np.ndarray | None = None           #: (E,) detection level d_e, set with the start
         self.device = resolve_device(self.settings.device)
         self.history: pd.DataFrame | None = None
         self.params: dict[str, torch.Tensor] = {}
@@ -259,9 +197,12 @@ class SpatialMapper:
             init = initial_values(self.X, self.g_fg, self.detection_mean, self.priors,
                                   iterations=self.settings.init_iterations, batch=self.batch_codes,
                                   sparse=self.sparse, device=self.device, rng=np.random.default_rng(self.settings.seed))
+            self.detection, init = fix_detection_level(init, self.X, self.g_fg, self.batch_codes,
+                                                       self.priors.N_cells_per_location)
             if self.sparse:
                 s_g = self.priors.gene_add_mean_hyp[0] / self.priors.gene_add_mean_hyp[1]   # prior mean of s_eg
-                self.exact_genes = choose_exact_genes(init["w_sf"], init["y_s"], init["m_g"] * self.g_fg,
+                self.exact_genes = choose_exact_genes(init["w_sf"], self.detection[self.batch_codes],
+                                                      init["m_g"] * self.g_fg,
                                                       mu_max=self.settings.sparse_mu_max, s_g=s_g)
                 counts = SparseLikelihood(self.X, self.batch_codes, self.exact_genes, self.device)
                 log.info("sparse likelihood: %d of %d genes exact (expected count may exceed %g), %d by the "
@@ -271,7 +212,7 @@ class SpatialMapper:
                 counts = SpotCounts(self.X, self.batch_codes, self.device)
             hist = CountHistogram(self.X, self.batch_codes, len(self.batch_names), self.device)
             g = torch.as_tensor(self.g_fg, dtype=torch.float32, device=self.device)
-            self._module = MappingModule(counts, hist, g, len(self.batch_names), self.detection_mean, self.priors,
+            self._module = MappingModule(counts, hist, g, len(self.batch_names), self.detection, self.priors,
                                          init, init_scale=self.settings.init_scale,
                                          max_scale=self.settings.max_scale)
         return self._module
@@ -301,8 +242,8 @@ class SpatialMapper:
             min_epochs=s.min_epochs, window=s.window, tol=s.tol, checkpoint_every=s.checkpoint_every,
             checkpoint_path=Path(s.checkpoint_path) if s.checkpoint_path else None, progress=s.progress,
             nan_hint=NAN_HINT, fingerprint=self.fingerprint())
-        log.info("mapping %d spots × %d genes × %d cell types (%d batch(es)) on %s; detection_mean %.4g; %s",
-                 S, mod.dims.G, mod.dims.F, mod.dims.E, self.device, self.detection_mean,
+        log.info("mapping %d spots × %d genes × %d cell types (%d batch(es)) on %s; detection level %s; %s",
+                 S, mod.dims.G, mod.dims.F, mod.dims.E, self.device, " ".join(f"{d:.4g}" for d in self.detection),
                  f"minibatches of {self.batch_size} spots" if self.batch_size else "full batch")
         try:
             with pyro.validation_enabled(False):  # NaN/inf are caught by train_svi's non-finite check instead
@@ -329,11 +270,18 @@ class SpatialMapper:
                 self.params[f"{site}_scale"].cpu().double().numpy())
 
     def posterior_mean(self, site: str) -> np.ndarray:
+        """Posterior mean ``exp(loc + scale²/2)`` of a site; ``y_s`` and ``m_g`` as the likelihood sees them: the
+        absolute detection ``d_e · y_s / geometric mean of its batch`` and the relative sensitivity."""
         loc, scale = self.loc_scale(site)
-        return np.exp(loc + 0.5 * scale**2)
+        if site == "y_s":
+            b = self.batch_codes
+            mean_log = np.bincount(b, weights=loc.ravel()) / np.maximum(np.bincount(b), 1)       # (E,)
+            loc = loc + (np.log(self.detection)[b] - mean_log[b])[:, None]
+        mean = np.exp(loc + 0.5 * scale**2)
+        return relative_sensitivity(mean, self.g_fg)[0] if site == "m_g" else mean
 
     def mrna_per_cell(self) -> np.ndarray:
-        """(F,) Σ_g m_g g_fg at the posterior mean of m_g: mRNA counts per cell of each type."""
+        """(F,) Σ_g m̃_g g_fg at the posterior mean of the relative sensitivity: mRNA per cell of each type."""
         return (self.g_fg * self.posterior_mean("m_g")).sum(1)
 
     def expected_counts(self, spots: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -357,9 +305,9 @@ class SpatialMapper:
             return {f"q{int(p * 100):02d}": float(np.quantile(x, p)) for p in q}
 
         return {
-            "detection_mean_prior": self.detection_mean,
-            "y_e": {b: float(v) for b, v in zip(self.batch_names, pm["y_e"].ravel())},
-            "m_g_mean": float(pm["m_g_mean"].ravel()[0]),
+            # cell2location's prior mean of y_e (unweighted mean over types) and spotmap's fixed level per batch
+            "detection_mean_cell2location": self.detection_mean,
+            "y_e": {b: float(v) for b, v in zip(self.batch_names, self.detection)},
             "m_g_alpha_e": float(pm["m_g_alpha_e_inv"].ravel()[0] ** -2),
             "m_g": quant(pm["m_g"].ravel()),
             "s_e_mean": {b: float(v) for b, v in zip(self.batch_names, pm["s_e_mean"].ravel())},

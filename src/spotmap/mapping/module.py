@@ -7,7 +7,10 @@ Model (cell2location's ``LocationModelLinearDependentWMultiExperimentLocationBac
 every default from :class:`~spotmap.mapping.priors.MappingPriors`)::
 
     D_sg ~ NB(mu_sg, alpha_eg)                       counts; GammaPoisson(alpha, alpha / mu)
-    mu_sg = (m_g · Σ_f w_sf g_fg + s_eg) · y_s        g_fg: fixed reference signatures (mRNA per cell)
+    mu_sg = (m̃_g · Σ_f w_sf g_fg + s_eg) · d_e · ỹ_s  g_fg: fixed reference signatures (mRNA per cell)
+    m̃_g = m_g / Σ_g' m_g' ḡ_g'                       relative sensitivity; ḡ: mean signature profile, Σ ḡ = 1
+    ỹ_s = y_s / exp(mean_{s' in e} log y_s')          relative detection: geometric mean 1 in each batch
+    d_e                                              fixed detection level of batch e (spotmap.mapping.detection)
 
     gene sensitivity (technology effect between reference and spatial data)
       m_g_mean        ~ Gamma(m_g_mean_var_ratio · m_g_mean, m_g_mean_var_ratio)           (1, 1)
@@ -20,9 +23,8 @@ every default from :class:`~spotmap.mapping.priors.MappingPriors`)::
       k_r   ~ Gamma(A_factors_per_location / B_groups_per_location, 1)                       (R, 1)
       x_fr  ~ Gamma(k_r / F, k_r)                                                            (R, F)
       w_sf  ~ Gamma(w_sf_mean_var_ratio · Σ_r z_sr x_fr, w_sf_mean_var_ratio)                (S, F)
-    detection efficiency
-      y_e ~ Gamma(detection_mean_alpha, detection_mean_alpha / detection_mean)               (E, 1)
-      y_s ~ Gamma(detection_alpha, detection_alpha / y_e[batch(s)])                          (S, 1)
+    detection efficiency within a batch (relative to d_e)
+      y_s ~ Gamma(detection_alpha, detection_alpha)                                          (S, 1)
     additive background (ambient RNA), per batch and gene
       s_eg_alpha_hyp ~ Gamma(*gene_add_alpha_hyp)                                            (1, 1)
       s_e_mean       ~ Gamma(*gene_add_mean_hyp)                                             (E, 1)
@@ -32,6 +34,12 @@ every default from :class:`~spotmap.mapping.priors.MappingPriors`)::
       alpha_eg_phi_hyp ~ Gamma(*alpha_g_phi_hyp)                                             (1, 1)
       alpha_eg_inv     ~ Exponential(alpha_eg_phi_hyp)                                       (E, G)
       alpha_eg = 1 / alpha_eg_inv²
+
+Departure from cell2location: there, detection has batch means ``y_e ~ Gamma(10, 10 / detection_mean)`` and
+m_g an overall level, so the product y · m · w has a direction the data cannot see, held only by weak priors
+along which the shrinkage priors of w_sf move the absolute cell numbers as training goes on. Here the levels
+of y_s and m_g are divided out and the batch level d_e is fixed from the data and N (see
+:mod:`spotmap.mapping.detection`); the relative sites keep cell2location's priors.
 
 Guide: mean-field log-normal for every site (``log x ~ Normal(loc, scale)``, what cell2location's AutoNormal
 does), parameters ``<site>_loc`` / ``<site>_scale``. Training uses :meth:`MappingModule.elbo_loss`, the same
@@ -56,7 +64,7 @@ from spotmap.mapping.priors import MappingPriors
 from spotmap.mapping.sparse import SparseCountBatch, SparseLikelihood
 
 #: global sites in model order, with their shapes as functions of (G, E, R, F)
-GLOBAL_SITES = ("m_g_mean", "m_g_alpha_e_inv", "m_g", "k_r", "x_fr", "y_e", "s_eg_alpha_hyp", "s_e_mean",
+GLOBAL_SITES = ("m_g_mean", "m_g_alpha_e_inv", "m_g", "k_r", "x_fr", "s_eg_alpha_hyp", "s_e_mean",
                 "s_e_alpha_inv", "s_eg", "alpha_eg_phi_hyp", "alpha_eg_inv")
 #: spot-level sites (plate ``spots``), shapes (S, k)
 LOCAL_SITES = ("n_s_cells_per_location", "b_s_groups_per_location", "z_sr", "w_sf", "y_s")
@@ -74,7 +82,6 @@ class Dims:
         return {
             "m_g_mean": (1, 1), "m_g_alpha_e_inv": (1, 1), "m_g": (1, self.G),
             "k_r": (self.R, 1), "x_fr": (self.R, self.F),
-            "y_e": (self.E, 1),
             "s_eg_alpha_hyp": (1, 1), "s_e_mean": (self.E, 1), "s_e_alpha_inv": (self.E, 1), "s_eg": (self.E, self.G),
             "alpha_eg_phi_hyp": (1, 1), "alpha_eg_inv": (self.E, self.G),
             "n_s_cells_per_location": (self.S, 1), "b_s_groups_per_location": (self.S, 1),
@@ -96,8 +103,8 @@ class MappingModule:
         (F, G) reference signatures, expected mRNA counts per cell of each type, on the device.
     n_batches
         E.
-    detection_mean
-        Prior mean of the batch detection efficiencies y_e (set from the data).
+    detection
+        (E,) detection level d_e of each batch (fixed; :func:`spotmap.mapping.detection.detection_level`).
     priors
         :class:`MappingPriors`.
     init
@@ -113,15 +120,18 @@ class MappingModule:
     """
 
     def __init__(self, counts: SpotCounts | SparseLikelihood, hist: CountHistogram, g_fg: torch.Tensor, n_batches: int,
-                 detection_mean: float, priors: MappingPriors, init: dict[str, np.ndarray],
+                 detection: np.ndarray, priors: MappingPriors, init: dict[str, np.ndarray],
                  init_scale: float = 0.1, max_scale: float = 2.0) -> None:
         self.counts = counts
         self.hist = hist
         self.g_fg = g_fg
         self.priors = priors
         self.dims = Dims(S=counts.n_obs, G=counts.n_genes, F=g_fg.shape[0], E=n_batches, R=int(priors.n_groups))
-        self.detection_mean = float(detection_mean)
         self.device = g_fg.device
+        self.detection = torch.as_tensor(np.asarray(detection, dtype=np.float64).reshape(-1), dtype=torch.float32,
+                                         device=self.device)                                    # (E,) d_e
+        gbar = g_fg.mean(0)
+        self.gbar = gbar / gbar.sum()                                                           # (G,) ḡ
         self.init = init
         self.init_scale = float(init_scale)
         self.max_scale = float(max_scale)
@@ -135,6 +145,19 @@ class MappingModule:
             t = self._consts[x] = torch.tensor(float(x), device=self.device)
         return t
 
+    def relative_sensitivity(self, m_g: torch.Tensor) -> torch.Tensor:
+        """m̃_g = m_g / Σ_g m_g ḡ_g: (1, G)."""
+        return m_g / (m_g * self.gbar).sum()
+
+    def absolute_detection(self, y_s: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """d_e · y_s / geometric mean of y_s over the (mini)batch's spots of batch e: (B, 1). In minibatch
+        training the geometric mean is the minibatch's (an estimate; tens of thousands of spots per step)."""
+        E = self.dims.E
+        logy = torch.log(y_s).reshape(-1)
+        n = torch.bincount(batch, minlength=E).clamp_min(1).to(logy.dtype)
+        mean_log = torch.zeros(E, dtype=logy.dtype, device=logy.device).index_add_(0, batch, logy) / n   # (E,)
+        return (self.detection[batch] * torch.exp(logy - mean_log[batch])).reshape(-1, 1)
+
     def prior_mean(self, site: str) -> float:
         """Prior mean of a site at the hyperparameters' prior means (used for initialisation)."""
         p, d = self.priors, self.dims
@@ -143,14 +166,13 @@ class MappingModule:
         return {
             "m_g_mean": p.m_g_mean, "m_g_alpha_e_inv": 1.0 / p.m_g_alpha_mean, "m_g": p.m_g_mean,
             "k_r": p.A_factors_per_location / p.B_groups_per_location, "x_fr": 1.0 / d.F,
-            "y_e": self.detection_mean,
             "s_eg_alpha_hyp": p.gene_add_alpha_hyp[0] / p.gene_add_alpha_hyp[1],
             "s_e_mean": p.gene_add_mean_hyp[0] / p.gene_add_mean_hyp[1], "s_e_alpha_inv": mean_inv_s,
             "s_eg": p.gene_add_mean_hyp[0] / p.gene_add_mean_hyp[1],
             "alpha_eg_phi_hyp": p.alpha_g_phi_hyp[0] / p.alpha_g_phi_hyp[1], "alpha_eg_inv": mean_inv_a,
             "n_s_cells_per_location": p.N_cells_per_location, "b_s_groups_per_location": p.B_groups_per_location,
             "z_sr": p.N_cells_per_location / d.R, "w_sf": p.N_cells_per_location / d.F,
-            "y_s": self.detection_mean,
+            "y_s": 1.0,
         }[site]
 
     def _init_loc(self, site: str) -> torch.Tensor:
@@ -214,10 +236,6 @@ class MappingModule:
                    .expand([R, 1]).to_event(2), False)                                           # (R, 1)
         x_fr = site("x_fr", dist.Gamma(k_r / F, k_r).expand([R, F]).to_event(2), False)          # (R, F)
 
-        # detection efficiency: batch means y_e
-        y_e = site("y_e", dist.Gamma(c(p.detection_mean_alpha), c(p.detection_mean_alpha / self.detection_mean))
-                   .expand([E, 1]).to_event(2), False)                                           # (E, 1)
-
         # additive background s_eg
         s_hyp = site("s_eg_alpha_hyp", dist.Gamma(c(p.gene_add_alpha_hyp[0]), c(p.gene_add_alpha_hyp[1]))
                      .expand([1, 1]).to_event(2), False)                                         # (1, 1)
@@ -243,12 +261,12 @@ class MappingModule:
             z_sr = site("z_sr", dist.Gamma(b_s / R, b_s / n_s).expand([B, R]), True)            # (B, R)
             w_sf = site("w_sf", dist.Gamma(p.w_sf_mean_var_ratio * (z_sr @ x_fr), c(p.w_sf_mean_var_ratio)),
                         True)                                                                    # (B, F)
-            y_s = site("y_s", dist.Gamma(c(p.detection_alpha),
-                                         p.detection_alpha / y_e[self.counts.batch[idx]]), True)  # (B, 1)
+            y_s = site("y_s", dist.Gamma(c(p.detection_alpha), c(p.detection_alpha)).expand([B, 1]), True)  # (B, 1)
 
         # likelihood: the mu-dependent terms of this (mini)batch scaled to all S spots, plus the exact
         # count-only terms of the full data
-        mg_fg = m_g * self.g_fg                                                                  # (F, G)
+        y_s = self.absolute_detection(y_s, self.counts.batch[idx])                              # (B, 1)
+        mg_fg = self.relative_sensitivity(m_g) * self.g_fg                                      # (F, G)
         if isinstance(batch, SparseCountBatch):
             ll = self.counts.loglik(w_sf, mg_fg, s_eg, y_s, alpha_eg, batch)
         else:

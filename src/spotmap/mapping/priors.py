@@ -2,7 +2,9 @@
 
 Every default is cell2location 0.1.5's (``LocationModelLinearDependentWMultiExperimentLocationBackground
 NormLevelGeneAlphaPyroModel``), except ``N_cells_per_location`` whose default (8) follows the seed
-tutorial's mouse-brain advice; users should set it from histology (cells per 55 µm Visium spot). Visium HD
+tutorial's mouse-brain advice; users should set it from histology (cells per 55 µm Visium spot). cell2location
+has one more, ``detection_mean_alpha`` (the shape of the batch detection means), which spotmap fixes instead
+(:mod:`spotmap.mapping.detection`). Visium HD
 bins get their own default (:func:`default_cells_per_location`).
 """
 
@@ -33,10 +35,9 @@ class MappingPriors:
 
     Detection efficiency y_s (dimensionless; observed / expected mRNA):
 
-    * ``detection_alpha`` — shape of y_s around its batch mean (20: strong within-slide technical
-      variability; 200: little);
-    * ``detection_mean_alpha`` — shape of the batch means y_e around ``detection_mean``, which is set
-      from the data (:func:`spotmap.mapping.model.detection_mean_from_data`).
+    * ``detection_alpha`` — shape of y_s around its batch's level (20: strong within-slide technical
+      variability; 200: little). The level d_e itself is fixed from the data and ``N_cells_per_location``
+      (:mod:`spotmap.mapping.detection`), where cell2location gives it a prior (``Gamma(10, 10 / detection_mean)``).
 
     Gene sensitivity m_g: ``m_g_mean`` (1), ``m_g_mean_var_ratio`` (1), ``m_g_alpha_mean`` (3).
     Additive background s_eg (counts per spot before detection): ``gene_add_alpha_hyp`` (9, 3),
@@ -51,7 +52,6 @@ class MappingPriors:
     n_groups: int = 50
     w_sf_mean_var_ratio: float = 5.0
     detection_alpha: float = 20.0
-    detection_mean_alpha: float = 10.0
     m_g_mean: float = 1.0
     m_g_mean_var_ratio: float = 1.0
     m_g_alpha_mean: float = 3.0

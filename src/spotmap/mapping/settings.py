@@ -27,8 +27,9 @@ SPARSE_MU_MAX = 5.0
 class MappingSettings:
     """Training settings of :func:`map_cell_types` (units in brackets); priors are in :class:`MappingPriors`.
 
-    Convergence rule (from :mod:`spotmap.training`): after ``min_epochs``, stop when
-    ``|mean(elbo[-w:]) - mean(elbo[-2w:-w])| / |mean(elbo[-w:])| < tol`` with ``w = window`` epochs.
+    Convergence rule (:func:`spotmap.training.relative_change`): after ``min_epochs``, stop when
+    ``|mean(L[-w:]) - mean(L[-2w:-w])| / (L[0] - mean(L[-w:])) < tol`` with ``w = window`` epochs and ``L`` the
+    -ELBO per epoch: the last window's change relative to the decrease since the first epoch.
     """
 
     max_epochs: int = 3000            #: upper bound on passes over all spots
@@ -41,7 +42,7 @@ class MappingSettings:
     seed: int = 0
     min_epochs: int = 200             #: the convergence rule is not checked before this epoch
     window: int = 100                 #: epochs per smoothing window of the convergence rule
-    tol: float = 1e-4                 #: relative change of the smoothed -ELBO that counts as converged
+    tol: float = 5e-3                 #: change of the smoothed -ELBO per window / its decrease since epoch 1
     device: str = "auto"              #: auto | cpu | cuda
     batch_key: str = "sample"         #: obs column whose levels are the batches e
     init_scale: float = 0.1           #: initial sd (log scale) of every guide factor but w_sf (set from the counts)

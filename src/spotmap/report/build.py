@@ -151,9 +151,10 @@ def build_report(results_dir: str | os.PathLike, outdir: str | os.PathLike, conf
 
 def _write_content(w: ContentWriter, files: dict[str, list[Path]], dpi: int) -> ContentWriter:
     """Stages 2 and 3: every collected file into the content folder, then the report's own content."""
-    consensus = sorted({p.parent for kind in files.values() for p in kind if p.parent.name == "consensus"})
-    if len(consensus) > 1:  # per-sample mapping: one stability section set per consensus
-        w.groups = consensus_labels(consensus)
+    for name in ("consensus", "colocation"):  # per-sample mapping: one set of sections per consensus
+        folders = sorted({p.parent for kind in files.values() for p in kind if p.parent.name == name})
+        if len(folders) > 1:
+            w.groups.update(consensus_labels(folders))
     for p in files["table"]:
         w.table(p)
     for p in files["structured"]:

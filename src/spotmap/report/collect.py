@@ -88,20 +88,23 @@ def choose_mapping_result(h5ads: list[Path]) -> list[Path]:
     return [min(g, key=lambda p: (_elbo_of(p), str(p))) for _, g in sorted(groups.items(), key=lambda kv: str(kv[0]))]
 
 
-def read_map_data(h5ad: Path):
-    """What the maps need of a result's ``sp.h5ad`` — obs, the q05 abundances, coordinates, images and
-    ``uns['mod']``/``uns['spotmap']`` — read element by element, without the count matrix and the other
-    summaries (GBs and seconds for a Visium HD sample)."""
+def read_map_data(h5ad: Path, quantity: str = "q05"):
+    """What the maps need of a result's ``sp.h5ad`` — obs, the ``quantity`` abundances (q05, means, ...),
+    coordinates, images and ``uns['mod']``/``uns['spotmap']`` — read element by element, without the count
+    matrix and the other summaries (GBs and seconds for a Visium HD sample)."""
     import anndata as ad
     import h5py
 
-    from spotmap.results import obsm_key
+    from spotmap.results import SITE_W, obsm_key
 
-    key = obsm_key("q05")
+    key = obsm_key(quantity)
     try:
         with h5py.File(h5ad, "r") as f:
             if f"obsm/{key}" not in f:
-                raise input_error(h5ad, "missing the q05 cell abundance", field=f"obsm['{key}']")
+                have = sorted(k.removesuffix(f"_{SITE_W}") for k in (f["obsm"] if "obsm" in f else [])
+                              if k.endswith(SITE_W))
+                raise input_error(h5ad, f"missing the {quantity} cell abundance (present: {', '.join(have) or 'none'})",
+                                  field=f"obsm['{key}']")
             if "uns/mod/factor_names" not in f:
                 raise input_error(h5ad, "missing cell-type names", field="uns['mod']['factor_names']")
             obsm = {k: _read_elem(f[f"obsm/{k}"]) for k in (key, "spatial") if f"obsm/{k}" in f}
@@ -114,21 +117,31 @@ def read_map_data(h5ad: Path):
     return ad.AnnData(obs=obs, obsm=obsm, uns=uns)
 
 
-def consensus_labels(folders: list[Path]) -> dict[Path, str]:
-    """A title for each consensus folder: the samples of its ``sp.h5ad`` (``obs['sample']``), else the
-    folder above it (``mapping/<sample>/consensus``); made unique."""
+def _samples_of(folder: Path) -> list[str]:
+    """The samples of a consensus folder (``obs['sample']`` of its ``sp.h5ad``) or of a co-location folder
+    (``samples`` of its ``colocation_summary.json``); empty when unreadable."""
+    import json
+
     import h5py
 
+    try:
+        if (folder / "sp.h5ad").is_file():
+            with h5py.File(folder / "sp.h5ad", "r") as f:
+                return sorted({str(x) for x in _read_elem(f["obs/sample"])})
+        return sorted(str(x) for x in json.loads((folder / "colocation_summary.json").read_text())["samples"])
+    except Exception:  # noqa: BLE001 - no readable sample names: the folder's name will do
+        return []
+
+
+def consensus_labels(folders: list[Path]) -> dict[Path, str]:
+    """A title for each consensus (or co-location) folder: its samples (:func:`_samples_of`), else the
+    folder above it (``mapping/<sample>/consensus``); made unique."""
     labels: dict[Path, str] = {}
     for folder in folders:
+        names = _samples_of(folder)
         label = folder.parent.name
-        try:
-            with h5py.File(folder / "sp.h5ad", "r") as f:
-                names = sorted({str(x) for x in _read_elem(f["obs/sample"])})
-            if names:
-                label = ", ".join(names) if len(names) <= 3 else f"{names[0]} and {len(names) - 1} more samples"
-        except Exception:  # noqa: BLE001 - no readable sample names: the folder's name will do
-            pass
+        if names:
+            label = ", ".join(names) if len(names) <= 3 else f"{names[0]} and {len(names) - 1} more samples"
         labels[folder] = label
     counts: dict[str, int] = {}
     for v in labels.values():

@@ -312,13 +312,16 @@ class ContentWriter:
         ids in ``skip`` are left out."""
         stem = src.name.rsplit(".", 1)[0]
         known = sections.by_file(src.name)
+        group = self.groups.get(src.parent)  # the samples of the mapping, when there are several mappings
         if known is not None:
             sec, label = known
             if sec.id in skip:
                 return
-            label = _with_restart(label, src)
+            label = _with_restart(label, src) or group or ""
             key, rank = sec.parent, sec.order
             title, legend = sec.title.format(label=label), sec.description.format(label=label)
+            if group and "{label}" not in sec.title:
+                title = f"{title}: {group}"
         else:
             key, rank = "other", 5
             title, legend = stem.replace("_mqc", "").replace("_", " "), ""

@@ -95,7 +95,7 @@ def missing_notes(w: ContentWriter) -> None:
             continue
         parent = sections.PARENTS[key]
         body = (f"<div class='alert alert-warning'><strong>The {html.escape(parent.step)} step did not run</strong> "
-                f"(or wrote nothing the report could read): no files for “{html.escape(parent.title)}” were "
+                f"(or was skipped, or wrote nothing the report could read): no files for “{html.escape(parent.title)}” were "
                 f"found under the results folder.</div>")
         w.html_section(key, sections.STEP_MISSING.id.format(key=key), sections.STEP_MISSING.title, body,
                        (sections.STEP_MISSING.order,))

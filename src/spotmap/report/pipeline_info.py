@@ -42,6 +42,11 @@ CITATIONS: dict[str, tuple[str, str]] = {
         "Virshup I, Rybakov S, Theis FJ, Angerer P, Wolf FA. anndata: Access and store annotated data "
         "matrices. <em>J Open Source Softw</em> 9(101), 4371 (2024). "
         "<a href='https://doi.org/10.21105/joss.04371'>doi:10.21105/joss.04371</a>"),
+    "scikit-learn": (
+        "Pedregosa et al. 2011",
+        "Pedregosa F, Varoquaux G, Gramfort A, et al. Scikit-learn: Machine Learning in Python. <em>J Mach Learn "
+        "Res</em> 12, 2825–2830 (2011). <a href='https://jmlr.org/papers/v12/pedregosa11a.html'>"
+        "jmlr.org/papers/v12/pedregosa11a</a>"),
     "multiqc": (
         "Ewels et al. 2016",
         "Ewels P, Magnusson M, Lundin S, Käller M. MultiQC: summarize analysis results for multiple tools and "
@@ -182,7 +187,9 @@ def methods_values(params: dict, found=None, used_nextflow: bool = False) -> dic
     """Values for the placeholders of ``methods_description_template.yml``."""
     import spotmap
 
-    tools = ["cell2location", "pyro", "pytorch", "scanpy", "anndata", "multiqc", "nextflow", "nf-core"]
+    coloc = found is not None and "colocation" in found.parents()
+    tools = ["cell2location", "pyro", "pytorch", "scanpy", "anndata", *(["scikit-learn"] if coloc else []),
+             "multiqc", "nextflow", "nf-core"]
     citations = {t: CITATIONS[t][0] for t in tools}
     bib = "".join(f"<li>{CITATIONS[t][1]}</li>" for t in tools)
     settings = []
@@ -208,10 +215,30 @@ def methods_values(params: dict, found=None, used_nextflow: bool = False) -> dic
         "nodoi_text": "",
         "settings_text": settings_text,
         "consensus_text": consensus_text,
+        "colocation_text": colocation_text(params) if coloc else "",
         "tool_citations": "; ".join(f"{t} ({c})" for t, c in citations.items()),
         "tool_bibliography": bib,
         **{f"cite.{t.replace('-', '_')}": c for t, c in citations.items()},
     }
+
+
+def colocation_text(params: dict) -> str:
+    """The methods' sentences on co-location (cell2location's third part), with this run's numbers if set."""
+    from spotmap.colocation.settings import ColocationSettings, range_text
+
+    s = ColocationSettings()
+    n_f = params.get("colocation_n_factors")
+    numbers = html.escape(str(params.get("colocation_n_factors_range") or range_text(s.factor_range)))
+    factors = (f"with {int(n_f)} factors" if n_f not in (None, "") else
+               f"with the number of factors chosen in {numbers} as the smallest past which one more factor "
+               f"explains less than {s.gain_threshold:g} cell types' worth of variance")
+    n_r = params.get("colocation_n_regions")
+    regions = (f"{int(n_r)} regions" if n_r not in (None, "") else
+               "the number of regions chosen by the largest mean silhouette")
+    return (" Co-located cell types were found by a non-negative matrix factorisation of the spots × cell types "
+            f"abundance (scikit-learn, {CITATIONS['scikit-learn'][0]}; as cell2location's "
+            f"CoLocatedGroupsSklearnNMF, each cell type scaled to unit variance) {factors}, and tissue regions by "
+            f"k-means clustering of the spots' shares of cells in each co-location factor, {regions}.")
 
 
 def write_methods(assets: Path, target: Path, params: dict, found=None,

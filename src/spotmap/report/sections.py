@@ -64,6 +64,10 @@ PARENTS: dict[str, Parent] = {p.key: p for p in [
            "restarts are flagged and should be interpreted with care.", "aggregate"),
     Parent("abundance", "spotmap_abundance_section", "Cell abundance maps",
            "Where each cell type is: estimated number of cells per spot over the tissue image.", "map / aggregate"),
+    Parent("colocation", "spotmap_colocation_section", "Co-location",
+           "Which cell types live together, and the tissue regions their abundances define: a non-negative "
+           "factorisation of the spots × types abundance into co-location factors (as cell2location's "
+           "CoLocatedGroupsSklearnNMF), and spots clustered by composition into regions.", "colocation"),
     Parent("other", "spotmap_other_section", "Other outputs", "Other MultiQC files found in the results folder.", ""),
 ]}
 STEP_KEYS = [k for k in PARENTS if k != "other"]  #: the parents a complete run fills
@@ -157,6 +161,40 @@ RESTARTS = Section(
     "the best by more than {elbo_gap_percent:g}% of the best restart's training improvement). Flagged restarts are "
     "left out of the consensus (In consensus) unless --keep-flagged was given.", 3, "restarts_mqc.tsv")
 
+# ---------------------------------------------------------------------------------------------- spotmap colocation
+COLOCATION_SUMMARY = Section(
+    "spotmap_colocation_summary", "colocation", "Co-location: the choices and what they show",
+    "The numbers of factors and regions, why they were chosen, and the main cell types of each factor and "
+    "region.", 0, "colocation_summary_mqc.html")
+COLOCATION_DOTPLOT = Section(
+    "colocation_dotplot", "colocation", "Co-location factors: cell types × factors",
+    "Dot area and colour: the share of each cell type's cells that falls in each factor (each row sums to 1). "
+    "Types are grouped by the factor holding most of their cells, so types found together sit together.",
+    1, "colocation_dotplot_mqc.png")
+COLOCATION_FACTOR_MAPS = Section(
+    "colocation_factor_maps", "colocation", "Co-location factors over the tissue: {label}",
+    "Cells per spot in each co-location factor in sample {label}, over the tissue image where the mapping "
+    "holds one (else on the spot coordinates). Colour scale per factor, saturated at the 99.2% quantile.",
+    2, "_colocation_factor_maps_mqc.png")
+COLOCATION_REGION_MAP = Section(
+    "colocation_region_map", "colocation", "Tissue regions: {label}",
+    "The region of each spot of sample {label} (spots clustered by their share of cells in each factor; "
+    "region 0 is the largest), over the tissue image where the mapping holds one.", 3,
+    "_colocation_regions_mqc.png")
+COLOCATION_COMPOSITION = Section(
+    "spotmap_colocation_composition", "colocation", "Composition of each region",
+    "Mean cells per spot of each cell type in each region (from the mapped abundance itself); switch to "
+    "percentages to compare the regions' make-up.", 4, "colocation_region_composition_mqc.yaml")
+COLOCATION_FACTOR_FITS = Section(
+    "spotmap_colocation_factor_fits", "colocation", "Number of factors: the fit of each",
+    "One row per number of factors tried: relative reconstruction error, explained variance, the variance one "
+    "more factor explains in cell types' worth (gain), and the agreement of random starts (stability). "
+    "Chosen: {reason}", 5, "colocation_factor_fits_mqc.tsv")
+COLOCATION_REGION_FITS = Section(
+    "spotmap_colocation_region_fits", "colocation", "Number of regions: the fit of each",
+    "One row per number of regions tried: mean silhouette (how much closer a spot is to its own region than to "
+    "the next, -1 to 1) and k-means inertia. Chosen: {reason}", 6, "colocation_region_fits_mqc.tsv")
+
 # ---------------------------------------------------------------------------------------------- the report's own
 ABUNDANCE_GRID = Section(
     "abundance_grid", "abundance", "Cell abundance per type: {label}",
@@ -179,6 +217,8 @@ STEP_SECTIONS: list[Section] = [
     SIGNATURES_HISTORY, SIGNATURES_VS_AVERAGE, GENE_FILTER, SIGNATURES_UMAP, SIGNATURES_HISTORY_IMAGE,
     MAPPING_HISTORY, RECONSTRUCTION, SPATIAL_QC,
     AGGREGATE_SUMMARY, STABILITY_HEATMAP, STABILITY, RESTARTS,
+    COLOCATION_SUMMARY, COLOCATION_DOTPLOT, COLOCATION_FACTOR_MAPS, COLOCATION_REGION_MAP, COLOCATION_COMPOSITION,
+    COLOCATION_FACTOR_FITS, COLOCATION_REGION_FITS,
 ]
 BY_ID: dict[str, Section] = {s.id: s for s in STEP_SECTIONS + [STABILITY_SUMMARY, ABUNDANCE_GRID, ABUNDANCE_OVERLAY]}
 

@@ -1,8 +1,8 @@
 """The pipeline's steps, one module each, each a ``run(..., outdir) -> Path`` with typed keyword arguments.
 
 A step reads its inputs, calls the core packages (:mod:`spotmap.qc`, :mod:`spotmap.reference`,
-:mod:`spotmap.mapping`, :mod:`spotmap.aggregate`, :mod:`spotmap.report`) and writes every file of its
-output folder, MultiQC content included, all or nothing. ``spotmap <step>`` (:mod:`spotmap.cli`) turns its
+:mod:`spotmap.mapping`, :mod:`spotmap.aggregate`, :mod:`spotmap.colocation`, :mod:`spotmap.report`) and
+writes every file of its output folder, MultiQC content included, all or nothing. ``spotmap <step>`` (:mod:`spotmap.cli`) turns its
 options into one ``run`` call; the one-machine workflow (:mod:`spotmap.workflow`) calls them in turn.
 
 =========================  ===========================================  =====================================
@@ -13,13 +13,14 @@ module                     command                                      returns
 :mod:`.signatures`         ``spotmap signatures``                       ``<outdir>/signatures.csv``
 :mod:`.map`                ``spotmap map`` (one restart)                ``outdir`` (a result folder)
 :mod:`.aggregate`          ``spotmap aggregate``                        ``outdir`` (the consensus folder)
+:mod:`.colocation`         ``spotmap colocation``                       ``outdir`` (factors, regions, figures)
 :mod:`.report`             ``spotmap report``                           ``<outdir>/multiqc_report.html``
 =========================  ===========================================  =====================================
 """
 
 import importlib
 
-STEPS = ("qc", "qc_batch", "signatures", "map", "aggregate", "report")
+STEPS = ("qc", "qc_batch", "signatures", "map", "aggregate", "colocation", "report")
 __all__ = list(STEPS)
 
 
