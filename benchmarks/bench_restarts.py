@@ -23,6 +23,14 @@ seed), every aggregation ``spotmap.aggregate.aggregate`` with its defaults:
     Run it once with the code to compare against on ``PYTHONPATH`` (e.g. an export of the branch point) and
     once with this one; only APIs both have are used.
 
+``twice``
+    Does the stopping rule stop late enough? On each of those settings, one fit (seed ``--restart-seeds``'
+    first) with the defaults, stopping at epoch E by the convergence rule, and the same fit trained to 2E
+    (``min_epochs = max_epochs = 2E``: the same seed gives the same first E epochs bit for bit, so this is
+    the first fit continued). Printed: the median per-type r (q05 and posterior mean) of both, its change,
+    and the change of the mean total cells per spot (posterior means; relative). Issue 21's target: |Δr| <
+    0.005 and |Δ total| < 1 %.
+
 Start variants (``--variants``, comma-separated; ``twins`` and ``missing`` only), set through
 ``spotmap.mapping.start``'s ``START_SPOT_SHAPE`` / ``START_TYPE_SHAPE``: ``det`` — the deterministic start
 (every restart's factorisation from w_sf = N/F, both shapes inf); ``gamma<a>`` — w_sf⁽⁰⁾ = N/F · Gamma(a, a)
@@ -35,6 +43,7 @@ Usage::
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_restarts.py twins --variants det,default
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_restarts.py missing
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_restarts.py accuracy --settings default,rare,batch,lowdepth
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_restarts.py twice --settings default,rare,batch,lowdepth
 
 Results (JSON) go to ``--outdir``; Markdown rows are printed.
 """
@@ -309,6 +318,56 @@ def run_accuracy(a) -> list[dict]:
     return rows
 
 
+def run_twice(a) -> list[dict]:
+    """The ``twice`` subcommand (module docstring): one setting after the other."""
+    import numpy as np
+
+    from compare_cell2location import load_case
+    from spotmap.mapping import map_cell_types
+    from spotmap.metrics import evaluate
+    from spotmap.results import table
+
+    seed = a.restart_seeds[0]
+    rows = []
+    for s in a.settings.split(","):
+        wd = Path(a.outdir) / "accuracy" / s
+        wd.mkdir(parents=True, exist_ok=True)
+        adata, sig, truth, _ = load_case(s, wd, a.seed)
+        set_variant(a.variants)
+        fits = {}
+        for name in ("stop", "twice"):
+            extra = {}
+            if name == "twice":
+                n = 2 * fits["stop"]["epochs"]
+                extra = {"min_epochs": n, "max_epochs": n}
+            t = time.perf_counter()
+            res, hist = map_cell_types(adata.copy(), sig, seed=seed, progress=False, device="cpu",
+                                       **{**a.map_settings, **extra})
+            q05, means = table(res, "q05"), table(res, "means")
+            fits[name] = {"epochs": int(len(hist)), "converged": bool(hist.attrs.get("converged", False)),
+                          "median_r_q05": evaluate(q05, truth)["median_pearson"],
+                          "median_r_means": evaluate(means, truth)["median_pearson"],
+                          "mean_total_cells_per_spot": float(means.to_numpy().sum(1).mean()),
+                          "true_mean_total_cells_per_spot": float(truth.loc[means.index, means.columns]
+                                                                  .to_numpy().sum(1).mean()),
+                          "wall_s": time.perf_counter() - t}
+            log(f"  {s} {name}: {json.dumps(fits[name])}")
+        st, tw = fits["stop"], fits["twice"]
+        row = {"setting": s, "seed": seed, "variant": a.variants, "map_settings": a.map_settings, **{
+            f"{k}_{name}": v for name, f in fits.items() for k, v in f.items()},
+            "delta_median_r_q05": tw["median_r_q05"] - st["median_r_q05"],
+            "delta_median_r_means": tw["median_r_means"] - st["median_r_means"],
+            "rel_change_total_cells": tw["mean_total_cells_per_spot"] / st["mean_total_cells_per_spot"] - 1}
+        row["meets_target"] = bool(abs(row["delta_median_r_q05"]) < 0.005 and abs(row["rel_change_total_cells"]) < 0.01)
+        rows.append(row)
+        print(f"| {s} | {st['epochs']} → {tw['epochs']} | {st['median_r_q05']:.4f} → {tw['median_r_q05']:.4f} "
+              f"({row['delta_median_r_q05']:+.4f}) | {st['median_r_means']:.4f} → {tw['median_r_means']:.4f} | "
+              f"{st['mean_total_cells_per_spot']:.3f} → {tw['mean_total_cells_per_spot']:.3f} "
+              f"({100 * row['rel_change_total_cells']:+.2f} %) | {'met' if row['meets_target'] else 'missed'} |",
+              flush=True)
+    return rows
+
+
 def _pair_ratios(totals: dict) -> dict:
     """{type: exp(median over restart pairs of |log(T_a / T_b)|)} from {restart: {type: total}}."""
     import itertools
@@ -347,11 +406,12 @@ def summarise(files: list[str]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("twins", "missing", "accuracy", "summarise"))
+    ap.add_argument("what", choices=("twins", "missing", "accuracy", "twice", "summarise"))
     ap.add_argument("files", nargs="*", help="summarise: the JSON files of earlier runs")
     ap.add_argument("--variants", default="default", help="start variants (twins, missing; accuracy: one); see above")
     ap.add_argument("--map-settings", default={}, type=json.loads, help="JSON of more map_cell_types settings")
-    ap.add_argument("--settings", default="default,rare,batch,lowdepth", help="accuracy: compare_cell2location settings")
+    ap.add_argument("--settings", default="default,rare,batch,lowdepth",
+                    help="accuracy, twice: compare_cell2location settings")
     ap.add_argument("--spots", type=int, default=400)
     ap.add_argument("--genes", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0, help="simulation seed")
@@ -377,6 +437,8 @@ def main(argv=None) -> int:
             "argv": sys.argv[1:], "label": a.label}
     if a.what == "accuracy":
         rows = run_accuracy(a)
+    elif a.what == "twice":
+        rows = run_twice(a)
     else:
         rows = run_twins(a, missing=a.what == "missing")
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
