@@ -23,7 +23,7 @@ DEFAULT_THRESHOLD = 0.8
 DEFAULT_ELBO_GAP = 0.1
 #: cell types (restarts) whose total cells differ between restarts by more than this factor are flagged; chosen
 #: between the ratios of identifiable types and of two signatures that cannot be told apart, as measured from
-#: independent starts (benchmarks/RESULTS_aggregate.md)
+#: independent starts (BENCHMARKS.md, "Restarts from random starts (issue 21)")
 DEFAULT_TOTAL_RATIO = 1.25
 
 
@@ -191,6 +191,23 @@ def _type_stability(stats, names: list[str], factors: list[str], stability: str,
     return stab_df, pairs_df, pairs, corr
 
 
+def _restart_flags(rs_all: list, agreement_threshold: float, total_ratio: float, elbo_gap: float) -> dict:
+    """Every restart's flags over all restarts: ELBO gap, agreement of the maps and of the totals.
+
+    Returns ``{'elbo', 'best', 'gap'}`` (:func:`_elbo_gaps`), ``'stats'`` (the map statistics of all restarts),
+    ``'agreement'`` and ``'total_ratio'`` (R,), ``'flags'`` (``{rule: (R,) bool}``) and ``'flagged'`` (R,) bool.
+    """
+    elbo, best, gap = _elbo_gaps(rs_all)
+    S = rs_all[0].loc.shape[0]
+    stats = map_stats(mean_chunks(rs_all, S), with_ref=len(rs_all) >= 3)
+    agree, r_ratio = agreement(stats), total_agreement(stats)
+    flags = {"agreement": np.nan_to_num(agree, nan=np.inf) < agreement_threshold,
+             "total_ratio": np.nan_to_num(r_ratio, nan=-np.inf) > total_ratio,
+             "elbo": np.nan_to_num(gap, nan=-np.inf) > elbo_gap}
+    return {"elbo": elbo, "best": best, "gap": gap, "stats": stats, "agreement": agree, "total_ratio": r_ratio,
+            "flags": flags, "flagged": np.logical_or.reduce(list(flags.values()))}
+
+
 def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOLD, stability: str = "median",
               agreement_threshold: float | None = None, elbo_gap: float = DEFAULT_ELBO_GAP,
               total_ratio: float = DEFAULT_TOTAL_RATIO, keep_flagged: bool = False,
@@ -240,18 +257,13 @@ def aggregate(adatas: dict[str, ad.AnnData], threshold: float = DEFAULT_THRESHOL
     names_all = [r.name for r in rs_all]
     _log_settings_differences(rs_all)
 
-    # restart flags: ELBO, agreement of the maps and of the totals, over all restarts
-    elbo, best, gap = _elbo_gaps(rs_all)
+    flags = _restart_flags(rs_all, agreement_threshold, total_ratio, elbo_gap)
+    elbo, best, gap, r_flags, stats_all = flags["elbo"], flags["best"], flags["gap"], flags["flags"], flags["stats"]
+    keep, excluded = _kept(flags["flagged"], names_all, keep_flagged, best)
     S = rs_all[0].loc.shape[0]
-    stats_all = map_stats(mean_chunks(rs_all, S), with_ref=len(rs_all) >= 3)
-    agree, r_ratio = agreement(stats_all), total_agreement(stats_all)
-    r_flags = {"agreement": np.nan_to_num(agree, nan=np.inf) < agreement_threshold,
-               "total_ratio": np.nan_to_num(r_ratio, nan=-np.inf) > total_ratio,
-               "elbo": np.nan_to_num(gap, nan=-np.inf) > elbo_gap}
-    r_flag = np.logical_or.reduce(list(r_flags.values()))
-    keep, excluded = _kept(r_flag, names_all, keep_flagged, best)
-    restarts_df = pd.DataFrame({"restart": names_all, "elbo": elbo, "agreement": agree, "flagged": r_flag,
-                                "total_ratio": r_ratio, "total_cells": stats_all.mean.sum(1) * S,
+    restarts_df = pd.DataFrame({"restart": names_all, "elbo": elbo, "agreement": flags["agreement"],
+                                "flagged": flags["flagged"], "total_ratio": flags["total_ratio"],
+                                "total_cells": stats_all.mean.sum(1) * S,
                                 "used": [i in keep for i in range(len(rs_all))], "flagged_by": _flagged_by(r_flags)})
     rs = [rs_all[i] for i in keep]
     names = [r.name for r in rs]
