@@ -105,10 +105,14 @@ def test_mixture_of_one_is_the_lognormal():
 def test_agreeing_restarts_are_stable_and_consensus_is_the_mixture():
     ads = _agreeing(3)
     cons, stab, rst = aggregate_restarts(ads)
-    assert list(stab.columns) == ["cell_type", "stability", "flagged"]
-    assert list(rst.columns) == ["restart", "elbo", "agreement", "flagged"]
+    # the columns of earlier versions first, unchanged; then the scale-aware ones
+    assert list(stab.columns) == ["cell_type", "stability", "flagged", "total_ratio", "total_cells", "flagged_by"]
+    assert list(rst.columns) == ["restart", "elbo", "agreement", "flagged", "total_ratio", "total_cells", "used",
+                                 "flagged_by"]
     assert (stab["stability"] >= 0.9).all() and not stab["flagged"].any()
-    assert (rst["agreement"] >= 0.9).all() and not rst["flagged"].any()
+    assert (rst["agreement"] >= 0.9).all() and not rst["flagged"].any() and rst["used"].all()
+    assert ((stab["total_ratio"] >= 1) & (stab["total_ratio"] < 1.1)).all() and (stab["flagged_by"] == "").all()
+    np.testing.assert_allclose(stab["total_cells"], table(cons, "means").sum().to_numpy(), rtol=1e-5)
     # mean of means, exactly
     means = np.mean([lognormal_summaries(a.obsm["w_sf_loc"], a.obsm["w_sf_scale"])["means"] for a in ads.values()], 0)
     np.testing.assert_allclose(table(cons, "means"), means, rtol=1e-5)
@@ -139,13 +143,23 @@ def test_scrambled_restart_is_flagged_and_can_be_left_out():
     assert flags["restart_3"] and not flags["restart_1"] and not flags["restart_2"]
     assert res.restarts.set_index("restart").loc["restart_3", "agreement"] < 0.5
     assert any("restart_3" in ln and "disagree" in ln for ln in res.summary)
-    # with min over pairs every type sees the scrambled restart; with median (default) the good pair wins
-    assert aggregate(ads, stability="min").stability["flagged"].all()
-    ex = aggregate(ads, exclude_flagged=True)
-    assert ex.consensus.uns["mod"]["consensus"]["excluded"] == ["restart_3"]
-    assert not ex.stability["flagged"].any()
+    # pooled with --keep-flagged: with min over pairs every type sees the scrambled restart; with median
+    # (default) the good pair wins
+    kept = aggregate(ads, keep_flagged=True)
+    assert kept.restarts["used"].all() and kept.consensus.uns["mod"]["consensus"]["excluded"] == []
+    assert aggregate(ads, stability="min", keep_flagged=True).stability["flagged"].all()
+    assert any("include the flagged restart(s) restart_3" in ln for ln in kept.summary)
+    # by default (and with the former exclude_flagged=True) it is left out of the consensus and the stability
     good = np.mean([table(ads[k], "means").to_numpy() for k in ("restart_1", "restart_2")], 0)
-    np.testing.assert_allclose(table(ex.consensus, "means"), good, rtol=1e-5)
+    for ex in (res, aggregate(ads, exclude_flagged=True), aggregate(ads, stability="min")):
+        assert ex.consensus.uns["mod"]["consensus"]["excluded"] == ["restart_3"]
+        assert ex.restarts.set_index("restart")["used"].to_dict() == {"restart_1": True, "restart_2": True,
+                                                                      "restart_3": False}
+        assert not ex.stability["flagged"].any()
+        np.testing.assert_allclose(table(ex.consensus, "means"), good, rtol=1e-5)
+    assert any("restart_3" in ln and "left out of the consensus" in ln for ln in res.summary)
+    assert any("pool 2 of 3 restarts" in ln for ln in res.summary)
+    assert aggregate(ads, exclude_flagged=False).restarts["used"].all()  # the former switch, still honoured
 
 
 def test_far_worse_elbo_is_flagged():
@@ -191,6 +205,74 @@ def test_unstable_type_is_flagged_by_name():
     assert res.stability.set_index("cell_type")["flagged"].to_dict() == {
         k: k == "Macro" for k in TYPES}
     assert any(ln.startswith("Cell type Macro is unstable") for ln in res.summary)
+
+
+def _scaled(a: ad.AnnData, factor: np.ndarray) -> ad.AnnData:
+    """``a`` with every spot's abundance of type f multiplied by ``factor[f]`` (same maps, other totals)."""
+    b = a.copy()
+    add_posterior(b, b.obsm["w_sf_loc"] + np.log(factor)[None, :], b.obsm["w_sf_scale"], TYPES,
+                  np.asarray(b.uns["mod"]["mrna_per_cell"]))
+    return b
+
+
+def test_scale_flag_fires_where_correlation_agrees():
+    """Two restarts whose maps agree (correlation ≈ 1) but one finds twice the other's cells of one type: the
+    type is flagged by its total ratio, not by correlation; neither restart is (one type of six)."""
+    t = _truth()
+    a1 = _restart(t, 1)
+    ads = {"restart_1": a1, "restart_2": _scaled(a1, np.where(np.array(TYPES) == "Fibro", 2.0, 1.0))}
+    res = aggregate(ads)
+    st = res.stability.set_index("cell_type")
+    assert (st["stability"] > 0.999).all()
+    assert st["flagged"].to_dict() == {k: k == "Fibro" for k in TYPES}
+    assert st.loc["Fibro", "flagged_by"] == "total_ratio" and st.loc["Fibro", "total_ratio"] == pytest.approx(2.0, rel=1e-3)
+    np.testing.assert_allclose(st.drop("Fibro")["total_ratio"], 1.0, atol=1e-4)
+    assert not res.restarts["flagged"].any() and res.restarts["used"].all()
+    line = next(ln for ln in res.summary if ln.startswith("Cell type Fibro is unstable"))
+    assert "total cells differ between restarts by a factor 2" in line and "correlation" not in line.split(";")[0]
+    pair = res.pairs.set_index(["cell_type", "restart_a", "restart_b"])
+    assert pair.loc[("Fibro", "restart_1", "restart_2"), "total_ratio"] == pytest.approx(2.0, rel=1e-3)
+    # the ratio is symmetric: the same with the restarts swapped; a looser threshold lets it pass
+    swapped = aggregate({"restart_2": ads["restart_2"], "restart_1": a1}).stability.set_index("cell_type")
+    assert swapped.loc["Fibro", "total_ratio"] == pytest.approx(st.loc["Fibro", "total_ratio"], rel=1e-9)
+    assert not aggregate(ads, total_ratio=2.5).stability["flagged"].any()
+
+
+def test_restart_on_another_scale_is_flagged_and_left_out():
+    """A restart whose every type has 1.6 times the others' cells (elsewhere on the detection-vs-abundance
+    ridge, maps unchanged) is flagged by its total ratio and left out of the consensus by default."""
+    t = _truth()
+    ads = {"restart_1": _restart(t, 1), "restart_2": _restart(t, 2)}
+    ads["restart_3"] = _scaled(_restart(t, 3), np.full(len(TYPES), 1.6))
+    res = aggregate(ads)
+    r = res.restarts.set_index("restart")
+    assert r["flagged"].to_dict() == {"restart_1": False, "restart_2": False, "restart_3": True}
+    assert r.loc["restart_3", "flagged_by"] == "total_ratio" and r.loc["restart_3", "agreement"] > 0.9
+    assert r.loc["restart_3", "total_ratio"] == pytest.approx(1.6, rel=0.05)
+    assert r.loc["restart_3", "total_cells"] == pytest.approx(1.6 * r.loc["restart_1", "total_cells"], rel=0.05)
+    assert r["used"].to_dict() == {"restart_1": True, "restart_2": True, "restart_3": False}
+    assert not res.stability["flagged"].any()
+    assert any(ln.startswith("Restart restart_3 is flagged: its total cells") for ln in res.summary)
+    # kept, it makes every type's totals disagree in two of the three pairs
+    kept = aggregate(ads, keep_flagged=True)
+    assert kept.stability["flagged"].all() and set(kept.stability["flagged_by"]) == {"total_ratio"}
+
+
+def test_every_restart_flagged_keeps_the_best_by_elbo():
+    """Two restarts that disagree are both flagged (it cannot be told which is off); the consensus is the one
+    with the lower final -ELBO alone, never nothing."""
+    t = _truth()
+    ads = {"restart_1": _restart(t, 1, elbo=1.02e5), "restart_2": _restart(t, 2, broken=True)}
+    res = aggregate(ads)
+    r = res.restarts.set_index("restart")
+    assert r["flagged"].all() and r["used"].to_dict() == {"restart_1": False, "restart_2": True}
+    assert res.consensus.uns["mod"]["consensus"]["used"] == ["restart_2"]
+    np.testing.assert_allclose(table(res.consensus, "means"), table(ads["restart_2"], "means"), rtol=1e-5)
+    assert res.stability["stability"].isna().all() and not res.stability["flagged"].any()
+    assert any("restart_2 is flagged" in ln and "the one kept in the consensus (the best by final -ELBO)" in ln
+               for ln in res.summary)
+    assert any("Only one restart (restart_2) is left" in ln for ln in res.summary)
+    assert aggregate(ads, keep_flagged=True).restarts["used"].all()
 
 
 def test_single_restart_passes_through():
@@ -255,6 +337,9 @@ def test_bad_settings_and_bad_posterior_are_refused():
         aggregate(ads, stability="mean")
     with pytest.raises(SpotmapError, match="--threshold"):
         aggregate(ads, threshold=2.0)
+    for bad in (0.8, float("nan"), float("inf")):
+        with pytest.raises(SpotmapError, match="--total-ratio"):
+            aggregate(ads, total_ratio=bad)
     ads["restart_2"].obsm["w_sf_scale"][0, 0] = 0.0
     with pytest.raises(SpotmapError, match=r"restart_2.*w_sf_scale"):
         aggregate(ads)
@@ -281,17 +366,22 @@ def test_cli_writes_the_consensus_folder(tmp_path):
     cons = read_results(out)
     np.testing.assert_allclose(pd.read_csv(out / "W_cell_density.csv", index_col=0).to_numpy(),
                                table(cons, "means").to_numpy(), rtol=1e-5)
-    rst = pd.read_csv(out / "restarts.tsv", sep="\t")
-    assert list(rst.columns) == ["restart", "elbo", "agreement", "flagged"]
+    rst = pd.read_csv(out / "restarts.tsv", sep="\t", keep_default_na=False)
+    assert list(rst.columns) == ["restart", "elbo", "agreement", "flagged", "total_ratio", "total_cells", "used",
+                                 "flagged_by"]
     assert rst.set_index("restart")["flagged"].to_dict() == {"restart_1": False, "restart_2": False, "restart_3": True}
+    assert rst.set_index("restart")["used"].to_dict() == {"restart_1": True, "restart_2": True, "restart_3": False}
+    assert rst.set_index("restart")["flagged_by"].to_dict() == {"restart_1": "", "restart_2": "",
+                                                                "restart_3": "agreement"}
     st = pd.read_csv(out / "stability.tsv", sep="\t")
-    assert list(st.columns) == ["cell_type", "stability", "flagged"] and list(st["cell_type"]) == TYPES
+    assert list(st.columns) == ["cell_type", "stability", "flagged", "total_ratio", "total_cells", "flagged_by"]
+    assert list(st["cell_type"]) == TYPES
     summary = (out / "summary.txt").read_text().splitlines()
     assert any("restart_3" in ln for ln in summary)
     assert "restart_3" in (out / "aggregate_summary_mqc.html").read_text()
     hm = yaml.safe_load((out / "stability_heatmap_mqc.yaml").read_text())
     assert hm["id"] == "spotmap_stability_heatmap" and hm["plot_type"] == "heatmap"
-    assert len(hm["xcats"]) == 3 and hm["ycats"] == TYPES
+    assert hm["xcats"] == ["restart_1 vs restart_2"] and hm["ycats"] == TYPES  # the pooled restarts only
     assert -1 <= hm["data"]["B cell"]["restart_1 vs restart_2"] <= 1
     head = [ln[2:] for ln in (out / "stability_mqc.tsv").read_text().splitlines() if ln.startswith("# ")]
     meta = yaml.safe_load("\n".join(head))
@@ -299,7 +389,25 @@ def test_cli_writes_the_consensus_folder(tmp_path):
 
     # the registry's section: its title, under the report's "Restart stability"
     assert meta["id"] == "spotmap_stability" and meta["section_name"] == sections.STABILITY.title
-    assert meta["parent_id"] == sections.PARENTS["stability"].id and "3 mapping restart(s)" in meta["description"]
+    assert meta["parent_id"] == sections.PARENTS["stability"].id and "2 mapping restart(s)" in meta["description"]
+    assert "above 1.25" in meta["description"] and meta["headers"]["total_ratio"]["title"] == "Total ratio"
+    rt_head = yaml.safe_load("\n".join(ln[2:] for ln in (out / "restarts_mqc.tsv").read_text().splitlines()
+                                       if ln.startswith("# ")))
+    assert {"total_ratio", "used"} <= set(rt_head["headers"]) and "total ratio > 1.25" in rt_head["description"]
+    assert "pool 2 of 3 restarts" in (out / "summary.txt").read_text()
+    # --keep-flagged pools all three; --exclude-flagged is accepted and is the default; both: one line, exit 2
+    keep = tmp_path / "consensus_keep"
+    args = ["aggregate", *sum((["--restart", str(d)] for d in dirs), [])]
+    assert CliRunner().invoke(cli, [*args, "--outdir", str(keep), "--keep-flagged"]).exit_code == 0
+    assert pd.read_csv(keep / "restarts.tsv", sep="\t")["used"].all()
+    excl = tmp_path / "consensus_excl"
+    assert CliRunner().invoke(cli, [*args, "--outdir", str(excl), "--exclude-flagged"]).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_csv(excl / "restarts.tsv", sep="\t"), rst.replace("", np.nan))
+    for bad in (["--keep-flagged", "--exclude-flagged"], ["--total-ratio", "0.5"], ["--total-ratio", "nan"]):
+        r = CliRunner().invoke(cli, [*args, "--outdir", str(tmp_path / "bad"), *bad])
+        errs = [ln for ln in r.output.splitlines() if ln.startswith("spotmap: error")]
+        assert r.exit_code == 2 and len(errs) == 1 and bad[0] in errs[0], r.output
+        assert not (tmp_path / "bad").exists()
     # rerunning into the same folder replaces it; a foreign non-empty folder is refused
     assert CliRunner().invoke(cli, ["aggregate", "--restart", str(dirs[0]), "--outdir", str(out)]).exit_code == 0
     assert not (out / "stability_heatmap_mqc.yaml").exists()  # one restart: no pairs, no heatmap
@@ -342,16 +450,20 @@ def test_results_do_not_depend_on_the_spot_chunking(monkeypatch):
 
     t = _truth()
     ads = {"restart_1": _restart(t, 1), "restart_2": _restart(t, 2), "restart_3": _restart(t, 3, broken=True)}
-    whole = aggregate(ads)
-    # the streamed correlations equal numpy's on the full maps
+    whole = aggregate(ads, keep_flagged=True)
+    # the streamed correlations and total ratios equal numpy's on the full maps
     m = [table(a, "means").to_numpy(np.float64) for a in ads.values()]
     for p, (i, j) in enumerate([(0, 1), (0, 2), (1, 2)]):
         direct = [np.corrcoef(m[i][:, k], m[j][:, k])[0, 1] for k in range(len(TYPES))]
         got = whole.pairs[(whole.pairs["restart_a"] == f"restart_{i + 1}")
-                          & (whole.pairs["restart_b"] == f"restart_{j + 1}")]["correlation"]
-        np.testing.assert_allclose(got, direct, atol=1e-6)
+                          & (whole.pairs["restart_b"] == f"restart_{j + 1}")]
+        np.testing.assert_allclose(got["correlation"], direct, atol=1e-6)
+        ratio = np.exp(np.abs(np.log(m[i].sum(0) / m[j].sum(0))))
+        np.testing.assert_allclose(got["total_ratio"], ratio, rtol=1e-6)  # tables hold float32 means
+    whole_default = aggregate(ads)  # restart_3 left out
     monkeypatch.setattr(mixture, "CHUNK_ELEMENTS", 7 * 3 * len(TYPES))  # 7 spots per chunk
-    chunked = aggregate(ads)
-    pd.testing.assert_frame_equal(chunked.stability, whole.stability, atol=1e-9)
-    pd.testing.assert_frame_equal(chunked.restarts, whole.restarts, atol=1e-9)
-    np.testing.assert_allclose(table(chunked.consensus, "q05"), table(whole.consensus, "q05"), rtol=1e-6)
+    for ref, keep in ((whole, True), (whole_default, False)):
+        chunked = aggregate(ads, keep_flagged=keep)
+        pd.testing.assert_frame_equal(chunked.stability, ref.stability, atol=1e-9)
+        pd.testing.assert_frame_equal(chunked.restarts, ref.restarts, atol=1e-9)
+        np.testing.assert_allclose(table(chunked.consensus, "q05"), table(ref.consensus, "q05"), rtol=1e-6)

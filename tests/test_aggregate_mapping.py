@@ -74,12 +74,17 @@ def test_restart_with_too_few_epochs_is_flagged(restarts):
     flags = rst.set_index("restart")["flagged"].to_dict()
     assert flags == {"restart_1": False, "restart_2": False, "restart_3": True}, rst
     assert "Restart restart_3 is flagged" in summary and "-ELBO" in summary
-    # leaving it out pools the two good ones only: the consensus mean is the mean of their means
-    _, rst_ex, _ = _aggregate([dirs[1], dirs[2], dirs[3]], root / "consensus_ex", "--exclude-flagged")
+    # by default it is left out: the consensus pools the two good ones only, its mean the mean of their means
+    assert rst.set_index("restart")["used"].to_dict() == {"restart_1": True, "restart_2": True, "restart_3": False}
+    assert "It was left out of the consensus" in summary
     good = np.mean([pd.read_csv(dirs[k] / "W_cell_density.csv", index_col=0).to_numpy() for k in (1, 2)], axis=0)
-    np.testing.assert_allclose(pd.read_csv(root / "consensus_ex" / "W_cell_density.csv", index_col=0).to_numpy(),
+    np.testing.assert_allclose(pd.read_csv(root / "consensus_short" / "W_cell_density.csv", index_col=0).to_numpy(),
                                good, rtol=1e-4)
-    assert rst_ex["flagged"].sum() == 1
+    # --keep-flagged pools all three (the former --exclude-flagged is the default and still accepted)
+    _, rst_keep, _ = _aggregate([dirs[1], dirs[2], dirs[3]], root / "consensus_keep", "--keep-flagged")
+    assert rst_keep["used"].all() and rst_keep["flagged"].sum() == 1
+    _, rst_ex, _ = _aggregate([dirs[1], dirs[2], dirs[3]], root / "consensus_ex", "--exclude-flagged")
+    assert rst_ex["used"].tolist() == rst["used"].tolist()
 
 
 def test_type_missing_from_reference_is_absorbed_stably(tmp_path):

@@ -148,6 +148,37 @@ def test_same_seed_bit_identical_other_seed_differs(case):
     assert not np.array_equal(a.obsm["w_sf_loc"], c.obsm["w_sf_loc"])
 
 
+def test_each_seed_starts_from_its_own_random_point(case):
+    """Restarts start apart: the factorisation that initialises w_sf starts from N/F · a_sf · b_f (Gamma
+    factors of mean 1, per spot and type and per type) drawn from the seed — the same seed gives the same start
+    bit for bit, another seed another start; without a generator the start is N/F everywhere."""
+    from spotmap.io.genes import match_genes
+    from spotmap.mapping import MappingSettings, SpatialMapper
+    from spotmap.mapping.start import start_abundance
+
+    N, S, F = 8.0, 4000, 6
+    np.testing.assert_array_equal(start_abundance(S, F, N, None), np.full((S, F), N / F))
+    w3, w3b, w4 = (start_abundance(S, F, N, np.random.default_rng(k)) for k in (3, 3, 4))
+    np.testing.assert_array_equal(w3, w3b)
+    assert not np.allclose(w3, w4) and (w3 > 0).all()
+    # mean N/F over many seeds; the per-type factor moves a whole column (all spots) together
+    means = np.array([start_abundance(50, F, N, np.random.default_rng(k)).mean() for k in range(400)])
+    assert abs(means.mean() / (N / F) - 1) < 0.1
+    col = np.log(w3).mean(0)  # spot factors average out over 4,000 spots; the type factors b_f do not
+    assert col.std() > 5 * np.log(w3).std(0).max() / np.sqrt(S)
+
+    sp_sub, sig_sub = match_genes(case["adata"], case["sig"], min_genes=30)
+
+    def start(seed):
+        return SpatialMapper(sp_sub, sig_sub, settings=MappingSettings(seed=seed, device="cpu",
+                                                                       progress=False)).module().init
+    a, b, c = start(3), start(3), start(4)
+    for key in ("w_sf", "m_g", "w_sf_scale"):
+        np.testing.assert_array_equal(a[key], b[key])
+    rel = np.abs(np.log(a["w_sf"]) - np.log(c["w_sf"]))
+    assert np.median(rel) > 0.05, np.median(rel)  # after the factorisation the starts still differ
+
+
 @pytest.mark.parametrize("batch_size", [None, 70], ids=["full-batch", "minibatch"])
 def test_resume_from_checkpoint_is_bit_identical(case, tmp_path, batch_size):
     # minibatches: the row-wise optimiser's per-spot step counts must survive the checkpoint too

@@ -658,6 +658,30 @@ def test_contract_aggregate(contract):
     assert {"stability.tsv", "restarts.tsv", "summary.txt", "W_cell_density_q05.csv"} <= {p.name for p in res.outputs["files"]}
 
 
+def test_contract_aggregate_keep_flagged(contract):
+    """--keep_flagged reaches `spotmap aggregate --keep-flagged` through conf/modules.config's AGGREGATE
+    ext.args, which reads the param as main.nf's isTrue() reads a boolean (the command line passes text); the
+    rendered script with that flag runs against the real CLI and pools every restart."""
+    cfg = (REPO / "conf" / "modules.config").read_text()
+    block = cfg[cfg.index("withName: 'AGGREGATE'"):]
+    block = block[:nfh._matching_brace_code(block, block.index("{"))]
+    assert "ext.args = { params.keep_flagged != null && params.keep_flagged.toString().toBoolean() ? " \
+           "'--keep-flagged' : '' }" in block
+    main = (REPO / "main.nf").read_text()
+    assert "return value != null && value.toString().toBoolean()" in main  # isTrue(), the same test
+    assert CONFIG_PARAMS["keep_flagged"] is False
+    assert cli_options(cli_command("aggregate"))["--keep-flagged"].is_flag
+    restart = contract.need(f"MAP seed {MAP_SEED}", contract.map()).outputs["restart"][0]
+    res = contract.run("AGGREGATE_KEEP", "AGGREGATE", {"meta": JOINT, "restarts": [
+        contract.shared["results"] / "mapping" / "restart_0", restart]}, ext={"args": "--keep-flagged"})
+    _check(res, "SPOTMAP:AGGREGATE")
+    assert "--keep-flagged" in res.script
+    rst = (res.outputs["consensus"][0] / "restarts.tsv").read_text().splitlines()
+    head = rst[0].split("\t")
+    assert head[:4] == ["restart", "elbo", "agreement", "flagged"] and "used" in head
+    assert all(row.split("\t")[head.index("used")] == "True" for row in rst[1:]) and len(rst) == 3
+
+
 def test_contract_colocation(contract):
     """COLOCATION on the shared run's consensus: every output, the default range cut at the 6 cell types,
     the co-location folder's MultiQC files, --threads from task.cpus."""

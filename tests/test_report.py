@@ -86,6 +86,23 @@ def test_workflow_summary_lists_changed_parameters_only(sim_report):
     assert "n_cells_per_location" not in block and "mapping_mode" not in block  # at their defaults
 
 
+def test_methods_text_describes_the_random_starts_and_the_consensus(tmp_path):
+    """The methods paragraph says what restarts are (each from its own random start, not "random
+    initialisations" of one deterministic start) and whether flagged restarts were pooled."""
+    import yaml
+
+    from spotmap.report.pipeline_info import write_methods
+
+    assets = REPO / "src" / "spotmap" / "assets"
+    text = {}
+    for keep in (False, True, "true"):
+        out = write_methods(assets, tmp_path / f"methods_{keep}.yaml", {"restarts": 3, "keep_flagged": keep})
+        text[keep] = re.sub(r"\s+", " ", yaml.safe_load(out.read_text())["data"])
+    assert "each from its own random starting point" in text[False] and "random initialisations" not in text[False]
+    assert "the other restarts were pooled into a consensus" in text[False]
+    assert "flagged ones included" in text[True] and text[True] == text["true"] and "${" not in text[True]
+
+
 def test_software_versions_in_nf_core_format(sim_report):
     import yaml
 

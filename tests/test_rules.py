@@ -156,6 +156,7 @@ def test_cli_defaults_come_from_the_dataclasses():
                 "sparse_u_max": S.sparse_u_max, "init_iterations": S.init_iterations},
         "run": {"detection_alpha": R.detection_alpha, "restarts": R.restarts, "seed": R.seed,
                 "labels_key": R.labels_key, "mapping_mode": R.mapping_mode, "device": R.device,
+                "keep_flagged": R.keep_flagged,
                 "skip_colocation": R.skip_colocation, "colocation_n_factors_range": range_text(C.factor_range),
                 "colocation_quantity": C.quantity},
         "colocation": {"quantity": C.quantity, "seed": C.seed},
@@ -168,6 +169,22 @@ def test_cli_defaults_come_from_the_dataclasses():
         got = _option_defaults(command)
         wrong = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
         assert not wrong, f"spotmap {command}: option default != dataclass default: {wrong}"
+
+
+def test_keep_flagged_has_one_default_everywhere():
+    """Flagged restarts are left out of the consensus by default in `spotmap aggregate`, its step and core
+    functions, `spotmap run` (RunParams) and the pipeline (nextflow.config, the schema: checked above)."""
+    import inspect
+
+    from spotmap.aggregate import aggregate, aggregate_restarts
+    from spotmap.steps import aggregate as aggregate_step
+    from spotmap.workflow import RunParams
+
+    want = RunParams().keep_flagged
+    assert want is False and CONFIG["keep_flagged"] is False and SCHEMA["keep_flagged"]["type"] == "boolean"
+    for fn in (aggregate, aggregate_restarts, aggregate_step.run):
+        assert inspect.signature(fn).parameters["keep_flagged"].default is want, fn
+    assert _option_defaults("aggregate")["keep_flagged"] is want and _option_defaults("run")["keep_flagged"] is want
 
 
 def test_detection_alpha_is_written_once_in_src():

@@ -59,6 +59,7 @@ class RunParams:
     detection_alpha: float = MappingPriors.detection_alpha
     signatures_max_epochs: int | None = None
     map_max_epochs: int | None = None
+    keep_flagged: bool = False  # pool flagged restarts into the consensus too (spotmap aggregate --keep-flagged)
     device: str = MappingSettings.device
     threads: int | None = None  # CPU threads of qc-batch, signatures, map, colocation (0: all cores); None: each default
     skip_colocation: bool = False
@@ -159,7 +160,8 @@ def _map_and_aggregate(params: RunParams, group: str, files: list[Path], signatu
             outdir=base / f"restart_{seed}", seed=seed, device=params.device,
             detection_alpha=params.detection_alpha, name=f"{group + '_' if group else ''}restart_{seed}",
             n_cells_per_location=n_cells, **epochs, **keys, **params.extra_map_args))
-    consensus = _step(f"aggregate {group or 'all'}", aggregate.run, restarts=restart_dirs, outdir=base / "consensus")
+    consensus = _step(f"aggregate {group or 'all'}", aggregate.run, restarts=restart_dirs, outdir=base / "consensus",
+                      keep_flagged=params.keep_flagged)
     return consensus if params.skip_colocation else _colocation(params, group, consensus, base / "colocation")
 
 

@@ -14,14 +14,20 @@ so restarts can be pooled **exactly**, without sampling:
   stored quantiles are the exact mixture ones.
 * **Stability** — for every pair of restarts and every cell type, the Pearson correlation across
   spots of the posterior-mean abundance (cell types carry the same names in every restart, so they
-  match directly). A cell type's stability is the median (or minimum) over pairs; below
-  ``threshold`` it is flagged.
+  match directly), and the ratio of the type's total cells over all spots, as ``|log(T_a / T_b)|``
+  (symmetric; reported as its ``exp``, ≥ 1): correlation is blind to scale. A cell type's stability is
+  the median (or minimum) correlation over pairs, its total ratio the median (or maximum) ratio; it
+  is flagged when the first is below ``threshold`` or the second above ``total_ratio``.
 * **Restart flags** — a restart's *agreement* is the median over cell types of the correlation of
   its abundance with the element-wise median of all restarts (with two restarts: with the other
-  one). A restart is flagged when its agreement is below ``agreement_threshold`` or its final
-  -ELBO exceeds the best one by more than ``elbo_gap`` times the improvement the best restart made
-  during training (its first-epoch -ELBO minus its final one). The loss omits data constants, so its
-  absolute level means nothing and a gap relative to it would not either.
+  one), its *total ratio* the median over cell types of the ratio of its total cells to the median
+  restart's. A restart is flagged when its agreement is below ``agreement_threshold``, its total
+  ratio above ``total_ratio``, or its final -ELBO exceeds the best one by more than ``elbo_gap``
+  times the improvement the best restart made during training (its first-epoch -ELBO minus its
+  final one). The loss omits data constants, so its absolute level means nothing and a gap relative
+  to it would not either.
+* **Flagged restarts are left out** of the consensus and the cell-type stability unless
+  ``keep_flagged``; when every restart is flagged, the best by final -ELBO is kept alone.
 
 Modules: :mod:`.mixture` (the log-normal mixture), :mod:`.restarts` (reading and checking restarts),
 :mod:`.stability` (correlations), :mod:`.core` (:func:`aggregate`), :mod:`.summary` (the findings in
@@ -35,12 +41,12 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from spotmap.aggregate.core import (DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD, AggregateResult, aggregate,
-                                    aggregate_restarts)
+from spotmap.aggregate.core import (DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD, DEFAULT_TOTAL_RATIO, AggregateResult,
+                                    aggregate, aggregate_restarts)
 from spotmap.aggregate.mixture import (mixture_moments, mixture_quantiles, mixture_summaries,
                                        moment_matched_lognormal)
 from spotmap.aggregate.restarts import check_restarts, load_restarts
 
-__all__ = ["DEFAULT_ELBO_GAP", "DEFAULT_THRESHOLD", "AggregateResult", "aggregate", "aggregate_restarts",
+__all__ = ["DEFAULT_ELBO_GAP", "DEFAULT_THRESHOLD", "DEFAULT_TOTAL_RATIO", "AggregateResult", "aggregate", "aggregate_restarts",
            "check_restarts", "load_restarts", "mixture_moments", "mixture_quantiles", "mixture_summaries",
            "moment_matched_lognormal"]

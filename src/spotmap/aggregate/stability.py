@@ -1,10 +1,17 @@
-"""Agreement between restarts: correlations across spots of their abundance maps, from one pass of sums.
+"""Agreement between restarts: correlations across spots of their abundance maps, and the ratios of their
+total cells, from one pass of sums.
 
 A cell type's stability is the median (or minimum) over restart pairs of the Pearson correlation across
 spots of its posterior-mean abundance. A restart's agreement is the median over cell types of the
 correlation of its map with the element-wise median of all restarts (with two restarts: with the other).
-The maps are never held whole: :func:`map_stats` accumulates the sums every correlation needs, a chunk
-of spots at a time.
+Correlations are blind to scale, so the absolute abundance is compared too: a cell type's *total ratio* is
+``exp`` of the median (or maximum) over restart pairs of ``|log(T_a / T_b)|``, ``T`` the type's total
+posterior-mean cells over all spots (symmetric, ≥ 1: 1.5 means one restart finds 1.5 times the other's
+cells); a restart's total ratio is ``exp`` of the median over cell types of ``|log(T_r / T_ref)|``, with
+``T_ref`` the median over restarts (with two restarts: the other one). Totals below
+``TOTAL_FLOOR`` cells per spot count as that much, so that two restarts that both find a type (nearly)
+absent agree. The maps are never held whole: :func:`map_stats` accumulates the sums every statistic needs,
+a chunk of spots at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from spotmap.aggregate import mixture
+
+#: totals are compared as at least this many cells per spot on average (a type both restarts find absent agrees)
+TOTAL_FLOOR = 0.01
 
 
 def mean_chunks(rs: list, S: int):
@@ -101,3 +111,32 @@ def agreement(st: MapStats) -> np.ndarray:
         c = _corr(st.cross[0, 1], st.s1[0], st.s1[1], st.s2[0], st.s2[1], st.n)
         return np.array([np.median(c)] * 2)
     return np.array([np.median(_corr(st.xref[r], st.s1[r], st.ref1, st.s2[r], st.ref2, st.n)) for r in range(R)])
+
+
+def totals(st: MapStats) -> np.ndarray:
+    """(R, K) total posterior-mean cells over all spots, floored at ``TOTAL_FLOOR`` per spot."""
+    return np.maximum(st.mean, TOTAL_FLOOR) * st.n
+
+
+def pair_log_ratios(st: MapStats, pairs: list[tuple[int, int]]) -> np.ndarray:
+    """(n_pairs, K) ``|log(T_i / T_j)|`` of every restart pair's totals."""
+    log_t = np.log(totals(st))
+    return np.array([np.abs(log_t[i] - log_t[j]) for i, j in pairs]).reshape(len(pairs), log_t.shape[1])
+
+
+def ratio_score(log_ratios: np.ndarray, statistic: str) -> np.ndarray:
+    """Per type: ``exp`` of the median (``'median'``) or maximum (``'min'``: every pair must agree) over pairs
+    of ``|log ratio|`` (NaN without a pair)."""
+    if log_ratios.shape[0] == 0:
+        return np.full(log_ratios.shape[1], np.nan)
+    return np.exp(log_ratios.max(0) if statistic == "min" else np.median(log_ratios, axis=0))
+
+
+def total_agreement(st: MapStats) -> np.ndarray:
+    """Per restart: ``exp`` of the median over types of ``|log(T_r / T_ref)|`` (see module doc)."""
+    R = st.s1.shape[0]
+    if R < 2:
+        return np.full(R, np.nan)
+    log_t = np.log(totals(st))
+    ref = log_t[::-1] if R == 2 else np.median(log_t, axis=0)[None, :]
+    return np.exp(np.median(np.abs(log_t - ref), axis=1))

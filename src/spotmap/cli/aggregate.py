@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from spotmap.aggregate.core import DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD
+from spotmap.aggregate.core import DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD, DEFAULT_TOTAL_RATIO
+from spotmap.errors import SpotmapError
 
 
 @click.command("aggregate")
@@ -26,18 +27,31 @@ from spotmap.aggregate.core import DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD
               help="Restarts whose final -ELBO exceeds the best one by more than this fraction of the best "
                    "restart's training improvement (first-epoch minus final -ELBO, from training_history.tsv) "
                    "are flagged.")
+@click.option("--total-ratio", default=DEFAULT_TOTAL_RATIO, show_default=True, type=float,
+              help="Cell types whose total cells differ between restarts by more than this factor (median over "
+                   "restart pairs) are flagged, and restarts whose totals differ from the median restart's by more "
+                   "than it (median over cell types).")
+@click.option("--keep-flagged", is_flag=True, default=False,
+              help="Pool flagged restarts into the consensus and the cell-type stability too (by default they are "
+                   "left out; when every restart is flagged the best by final -ELBO is kept alone).")
 @click.option("--exclude-flagged", is_flag=True,
-              help="Leave flagged restarts out of the consensus and the cell-type stability.")
+              help="Leave flagged restarts out of the consensus and the cell-type stability: the default (kept for "
+                   "compatibility).")
 def command(restarts: tuple[Path, ...], outdir: Path, threshold: float, statistic: str,
-            agreement_threshold: float | None, elbo_gap: float, exclude_flagged: bool) -> None:
+            agreement_threshold: float | None, elbo_gap: float, total_ratio: float, keep_flagged: bool,
+            exclude_flagged: bool) -> None:
     """Combine the restarts of one mapping: consensus posterior, stability and flags.
 
     Writes OUTDIR/sp.h5ad and W_*.csv (same files and keys as one restart: the exact
-    equal-weight mixture of the restarts' posteriors), stability.tsv, stability_pairs.tsv,
-    restarts.tsv, summary.txt and MultiQC content (*_mqc.*). With a single --restart the
-    consensus is that restart and stability is reported as NA. See docs/aggregate.md.
+    equal-weight mixture of the restarts' posteriors, flagged restarts left out unless
+    --keep-flagged), stability.tsv, stability_pairs.tsv, restarts.tsv, summary.txt and MultiQC
+    content (*_mqc.*). With a single --restart the consensus is that restart and stability is
+    reported as NA. See docs/aggregate.md.
     """
     from spotmap.steps import aggregate
 
+    if keep_flagged and exclude_flagged:
+        raise SpotmapError("--keep-flagged and --exclude-flagged contradict each other; give one of them")
     aggregate.run(restarts=list(restarts), outdir=outdir, threshold=threshold, stability=statistic,
-                  agreement_threshold=agreement_threshold, elbo_gap=elbo_gap, exclude_flagged=exclude_flagged)
+                  agreement_threshold=agreement_threshold, elbo_gap=elbo_gap, total_ratio=total_ratio,
+                  keep_flagged=keep_flagged)

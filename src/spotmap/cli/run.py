@@ -51,6 +51,8 @@ _R = RunParams()
               help="Within-slide detection variability prior: 20 for high, 200 for low technical variability.")
 @click.option("--signatures-max-epochs", type=int, default=None, help="Override the signatures step's epochs.")
 @click.option("--map-max-epochs", type=int, default=None, help="Override the mapping step's epochs.")
+@click.option("--keep-flagged", is_flag=True, default=_R.keep_flagged,
+              help="Pool flagged restarts into the consensus too (by default they are left out; see spotmap aggregate).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_R.device, show_default=True,
               help="Where to train.")
 @click.option("--threads", type=click.IntRange(min=0), default=None,
@@ -70,7 +72,7 @@ def command(samplesheet: Path, reference: Path | None, signatures: Path | None, 
             cell_types: Path | None, batch_key: str | None, qc_min_counts: float | None, qc_min_genes: int | None,
             qc_max_mt_fraction: float | None, restarts: int, seed: int, mapping_mode: str, n_cells_per_location: float | None,
             detection_alpha: float, signatures_max_epochs: int | None, map_max_epochs: int | None,
-            device: str, threads: int | None, skip_colocation: bool, colocation_n_factors: int | None,
+            keep_flagged: bool, device: str, threads: int | None, skip_colocation: bool, colocation_n_factors: int | None,
             colocation_n_factors_range: str, colocation_n_regions: int | None, colocation_quantity: str) -> None:
     """Run QC → signatures → map (one per restart) → aggregate → co-location → report into OUTDIR.
 
@@ -86,7 +88,7 @@ def command(samplesheet: Path, reference: Path | None, signatures: Path | None, 
         cell_types=str(cell_types) if cell_types else None, batch_key=batch_key, qc_min_counts=qc_min_counts, qc_min_genes=qc_min_genes,
         qc_max_mt_fraction=qc_max_mt_fraction, restarts=restarts, seed=seed, mapping_mode=mapping_mode,
         n_cells_per_location=n_cells_per_location, detection_alpha=detection_alpha,
-        signatures_max_epochs=signatures_max_epochs, map_max_epochs=map_max_epochs, device=device,
-        threads=threads, skip_colocation=skip_colocation, colocation_n_factors=colocation_n_factors,
+        signatures_max_epochs=signatures_max_epochs, map_max_epochs=map_max_epochs, keep_flagged=keep_flagged,
+        device=device, threads=threads, skip_colocation=skip_colocation, colocation_n_factors=colocation_n_factors,
         colocation_n_factors_range=colocation_n_factors_range, colocation_n_regions=colocation_n_regions,
         colocation_quantity=colocation_quantity))

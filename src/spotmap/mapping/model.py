@@ -28,6 +28,7 @@ from spotmap.mapping.settings import (GPU_BYTES_PER_NONZERO, GPU_MEMORY_FRACTION
                                       SPARSE_DENSITY, MappingSettings)
 from spotmap.mapping.sparse import SparseLikelihood, sparse_nmf
 from spotmap.mapping.sparse_bound import approximation_check, choose_exact_genes, split_at
+from spotmap.mapping.start import start_abundance
 from spotmap.io.platform import platform_of
 from spotmap.results import add_posterior
 from spotmap.training import TrainConfig, fingerprint_of, train_svi
@@ -53,13 +54,14 @@ def detection_mean_from_data(X: sp.csr_matrix, g_fg: np.ndarray, n_cells_per_loc
 def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, priors: MappingPriors,
                    iterations: int = 30, max_genes: int = 2000,
                    batch: np.ndarray | None = None, sparse: bool = False,
-                   device: torch.device | None = None) -> dict[str, np.ndarray]:
+                   device: torch.device | None = None, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """Initial values of w_sf, m_g and n_s: a quick Poisson NMF of the counts on the fixed signatures.
 
     Detection starts per batch at ``y_e = detection_mean · (mean total counts of the batch / mean over all
     spots)`` (so a shallower sample starts with a lower detection, not with fewer cells), y_s at its
     batch's y_e. With m_g = 1, ``iterations`` multiplicative (Lee–Seung, KL) updates
-    ``w ← w · ((D / (y (w g))) gᵀ) / (1 gᵀ)`` on the ``max_genes`` genes that best separate cell types;
+    ``w ← w · ((D / (y (w g))) gᵀ) / (1 gᵀ)`` on the ``max_genes`` genes that best separate cell types, from
+    :func:`~spotmap.mapping.start.start_abundance` (random with ``rng``: SpatialMapper's is the seed's);
     then m_g by the ratio of observed to fitted totals per gene, and a second round with ``m_g · g``.
     w_sf is floored at 0.01 cells so that no type starts "dead" in log space. ``w_sf_scale``, the guide's
     initial sd of log w_sf, is that of the Gamma posterior of w_sf whose shape is the prior's plus the UMIs
@@ -67,7 +69,7 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     1/sqrt(u_sf) for a type with many UMIs, ~2 for an absent one (the guide starts it at 1.5 at most). With
     every sd at 0.1 instead, absent types needed hundreds of steps to widen, and with minibatches (each spot
     moves once per epoch) a whole Visium HD sample was still far from it at the end of training
-    (benchmarks/RESULTS_hd.md). Deterministic, and cheap next to training. With ``sparse=True`` the same updates run
+    (benchmarks/RESULTS_hd.md). Deterministic given ``rng``, and cheap next to training. With ``sparse=True`` the same updates run
     on the same genes with the ratio evaluated at the non-zero counts only
     (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the non-zeros; for Visium HD), on ``device``
     (default: the CPU), so that both likelihoods start from the same values (up to float rounding): started
@@ -85,7 +87,7 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     D = None if sparse else torch.as_tensor(X_genes.toarray(), dtype=torch.float32)
     col_total = torch.as_tensor(np.asarray(X.sum(0, dtype=np.float64)).ravel(), dtype=torch.float32)
     g = torch.as_tensor(g_fg, dtype=torch.float32)
-    w = torch.full((S, F), priors.N_cells_per_location / F, dtype=torch.float32)
+    w = torch.as_tensor(start_abundance(S, F, priors.N_cells_per_location, rng), dtype=torch.float32)
     batch = np.zeros(S, dtype=np.int64) if batch is None else np.asarray(batch, dtype=np.int64)
     totals = np.asarray(X.sum(1, dtype=np.float64)).ravel()
     E = int(batch.max()) + 1 if S else 1
@@ -197,7 +199,7 @@ class SpatialMapper:
         if self._module is None:
             init = initial_values(self.X, self.g_fg, self.detection_mean, self.priors,
                                   iterations=self.settings.init_iterations, batch=self.batch_codes,
-                                  sparse=self.sparse, device=self.device)
+                                  sparse=self.sparse, device=self.device, rng=np.random.default_rng(self.settings.seed))
             self.detection, init = fix_detection_level(init, self.X, self.g_fg, self.batch_codes,
                                                        self.priors.N_cells_per_location)
             if self.sparse:

@@ -203,12 +203,18 @@ def methods_values(params: dict, found=None, used_nextflow: bool = False) -> dic
                 value = "auto (one model per sample when any sample is Visium HD, otherwise all samples jointly)"
             settings.append(f"{label} = {html.escape(value)}")
     settings_text = (" Key settings of this run: " + "; ".join(settings) + ".") if settings else ""
+    keep = str(params.get("keep_flagged", False)).lower() == "true"
+    consensus_text = ("all restarts, flagged ones included, were pooled into a consensus (the equal-weight mixture "
+                      "of their posteriors)." if keep else
+                      "the other restarts were pooled into a consensus (the equal-weight mixture of their "
+                      "posteriors; when every restart was flagged, the one with the best final loss alone).")
     return {
         "workflow.manifest.name": "spotmap",
         "workflow.manifest.version": spotmap.__version__,
         "doi_text": "",
         "nodoi_text": "",
         "settings_text": settings_text,
+        "consensus_text": consensus_text,
         "colocation_text": colocation_text(params) if coloc else "",
         "tool_citations": "; ".join(f"{t} ({c})" for t, c in citations.items()),
         "tool_bibliography": bib,

@@ -150,13 +150,16 @@ STABILITY_HEATMAP = Section(
 STABILITY = Section(
     "spotmap_stability", "stability", "Stability per cell type",
     "Agreement of the cell-type maps between {n_used} mapping restart(s): the {statistic} over restart pairs of "
-    "the correlation across spots of each cell type's abundance; below {threshold:g} it is flagged.",
+    "the correlation across spots of each cell type's abundance, and of the factor between their total cells "
+    "(total ratio); a type is flagged when the correlation is below {threshold:g} or the ratio above {total_ratio:g}.",
     2, "stability_mqc.tsv")
 RESTARTS = Section(
     "spotmap_restarts", "stability", "Mapping restarts",
     "Final -ELBO (lower is better; best: {best}), agreement with the other restarts (median over cell types of the "
-    "correlation) and flags (agreement < {agreement_threshold:g}, or final -ELBO above the best by more than "
-    "{elbo_gap_percent:g}% of the best restart's training improvement).", 3, "restarts_mqc.tsv")
+    "correlation; total ratio: median over cell types of the factor between its total cells and the median "
+    "restart's) and flags (agreement < {agreement_threshold:g}, total ratio > {total_ratio:g}, or final -ELBO above "
+    "the best by more than {elbo_gap_percent:g}% of the best restart's training improvement). Flagged restarts are "
+    "left out of the consensus (In consensus) unless --keep-flagged was given.", 3, "restarts_mqc.tsv")
 
 # ---------------------------------------------------------------------------------------------- spotmap colocation
 COLOCATION_SUMMARY = Section(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spotmap.aggregate import DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD, AggregateResult
+from spotmap.aggregate import DEFAULT_ELBO_GAP, DEFAULT_THRESHOLD, DEFAULT_TOTAL_RATIO, AggregateResult
 from spotmap.errors import input_error
 from spotmap.report import sections
 from spotmap.utils import atomic_dir, atomic_path, log, write_table
@@ -20,22 +20,26 @@ AGGREGATE_FILES = ("stability.tsv", "restarts.tsv", "stability_pairs.tsv", "summ
 
 def run(*, restarts: list[str | os.PathLike], outdir: str | os.PathLike, threshold: float = DEFAULT_THRESHOLD,
         stability: str = "median", agreement_threshold: float | None = None, elbo_gap: float = DEFAULT_ELBO_GAP,
-        exclude_flagged: bool = False) -> Path:
+        total_ratio: float = DEFAULT_TOTAL_RATIO, keep_flagged: bool = False,
+        exclude_flagged: bool | None = None) -> Path:
     """Pool the restart folders ``restarts`` (:func:`spotmap.aggregate.aggregate`) and write ``outdir``
     (:func:`write_aggregate`); return ``outdir``. ``outdir`` is checked before any work: it may not be one of
-    the restarts, nor a non-empty folder other than an earlier aggregate result."""
+    the restarts, nor a non-empty folder other than an earlier aggregate result. Flagged restarts are left out
+    of the consensus unless ``keep_flagged``; ``exclude_flagged`` is the former switch (overrides it when given)."""
     from spotmap.aggregate import aggregate, load_restarts
 
     outdir = Path(outdir)
     check_outdir(outdir, restarts)  # before the work: never replace an input or a foreign folder
     adatas, sources = load_restarts(restarts)
     res = aggregate(adatas, threshold=threshold, stability=stability, agreement_threshold=agreement_threshold,
-                    elbo_gap=elbo_gap, exclude_flagged=exclude_flagged, sources=sources)
+                    elbo_gap=elbo_gap, total_ratio=total_ratio, keep_flagged=keep_flagged,
+                    exclude_flagged=exclude_flagged, sources=sources)
     write_aggregate(res, outdir, restarts)
     for line in res.summary:
         log.info("%s", line)
-    log.info("consensus of %d restart(s) written to %s (%d cell type(s) and %d restart(s) flagged)",
-             len(adatas), outdir, int(res.stability["flagged"].sum()), int(res.restarts["flagged"].sum()))
+    log.info("consensus of %d of %d restart(s) written to %s (%d cell type(s) and %d restart(s) flagged)",
+             int(res.restarts["used"].sum()), len(adatas), outdir, int(res.stability["flagged"].sum()),
+             int(res.restarts["flagged"].sum()))
     return outdir
 
 
@@ -91,16 +95,28 @@ def write_mqc_content(res: AggregateResult, folder: Path) -> None:
     write_mqc_table(_na(st), folder / sections.STABILITY.file, sections.STABILITY, headers={
         "stability": {"title": "Stability", "min": -1, "max": 1, "scale": "RdYlGn",
                       "description": f"{stat} pairwise correlation across spots"},
-        "flagged": {"title": "Flagged", "description": f"stability < {s['threshold']:g}"}},
-        n_used=len(used), statistic=stat, threshold=s["threshold"])
+        "flagged": {"title": "Flagged", "description": f"stability < {s['threshold']:g} or total ratio > "
+                                                       f"{s['total_ratio']:g}"},
+        "total_ratio": {"title": "Total ratio", "min": 1, "scale": "RdYlGn-rev", "format": "{:,.3f}",
+                        "description": f"{'median' if stat == 'median' else 'largest'} over restart pairs of the "
+                                       "factor between their total cells of the type"},
+        "total_cells": {"title": "Total cells", "format": "{:,.1f}",
+                        "description": "total posterior-mean cells over all spots (mean over the pooled restarts)"},
+        "flagged_by": {"title": "Flagged by", "description": "the rules that flag it (correlation, total_ratio)"}},
+        n_used=len(used), statistic=stat, threshold=s["threshold"], total_ratio=s["total_ratio"])
     rt = res.restarts.set_index("restart").rename_axis("Restart")
     best = res.consensus.uns["mod"]["consensus"]["best_restart"]
     write_mqc_table(_na(rt), folder / sections.RESTARTS.file, sections.RESTARTS,
                     headers={"elbo": {"title": "-ELBO", "format": "{:,.6g}"},
                              "agreement": {"title": "Agreement", "min": -1, "max": 1, "scale": "RdYlGn"},
-                             "flagged": {"title": "Flagged"}},
+                             "flagged": {"title": "Flagged"},
+                             "total_ratio": {"title": "Total ratio", "min": 1, "scale": "RdYlGn-rev",
+                                             "format": "{:,.3f}"},
+                             "total_cells": {"title": "Total cells", "format": "{:,.1f}"},
+                             "used": {"title": "In consensus"},
+                             "flagged_by": {"title": "Flagged by"}},
                     best=best or "NA", agreement_threshold=s["agreement_threshold"],
-                    elbo_gap_percent=100 * s["elbo_gap"])
+                    elbo_gap_percent=100 * s["elbo_gap"], total_ratio=s["total_ratio"])
     pair_labels = [f"{a} vs {b}" for a, b in res.pairs[["restart_a", "restart_b"]].drop_duplicates()
                    .itertuples(index=False)]
     data = {ct: {} for ct in res.stability["cell_type"]}
