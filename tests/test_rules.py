@@ -153,7 +153,7 @@ def test_cli_defaults_come_from_the_dataclasses():
         "map": {"detection_alpha": P.detection_alpha, "n_groups": P.n_groups, "max_epochs": S.max_epochs,
                 "lr": S.lr, "seed": S.seed, "batch_key": S.batch_key, "min_epochs": S.min_epochs, "tol": S.tol,
                 "window": S.window, "likelihood": S.likelihood, "sparse_mu_max": S.sparse_mu_max,
-                "init_iterations": S.init_iterations},
+                "sparse_u_max": S.sparse_u_max, "init_iterations": S.init_iterations},
         "run": {"detection_alpha": R.detection_alpha, "restarts": R.restarts, "seed": R.seed,
                 "labels_key": R.labels_key, "mapping_mode": R.mapping_mode, "device": R.device,
                 "keep_flagged": R.keep_flagged,

@@ -67,7 +67,13 @@ _S, _P = MappingSettings(), MappingPriors()
                    "HD; zero counts of low-expressed genes by a checked second-order expansion); auto: sparse "
                    f"when under {SPARSE_DENSITY:.0%} of counts are non-zero.")
 @click.option("--sparse-mu-max", default=_S.sparse_mu_max, show_default=True, type=float,
-              help="Sparse likelihood: genes whose expected count may exceed this in some spot are computed exactly.")
+              help="Sparse likelihood: genes whose expected count may exceed this in some spot are computed exactly "
+                   "(always: those that may at the initial values, with a factor 2; at each step: those that do).")
+@click.option("--sparse-u-max", default=_S.sparse_u_max, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Sparse likelihood: at each step, genes whose |u| = |mu - mu0|/(alpha + mu0) exceeds this in some "
+                   "spot are computed exactly for that step; the others' expanded zero terms are then within "
+                   "u²/(3(1-u)) + u⁵(1+u)/8 (2.8 % at 0.25) of the exact ones' change from mu0, per spot.")
 @click.option("--init-iterations", default=_S.init_iterations, show_default=True, type=int,
               help="Poisson-NMF iterations of the w_sf initialisation on the fixed signatures (cheap next to an "
                    "epoch; more bring the start closer to the fit).")
@@ -76,7 +82,7 @@ def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_p
             batch_size: int | None, seed: int, device: str, threads: int | None, checkpoint_every: int | None,
             checkpoint: Path | None,
             batch_key: str, name: str | None, min_epochs: int, tol: float, window: int, likelihood: str,
-            sparse_mu_max: float, init_iterations: int) -> None:
+            sparse_mu_max: float, sparse_u_max: float, init_iterations: int) -> None:
     """Map cell types onto spatial data with the cell2location model (one restart = one seed).
 
     Writes OUTDIR/sp.h5ad (all results, cell2location names), W_cell_density.csv, W_cell_density_q05.csv,
@@ -92,4 +98,4 @@ def command(spatial: tuple[Path, ...], signatures: Path, outdir: Path, n_cells_p
                  max_epochs=max_epochs, lr=lr, local_lr=local_lr, batch_size=batch_size, seed=seed, device=device,
                  checkpoint_every=checkpoint_every, checkpoint=checkpoint, batch_key=batch_key, min_epochs=min_epochs,
                  tol=tol, window=window, likelihood=likelihood, sparse_mu_max=sparse_mu_max,
-                 init_iterations=init_iterations)
+                 sparse_u_max=sparse_u_max, init_iterations=init_iterations)

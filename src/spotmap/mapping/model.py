@@ -26,7 +26,8 @@ from spotmap.mapping.module import GLOBAL_SITES, LOCAL_SITES, MappingModule
 from spotmap.mapping.priors import MappingPriors, default_cells_per_location
 from spotmap.mapping.settings import (GPU_BYTES_PER_NONZERO, GPU_MEMORY_FRACTION, LIKELIHOODS, SPARSE_AUTO_BATCH,
                                       SPARSE_DENSITY, MappingSettings)
-from spotmap.mapping.sparse import SparseLikelihood, approximation_check, choose_exact_genes, sparse_nmf
+from spotmap.mapping.sparse import SparseLikelihood, sparse_nmf
+from spotmap.mapping.sparse_bound import approximation_check, choose_exact_genes, split_at
 from spotmap.mapping.start import start_abundance
 from spotmap.io.platform import platform_of
 from spotmap.results import add_posterior
@@ -69,9 +70,11 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     every sd at 0.1 instead, absent types needed hundreds of steps to widen, and with minibatches (each spot
     moves once per epoch) a whole Visium HD sample was still far from it at the end of training
     (benchmarks/RESULTS_hd.md). Deterministic given ``rng``, and cheap next to training. With ``sparse=True`` the same updates run
-    on every gene with the ratio evaluated at the non-zero counts only
+    on the same genes with the ratio evaluated at the non-zero counts only
     (:func:`spotmap.mapping.sparse.sparse_nmf`: cost grows with the non-zeros; for Visium HD), on ``device``
-    (default: the CPU).
+    (default: the CPU), so that both likelihoods start from the same values (up to float rounding): started
+    from an NMF over every gene, a sparse fit's maps differed from the dense fit's by more than the likelihood
+    explains (BENCHMARKS.md, "Sparse likelihood: bound during training").
     """
     S, G = X.shape
     F = g_fg.shape[0]
@@ -79,8 +82,9 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     # genes separating types: largest log ratio of the top type to the mean, among expressed genes
     mean_g = g_fg.mean(0)
     score = np.log((g_fg.max(0) + 1e-12) / (mean_g + 1e-12)) + 0.25 * np.log(mean_g + 1e-12)
-    genes = np.arange(G) if (G <= max_genes or sparse) else np.sort(np.argsort(-score, kind="stable")[:max_genes])
-    D = None if sparse else torch.as_tensor(X[:, genes].toarray(), dtype=torch.float32)
+    genes = np.arange(G) if G <= max_genes else np.sort(np.argsort(-score, kind="stable")[:max_genes])
+    X_genes = X if len(genes) == G else X[:, genes].tocsr()
+    D = None if sparse else torch.as_tensor(X_genes.toarray(), dtype=torch.float32)
     col_total = torch.as_tensor(np.asarray(X.sum(0, dtype=np.float64)).ravel(), dtype=torch.float32)
     g = torch.as_tensor(g_fg, dtype=torch.float32)
     w = torch.as_tensor(start_abundance(S, F, priors.N_cells_per_location, rng), dtype=torch.float32)
@@ -93,7 +97,7 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
 
     def nmf(h: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
         if sparse:
-            return sparse_nmf(X, h, w, y, n, device=device)
+            return sparse_nmf(X_genes, h, w, y, n, device=device)
         denom = h.sum(1)[None, :]
         ratio = torch.empty_like(D)
         for _ in range(n):
@@ -158,7 +162,6 @@ class SpatialMapper:
         self.history: pd.DataFrame | None = None
         self.params: dict[str, torch.Tensor] = {}
         self._module: MappingModule | None = None
-        self.exact_genes = np.zeros(0, dtype=np.int64)   #: genes computed exactly by the sparse likelihood
         self.gpu_memory_gb: dict[str, float] = {}        #: peak GPU memory of training (GB; CUDA only)
 
     # -- building ----------------------------------------------------------------------------------------------
@@ -200,14 +203,7 @@ class SpatialMapper:
             self.detection, init = fix_detection_level(init, self.X, self.g_fg, self.batch_codes,
                                                        self.priors.N_cells_per_location)
             if self.sparse:
-                s_g = self.priors.gene_add_mean_hyp[0] / self.priors.gene_add_mean_hyp[1]   # prior mean of s_eg
-                self.exact_genes = choose_exact_genes(init["w_sf"], self.detection[self.batch_codes],
-                                                      init["m_g"] * self.g_fg,
-                                                      mu_max=self.settings.sparse_mu_max, s_g=s_g)
-                counts = SparseLikelihood(self.X, self.batch_codes, self.exact_genes, self.device)
-                log.info("sparse likelihood: %d of %d genes exact (expected count may exceed %g), %d by the "
-                         "quadratic zero term", len(self.exact_genes), self.X.shape[1], self.settings.sparse_mu_max,
-                         self.X.shape[1] - len(self.exact_genes))
+                counts = self._sparse_likelihood(init)
             else:
                 counts = SpotCounts(self.X, self.batch_codes, self.device)
             hist = CountHistogram(self.X, self.batch_codes, len(self.batch_names), self.device)
@@ -216,6 +212,24 @@ class SpatialMapper:
                                          init, init_scale=self.settings.init_scale,
                                          max_scale=self.settings.max_scale)
         return self._module
+
+    def _sparse_likelihood(self, init: dict[str, np.ndarray]) -> SparseLikelihood:
+        """The sparse likelihood: genes always exact where twice the bound on their expected count at the initial
+        values exceeds ``sparse_mu_max``; at every step also those over ``sparse_u_max`` or ``sparse_mu_max`` there."""
+        st = self.settings
+        s_g = self.priors.gene_add_mean_hyp[0] / self.priors.gene_add_mean_hyp[1]    # prior mean of s_eg
+        floor = choose_exact_genes(init["w_sf"], self.detection[self.batch_codes], init["m_g"] * self.g_fg,
+                                   mu_max=st.sparse_mu_max, s_g=s_g)
+        log.info("sparse likelihood: %d of %d genes always exact (expected count may exceed %g); at every step "
+                 "also those whose |u| may exceed %g", len(floor), self.X.shape[1], st.sparse_mu_max, st.sparse_u_max)
+        return SparseLikelihood(self.X, self.batch_codes, floor, self.device, u_max=st.sparse_u_max,
+                                mu_max=st.sparse_mu_max)
+
+    @property
+    def exact_genes(self) -> np.ndarray:
+        """Genes whose zero term the sparse likelihood computed exactly at the last step."""
+        counts = self._module.counts if self._module is not None else None
+        return counts.exact_genes() if isinstance(counts, SparseLikelihood) else np.zeros(0, dtype=np.int64)
 
     def fingerprint(self) -> dict:
         X = self.X
@@ -318,17 +332,23 @@ class SpatialMapper:
         }
 
     def sparse_check(self, max_spots: int = 5_000) -> dict:
-        """How much the sparse likelihood's quadratic zero term differs from the exact one at the posterior means
-        (:func:`spotmap.mapping.sparse.approximation_check`, on up to ``max_spots`` spots)."""
-        alpha = 1.0 / np.exp(2 * self.loc_scale("alpha_eg_inv")[0])
-        check = approximation_check(self.X, self.posterior_mean("w_sf"), self.posterior_mean("m_g") * self.g_fg,
-                                    self.posterior_mean("s_eg"), self.posterior_mean("y_s"), alpha,
-                                    self.batch_codes, self.exact_genes, max_spots=max_spots, seed=self.settings.seed)
-        check["mu_max"] = float(self.settings.sparse_mu_max)
-        if check["relative_error"] > 0.01:
-            log.warning("sparse likelihood: the expanded zero term is off by %.1f %% of its size at the posterior "
-                        "(largest mu/alpha at a zero count %.2f); lower --sparse-mu-max or use --likelihood dense",
-                        100 * check["relative_error"], check["max_mu_over_alpha_at_zeros"])
+        """How much the sparse likelihood's expanded zero term differs from the exact one at the posterior means
+        (:func:`spotmap.mapping.sparse_bound.approximation_check` on up to ``max_spots`` spots, the genes split
+        as a step at these values would split them), with what the checks during training saw
+        (:meth:`SparseLikelihood.check_summary`)."""
+        st = self.settings
+        w, y, mg = self.posterior_mean("w_sf"), self.posterior_mean("y_s"), self.posterior_mean("m_g") * self.g_fg
+        s_eg, alpha = self.posterior_mean("s_eg"), 1.0 / np.exp(2 * self.loc_scale("alpha_eg_inv")[0])
+        counts = self.module().counts
+        exact = np.union1d(counts.floor_idx.cpu().numpy(),
+                           split_at(w, y, mg, s_eg, alpha, self.batch_codes, st.sparse_u_max, st.sparse_mu_max))
+        check = approximation_check(self.X, w, mg, s_eg, y, alpha, self.batch_codes, exact, u_max=st.sparse_u_max,
+                                    max_spots=max_spots, seed=st.seed)
+        check.update({"mu_max": float(st.sparse_mu_max), **counts.check_summary()})
+        if check["bound_relative_error"] > check["bound"]:
+            log.warning("sparse likelihood: at the posterior the expanded zero term is off by %.2g of its size, "
+                        "above its bound %.2g (largest |u| at a zero count %.2f, --sparse-u-max %g)",
+                        check["bound_relative_error"], check["bound"], check["max_u_at_zeros"], st.sparse_u_max)
         return check
 
     def export_posterior(self, adata: ad.AnnData | None = None) -> ad.AnnData:
@@ -428,6 +448,8 @@ def map_cell_types(adata: ad.AnnData, signatures: pd.DataFrame, *, n_cells_per_l
         raise SpotmapError(f"likelihood must be one of {', '.join(LIKELIHOODS)} (got {cfg.likelihood!r})")
     if not (cfg.sparse_mu_max > 0 and math.isfinite(cfg.sparse_mu_max)):
         raise SpotmapError(f"sparse_mu_max must be a positive number (got {cfg.sparse_mu_max})")
+    if not 0 < cfg.sparse_u_max < 1:
+        raise SpotmapError(f"sparse_u_max must be between 0 and 1 (got {cfg.sparse_u_max})")
     if cfg.init_iterations < 0:
         raise SpotmapError(f"init_iterations must be 0 or more (got {cfg.init_iterations})")
     if cfg.batch_size is not None and cfg.batch_size < 1:

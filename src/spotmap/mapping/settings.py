@@ -18,9 +18,14 @@ SPARSE_AUTO_BATCH = 20_000
 GPU_BYTES_PER_NONZERO = 100
 #: ... within this fraction of the GPU's memory
 GPU_MEMORY_FRACTION = 0.8
-#: default bound on the expected count of a sparse gene in any bin: with 8 µm bins ~1,700 of ~18,000 genes
-#: exceed it and are computed exactly (error of the expansion: spotmap.mapping.sparse.approximation_check)
+#: default bound on the expected count of an expanded gene in any bin: genes whose expected count may exceed it at
+#: the initial values (twice a bound on it) are always exact, and at each step those whose expected count does
+#: (spotmap.mapping.sparse)
 SPARSE_MU_MAX = 5.0
+#: default bound on |u| = |mu - mu0| / (alpha + mu0) of an expanded gene, checked at every step: a spot's expanded
+#: zero terms are then within ε(0.25) = 2.8 % of the exact ones' change from mu0
+#: (spotmap.mapping.sparse_bound.relative_error_bound)
+SPARSE_U_MAX = 0.25
 
 
 @dataclass
@@ -54,6 +59,8 @@ class MappingSettings:
     min_genes: int = 100              #: fewest shared genes accepted
     likelihood: str = "auto"          #: dense | sparse | auto (sparse when under SPARSE_DENSITY of counts are non-zero)
     sparse_mu_max: float = SPARSE_MU_MAX  #: sparse likelihood: genes whose expected count may exceed this are exact
+    #: sparse likelihood: genes whose |u| = |mu - mu0|/(alpha + mu0) exceeds this at a step are exact for that step
+    sparse_u_max: float = SPARSE_U_MAX
 
     def fingerprint(self) -> dict:
         """Settings that change the result (checkpoints must match them); max_epochs excluded."""

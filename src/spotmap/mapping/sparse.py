@@ -6,32 +6,61 @@ The mu-dependent NB terms of :mod:`spotmap.mapping.likelihood` are, per (s, g)::
     count term        d · log(mu / (alpha + mu))              non-zero entries only
 
 With 8 µm bins ~98 % of entries are zero, yet the zero term is what makes the dense likelihood cost
-S × G per epoch. Here the genes are split in two sets:
+S × G per epoch. Here the zero term of each gene is either
 
-* **exact genes** (``exact_genes``): those whose expected count can get large in some bin (bound below).
-  Their terms are computed exactly by the dense fused kernel (:class:`~spotmap.mapping.likelihood.FusedNBMean`)
-  on the (S, |exact|) block;
-* **sparse genes** (all others): the zero term is replaced by its second-order expansion in mu around
-  the batch mean mu0 of each gene, whose sum over spots and genes is exact and cheap thanks to the
-  model's low rank (mu_sg = y_s (Σ_f w_sf mg_fg + s_eg)): the linear part needs ``Σ_s mu_sg`` (a (F,) · (F, G)
-  product), the curvature part per spot is a quadratic form ``y_s² w_sᵀ A w_s + …`` with
-  ``A = mg diag(z''(mu0)) mgᵀ`` (F, F) — O(S F² + E G F²) instead of O(S G F). The curvature term of each
-  spot is softly capped by a linear one (:func:`soft_cap`, see :func:`sparse_gene_loglik`), because a bare
-  quadratic grows without bound where z flattens and would reward expected counts far above mu0. At the
-  **non-zero** entries the expansion is then swapped for the exact terms (computed with sampled sparse-dense
-  products, O(nnz · F)). So the only approximation is at **zero counts of sparse genes**, where the
-  expansion's error per entry is ``≈ alpha · |u|³/3`` with ``u = (mu - mu0)/(alpha + mu0)`` (the cap only
-  acts once |u| approaches one).
+* **expanded**: for every spot, replaced by its second-order expansion in mu around the batch mean mu0 of
+  each gene, whose sum over spots and genes is exact and cheap thanks to the model's low rank
+  (mu_sg = y_s (Σ_f w_sf mg_fg + s_eg)): the linear part needs ``Σ_s mu_sg`` (a (F,) · (F, G) product), the
+  curvature part per spot is a quadratic form ``y_s² w_sᵀ A w_s + …`` with ``A = mg diag(z''(mu0)) mgᵀ``
+  (F, F) — O(S F² + E G F²) instead of O(S G F). The curvature term of each spot is softly capped by a linear
+  one (:func:`soft_cap`, see :func:`sparse_gene_loglik`), because a bare quadratic grows without bound where
+  z flattens and would reward expected counts far above mu0. At the **non-zero** entries the expansion is
+  swapped for the exact terms (sampled sparse-dense products, O(nnz · F));
+* or **exact**, by the dense fused kernel (:class:`~spotmap.mapping.likelihood.FusedNBMean`) on the
+  (S, |exact|) block. Genes *always exact* (chosen at the start: :func:`choose_exact_genes`) have their counts
+  held apart and their count terms computed there too; genes made exact *for one step* (below) keep their
+  count terms in the sparse products, with their expansion masked out (``keep_g``), so switching a gene
+  costs nothing and rebuilds nothing.
 
-Sparse genes are those whose expected count stays below ``mu_max`` in every bin under the bound
-``max_s mu_sg ≤ max_s (y_s Σ_f w_sf) · max_f mg_fg + (max_s y_s) · s_g`` evaluated at the initial values
-(with a safety factor, see :func:`choose_exact_genes`); the error actually incurred is measured after training
-by :func:`approximation_check` (exact vs approximate zero term at the fitted posterior) and written to
-``uns['mod']['sparse_likelihood']``.
+So the only approximation is at **zero counts of expanded genes**. Its size is set by
+``u_sg = (mu_sg - mu0_eg) / (alpha_eg + mu0_eg)`` (> -1): with ``U = max |u|`` over the entries of a step,
+
+* per entry, uncapped (``q = z(mu0) + z'(mu0) δ + ½ z''(mu0) δ²``, ``q - z = alpha (log(1+u) - u + u²/2)``)::
+
+      |q - z| ≤ alpha |u|³ / (3 (1 - |u|))  ≤  |u|² / (3 (1 - |u|)) · |z(mu) - z(mu0)|
+                                           ≤  |u|² / (3 (1 - |u|)) · max(|z(mu)|, |z(mu0)|)
+
+  (for u ≥ 0 also ``q - z ∈ [0, alpha u³/3]``);
+* per spot s, with the cap (which moves the curvature term Q_s by at most ``Q_s ρ⁴/4``, ``ρ = Q_s/C_s ≤ U``,
+  and ``alpha u² ≤ |u| (1 + |u|) |z(mu) - z(mu0)|``)::
+
+      |Σ_g q_sg - Σ_g z_sg|  ≤  ε(U) · Σ_g |z(mu_sg) - z(mu0_eg)|  ≤  ε(U) · Σ_g max(|z(mu_sg)|, |z(mu0_eg)|)
+      ε(U) = U² / (3 (1 - U)) + U⁵ (1 + U) / 8             (:func:`relative_error_bound`; U < 1)
+
+  sums over the spot's zero counts of expanded genes. ε(0.25) = 0.028, ε(0.1) = 0.0037.
+
+**The bound holds at every step.** With ``u_max`` set (``--sparse-u-max``), before each evaluation
+:meth:`SparseLikelihood.check` finds, at the values of that evaluation (the guide's draws) and over the spots of
+each batch, every gene with ``|u_sg| > u_max`` (or ``mu_sg > mu_max``) at some spot, and makes those genes exact
+for that evaluation (:func:`~spotmap.mapping.sparse_bound.genes_over_bound`), nothing n × G at once:
+
+1. per-gene bounds ``max_s mu_sg ≤ M_g``, ``|u_sg| ≤ U_g`` from the spots grouped by their dominant type
+   (:func:`~spotmap.mapping.sparse_bound.gene_bounds`, O(n F + F² G)) clear most genes;
+2. for the others, mu is computed exactly (forward only) at the spots that could pass the limits — those whose
+   ``y_s Σ_f w_sf · max_f mg_fg`` reaches them, a prefix of the spots sorted by ``y_s Σ_f w_sf``
+   (:func:`~spotmap.mapping.sparse_bound.exact_range`), so a gene is made exact only if it truly passes.
+
+Every expanded entry of every step therefore has ``|u| ≤ u_max``, and each spot's error is at most ``ε(u_max)``
+of ``Σ_g |z(mu_sg) - z(mu0_eg)|`` as above. The split is made afresh at each step, not accumulated: the
+guide's draws move the largest mu of a gene from step to step, so the union of the genes over the bound at
+*some* step grows towards most genes while only a fraction is over it at any one step (docs/mapping.md).
+After training :func:`~spotmap.mapping.sparse_bound.approximation_check` measures the error at the posterior
+means, the genes split as a step there would split them (``uns['mod']['sparse_likelihood']``).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -39,14 +68,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from spotmap.mapping.likelihood import BatchOrdered, CountBatch, SpotCounts, nb_mean_loglik
-from spotmap.mapping.settings import SPARSE_MU_MAX
+from spotmap.mapping.likelihood import (CHUNK_ELEMENTS, GPU_CHUNK_ELEMENTS, BatchOrdered, Chunk, CountBatch,
+                                        SpotCounts, nb_mean_loglik)
+from spotmap.mapping.sparse_bound import (approximation_check, choose_exact_genes, gene_bounds, genes_over_bound,
+                                          relative_error_bound)
 
 # torch's CSR tensors work as documented here; its "beta" notice would be printed at every step
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-
-#: the bound of choose_exact_genes is multiplied by this (the posterior may move away from the initial values)
-SAFETY = 2.0
 
 
 @dataclass
@@ -121,7 +149,8 @@ class SampledBase(torch.autograd.Function):
         ctx.nz = nz
         ctx.save_for_backward(w_sf, mg_fg)
         ctx.s_shape = s_eg.shape
-        prod = torch.sparse.sampled_addmm(nz.csr(torch.zeros_like(nz.d)), w_sf, mg_fg, beta=0.0).values()
+        prod = torch.sparse.sampled_addmm(nz.csr(torch.zeros_like(nz.d, dtype=w_sf.dtype)), w_sf, mg_fg,
+                                          beta=0.0).values()
         return prod + s_eg.reshape(-1).index_select(0, nz.flat_eg)
 
     @staticmethod
@@ -152,8 +181,8 @@ def soft_cap(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tensor, y_s: torch.Tensor,
-                       alpha_eg: torch.Tensor, nz: SparseBatch) -> torch.Tensor:
-    """The mu-dependent NB terms of the sparse genes of a batch of spots (see the module docstring).
+                       alpha_eg: torch.Tensor, nz: SparseBatch, keep_g: torch.Tensor | None = None) -> torch.Tensor:
+    """The mu-dependent NB terms of a batch of spots, zero terms expanded (see the module docstring).
 
     Zero term, per batch e, gene g and spot s, by its expansion around the batch mean
     ``mu0_eg = Σ_s mu_sg / n`` (held fixed within a step), ``δ_sg = mu_sg - mu0_eg``::
@@ -168,21 +197,24 @@ def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tens
     that region; capped, the approximate zero term keeps decreasing in mu, like z. Since
     ``Q_s / C_s ≤ max_g |δ_sg| / (alpha + mu0_g)`` (term by term), the cap changes Q by less than (Q/C)⁴/4
     wherever the expansion itself is accurate (|δ| ≪ alpha), for spots far below the mean too.
-    At the non-zeros the expansion is swapped for the exact terms.
-    Shapes: ``w_sf`` (B, F), ``mg_fg`` (F, Gz), ``s_eg`` / ``alpha_eg`` (E, Gz), ``y_s`` (B, 1).
+    At the non-zeros the expansion is swapped for the exact terms. ``keep_g`` (G,), 1 for expanded genes and
+    0 for the others, masks the expansion (and the exact zero term at the non-zeros) of genes whose zero term
+    the caller computes exactly; their count terms ``d log(mu / (alpha + mu))`` stay. None: every gene expanded.
+    Shapes: ``w_sf`` (B, F), ``mg_fg`` (F, G), ``s_eg`` / ``alpha_eg`` (E, G), ``y_s`` (B, 1).
     """
-    E, Gz = alpha_eg.shape
+    E, G = alpha_eg.shape
+    keep = torch.ones(G, dtype=w_sf.dtype, device=w_sf.device) if keep_g is None else keep_g.to(w_sf.dtype)
     linear = torch.zeros((), dtype=w_sf.dtype, device=w_sf.device)
-    mu0_eg = torch.zeros((E, Gz), dtype=w_sf.dtype, device=w_sf.device)
+    mu0_eg = torch.zeros((E, G), dtype=w_sf.dtype, device=w_sf.device)
     q_all, c_all = [], []                                                                       # (n,) per segment
     for e, r0, r1 in nz.segments:
         w, y = w_sf[r0:r1], y_s[r0:r1]                                                          # (n, F), (n, 1)
         n = r1 - r0
-        s, a = s_eg[e], alpha_eg[e]                                                             # (Gz,)
-        m1 = (y * w).sum(0) @ mg_fg + y.sum() * s                                               # (Gz,)
+        s, a = s_eg[e], alpha_eg[e]                                                             # (G,)
+        m1 = (y * w).sum(0) @ mg_fg + y.sum() * s                                               # (G,)
         mu0 = (m1 / n).detach()
         mu0_eg[e] = mu0
-        z0, z1, z2 = expansion(mu0, a)
+        z0, z1, z2 = (z * keep for z in expansion(mu0, a))
         linear = linear + (n * z0 + z1 * (m1 - n * mu0)).sum()
         # Q_s over all genes: ½ Σ_g z2 (y w·mg_g + y s_g - mu0_g)², expanded in y_s and w_s
         A = (mg_fg * z2) @ mg_fg.T                                                              # (F, F)
@@ -196,7 +228,8 @@ def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tens
     if nz.d.numel() == 0:
         return linear + soft_cap(q_s.clamp_min(0.0), c_s.clamp_min(0.0)).sum()
     base = SampledBase.apply(w_sf, mg_fg, s_eg, nz)                                             # (nnz,)
-    total, q_nz, c_nz = NonzeroTerms.apply(base, y_s.reshape(-1), alpha_eg.reshape(-1), mu0_eg.reshape(-1), nz)
+    total, q_nz, c_nz = NonzeroTerms.apply(base, y_s.reshape(-1), alpha_eg.reshape(-1), mu0_eg.reshape(-1),
+                                           keep, nz)
     # Q_s and C_s sum over the zero counts: take the non-zero entries' shares out
     capped = soft_cap((q_s - q_nz).clamp_min(0.0), (c_s - c_nz).clamp_min(0.0)).sum()
     return linear + capped + total
@@ -205,181 +238,202 @@ def sparse_gene_loglik(w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tens
 class NonzeroTerms(torch.autograd.Function):
     """The non-zero entries' part of :func:`sparse_gene_loglik`, fused: O(nnz) memory and passes, no autograd graph.
 
-    With ``mu = base · y_row``, ``a``/``mu0`` gathered per entry (``flat_eg``), ``δ = mu - mu0`` and the
-    expansion ``z0, z1, z2`` of the zero term at ``mu0`` (:func:`expansion`), returns
+    With ``mu = base · y_row``, ``a``/``mu0`` gathered per entry (``flat_eg``), ``k`` the entry's gene's
+    ``keep`` (1: expanded, 0: zero term exact elsewhere), ``δ = mu - mu0`` and the expansion ``z0, z1, z2``
+    of the zero term at ``mu0`` (:func:`expansion`), returns
 
-    * ``total``: Σ over non-zeros of the exact terms ``d log mu - (d + a) log(a + mu) + a log a`` minus the
-      linear part of the expansion ``z0 + z1 δ`` (which the batch sums count at every entry);
-    * ``q_nz`` (B,): per spot, Σ ``½ z2 δ²``, and ``c_nz`` (B,): Σ ``-½ z1 (mu + mu0)`` — the non-zeros' shares
-      of the curvature term and of its cap, to be taken out of the per-spot sums over all genes.
+    * ``total``: Σ over non-zeros of the count term ``d log(mu / (a + mu))`` plus ``k`` × (the exact zero term
+      ``-a log(1 + mu/a)`` minus the linear part of the expansion ``z0 + z1 δ``, which the batch sums count
+      at every entry);
+    * ``q_nz`` (B,): per spot, Σ ``k ½ z2 δ²``, and ``c_nz`` (B,): Σ ``-k ½ z1 (mu + mu0)`` — the non-zeros'
+      shares of the curvature term and of its cap, to be taken out of the per-spot sums over all genes.
 
     ``mu0`` is held fixed (the caller detaches it). Backward recomputes the entries' values from the inputs
-    and returns the gradients for ``base`` (nnz,), ``y`` (B,) and ``alpha`` (E·Gz,) with derivatives by hand
+    and returns the gradients for ``base`` (nnz,), ``y`` (B,) and ``alpha`` (E·G,) with derivatives by hand
     (checked against autograd on the definition in the tests).
     """
 
     @staticmethod
-    def _entries(base, y, alpha, mu0, nz):
+    def _entries(base, y, alpha, mu0, keep, nz):
         yk = y.index_select(0, nz.row)
         a = alpha.index_select(0, nz.flat_eg)
         m0 = mu0.index_select(0, nz.flat_eg)
         inv = torch.reciprocal(a + m0)                                                          # 1 / (alpha + mu0)
-        return yk, base * yk, a, m0, inv
+        return yk, base * yk, a, m0, inv, keep.index_select(0, nz.col)
 
     @staticmethod
-    def forward(ctx, base, y, alpha, mu0, nz: SparseBatch):  # noqa: D102
+    def forward(ctx, base, y, alpha, mu0, keep, nz: SparseBatch):  # noqa: D102
         ctx.nz = nz
-        ctx.save_for_backward(base, y, alpha, mu0)
+        ctx.save_for_backward(base, y, alpha, mu0, keep)
         d = nz.d
-        _, mu, a, m0, inv = NonzeroTerms._entries(base, y, alpha, mu0, nz)
+        _, mu, a, m0, inv, k = NonzeroTerms._entries(base, y, alpha, mu0, keep, nz)
         z1 = -a * inv
         dm = mu - m0
         B = y.shape[0]
-        q_nz = torch.zeros(B, dtype=mu.dtype, device=mu.device).index_add_(0, nz.row, 0.5 * a * inv * inv * dm * dm)
-        c_nz = torch.zeros(B, dtype=mu.dtype, device=mu.device).index_add_(0, nz.row, -0.5 * z1 * (mu + m0))
-        # exact - (z0 + z1 δ), z0 = -a log(1 + mu0/a)
-        t = d * torch.log(mu) - (d + a) * torch.log(a + mu) + a * (torch.log(a) + torch.log1p(m0 / a)) - z1 * dm
+        q_nz = torch.zeros(B, dtype=mu.dtype, device=mu.device).index_add_(0, nz.row, 0.5 * k * a * inv * inv * dm * dm)
+        c_nz = torch.zeros(B, dtype=mu.dtype, device=mu.device).index_add_(0, nz.row, -0.5 * k * z1 * (mu + m0))
+        # count term + k (exact zero term - (z0 + z1 δ)), z0 = -a log(1 + mu0/a)
+        t = d * (torch.log(mu) - torch.log(a + mu)) + k * (a * (torch.log1p(m0 / a) - torch.log1p(mu / a)) - z1 * dm)
         return t.double().sum().to(mu.dtype), q_nz, c_nz
 
     @staticmethod
     def backward(ctx, g_total, g_q, g_c):  # noqa: D102
         nz = ctx.nz
-        base, y, alpha, mu0 = ctx.saved_tensors
+        base, y, alpha, mu0, keep = ctx.saved_tensors
         d = nz.d
-        yk, mu, a, m0, inv = NonzeroTerms._entries(base, y, alpha, mu0, nz)
+        yk, mu, a, m0, inv, k = NonzeroTerms._entries(base, y, alpha, mu0, keep, nz)
         gq, gc = g_q.index_select(0, nz.row), g_c.index_select(0, nz.row)
         inv_amu = torch.reciprocal(a + mu)
         z1 = -a * inv
         z2 = a * inv * inv
         dm = mu - m0
-        # d/dmu: exact d/mu - (d + a)/(a + mu); linear part z1; q share z2 δ; c share -½ z1
-        g_mu = g_total * (d / mu - (d + a) * inv_amu - z1) + gq * z2 * dm - 0.5 * gc * z1
-        # d/dalpha (mu0 fixed): exact -log(a + mu) - (d + a)/(a + mu) + log a + 1; z0' = -log1p(mu0/a) + mu0/(a + mu0);
-        # z1' = -mu0/(a + mu0)²; z2' = (mu0 - a)/(a + mu0)³
+        # d/dmu: count term d/mu - d/(a + mu); zero term -a/(a + mu), linear part z1; q share z2 δ; c share -½ z1
+        g_mu = g_total * (d / mu - d * inv_amu - k * (a * inv_amu + z1)) + k * (gq * z2 * dm - 0.5 * gc * z1)
+        # d/dalpha (mu0 fixed): count term -d/(a + mu); zero term log(a/(a + mu)) + 1 - a/(a + mu);
+        # z0' = -log1p(mu0/a) + mu0/(a + mu0); z1' = -mu0/(a + mu0)²; z2' = (mu0 - a)/(a + mu0)³
         z1_a = -m0 * inv * inv
-        g_a = g_total * (torch.log(a * inv_amu) - (d + a) * inv_amu + 1.0 + torch.log1p(m0 / a) - m0 * inv - z1_a * dm)
-        g_a += gq * (0.5 * (m0 - a) * inv * inv * inv * dm * dm) - gc * (0.5 * z1_a * (mu + m0))
+        g_a = g_total * (-d * inv_amu + k * (torch.log(a * inv_amu) + 1.0 - a * inv_amu + torch.log1p(m0 / a)
+                                             - m0 * inv - z1_a * dm))
+        g_a += k * (gq * (0.5 * (m0 - a) * inv * inv * inv * dm * dm) - gc * (0.5 * z1_a * (mu + m0)))
         g_base = g_mu * yk
         g_y = torch.zeros_like(y).index_add_(0, nz.row, g_mu * base)
         g_alpha = torch.zeros_like(alpha).index_add_(0, nz.flat_eg, g_a)
-        return g_base, g_y, g_alpha, None, None
+        return g_base, g_y, g_alpha, None, None, None
 
 
 @dataclass
 class SparseCountBatch:
-    """A (mini)batch for :class:`SparseLikelihood`: the exact genes' :class:`CountBatch` and the sparse genes'
-    :class:`SparseBatch`, for the same spots in the same order."""
+    """A (mini)batch for :class:`SparseLikelihood`, for the same spots in the same order (sorted by batch): the
+    always-exact genes' :class:`CountBatch` (None if there are none) and the other genes' :class:`SparseBatch`."""
 
     exact: CountBatch | None
     sparse: SparseBatch
 
 
-class SparseLikelihood(BatchOrdered):
-    """Counts split into exact and sparse genes (see the module docstring), with (mini)batch builders.
+def zero_count_batch(segments: list[tuple[int, int, int]], n_rows: int, n_genes: int, device: torch.device) -> CountBatch:
+    """A :class:`CountBatch` of ``n_rows`` spots × ``n_genes`` genes with no non-zero: fed to
+    :class:`~spotmap.mapping.likelihood.FusedNBMean` it gives the exact zero term of every entry."""
+    limit = CHUNK_ELEMENTS if torch.device(device).type == "cpu" else GPU_CHUNK_ELEMENTS
+    rows = max(1, limit // max(n_genes, 1))
+    none_i = torch.zeros(0, dtype=torch.int64, device=device)
+    none_f = torch.zeros(0, dtype=torch.float32, device=device)
+    chunks = [Chunk(e, r, min(r + rows, r1), none_i, none_i, none_f)
+              for e, r0, r1 in segments for r in range(r0, r1, rows)]
+    return CountBatch(n_rows, n_genes, chunks)
 
-    ``X`` (S, G) CSR counts, ``batch`` (S,) batch codes, ``exact_genes`` sorted gene indices computed exactly.
+
+class SparseLikelihood(BatchOrdered):
+    """Counts split into always-exact genes and the others, whose zero terms are exact or expanded step by step
+    (see the module docstring), with (mini)batch builders.
+
+    ``X`` (S, G) CSR counts, ``batch`` (S,) batch codes, ``exact_genes`` the genes whose zero term is always
+    exact: their counts are held apart and computed by the dense fused kernel with their non-zeros. With
+    ``u_max`` set, each evaluation first makes exact, for that evaluation, every other gene whose bound on |u|
+    exceeds ``u_max`` or whose bound on mu exceeds ``mu_max`` at its values (:meth:`check`); with
+    ``u_max=None`` the split is the one given.
     """
 
-    def __init__(self, X: sp.csr_matrix, batch: np.ndarray, exact_genes: np.ndarray, device: torch.device) -> None:
+    def __init__(self, X: sp.csr_matrix, batch: np.ndarray, exact_genes: np.ndarray, device: torch.device,
+                 u_max: float | None = None, mu_max: float = math.inf) -> None:
         X = sp.csr_matrix(X)
         self.n_obs, self.n_genes = X.shape
         self.device = device
         self.batch_np = np.asarray(batch, dtype=np.int64)
         self.batch = torch.as_tensor(self.batch_np, device=device)
-        exact = np.zeros(self.n_genes, dtype=bool)
-        exact[np.asarray(exact_genes, dtype=np.int64)] = True
-        self.exact_idx = torch.as_tensor(np.flatnonzero(exact), device=device)
-        self.sparse_idx = torch.as_tensor(np.flatnonzero(~exact), device=device)
-        self.X_sparse = X[:, np.flatnonzero(~exact)].tocsr()
-        self.exact_counts = (SpotCounts(X[:, np.flatnonzero(exact)].tocsr(), self.batch_np, device)
-                             if exact.any() else None)
+        floor = np.zeros(self.n_genes, dtype=bool)
+        floor[np.asarray(exact_genes, dtype=np.int64)] = True
+        self.floor_idx = torch.as_tensor(np.flatnonzero(floor), device=device)    #: always exact
+        self.free_idx = torch.as_tensor(np.flatnonzero(~floor), device=device)    #: exact or expanded per step
+        self.X_free = X[:, np.flatnonzero(~floor)].tocsr()
+        self.floor_counts = (SpotCounts(X[:, np.flatnonzero(floor)].tocsr(), self.batch_np, device)
+                             if floor.any() else None)
         self.order = torch.as_tensor(np.argsort(self.batch_np, kind="stable"), device=device)
         self._full: SparseCountBatch | None = None
+        self.u_max, self.mu_max = u_max, float(mu_max)
+        #: (len(free_idx),) which of the other genes were exact at the last evaluation
+        self.dynamic = torch.zeros(len(self.free_idx), dtype=torch.bool, device=device)
+        self._dynamic_idx = torch.zeros(0, dtype=torch.int64, device=device)
+        #: what the checks saw: evaluations, those that made some gene exact beyond the always-exact ones, exact
+        #: genes summed over them and at most, and the largest bound on |u| of a gene left expanded (≤ u_max)
+        self.steps, self.steps_moved, self.exact_sum, self.exact_most = 0, 0, 0, 0
+        self.max_u = torch.zeros((), device=device)
 
     @property
     def n_exact(self) -> int:
-        return int(self.exact_idx.numel())
+        """Exact genes at the last evaluation."""
+        return int(self.floor_idx.numel() + self._dynamic_idx.numel())
+
+    @property
+    def exact(self) -> torch.Tensor:
+        """(G,) bool: the genes exact at the last evaluation."""
+        mask = torch.zeros(self.n_genes, dtype=torch.bool, device=self.device)
+        mask[self.floor_idx] = True
+        mask[self.free_idx[self._dynamic_idx]] = True
+        return mask
+
+    def exact_genes(self) -> np.ndarray:
+        """Sorted indices of the genes exact at the last evaluation."""
+        return torch.nonzero(self.exact).reshape(-1).cpu().numpy()
+
+    def check_summary(self) -> dict:
+        """JSON-safe figures of the checks so far (:meth:`check`)."""
+        return {"always_exact": int(self.floor_idx.numel()), "steps_checked": self.steps,
+                "steps_with_genes_moved": self.steps_moved,
+                "exact_genes_per_step_mean": self.exact_sum / self.steps if self.steps else float(self.n_exact),
+                "exact_genes_per_step_max": self.exact_most, "max_u_bound_in_training": float(self.max_u)}
 
     def batch_rows(self, idx: torch.Tensor) -> SparseCountBatch:
         """Rows ``idx`` (sorted by batch)."""
         rows = idx.cpu().numpy()
-        exact = self.exact_counts.batch_rows(idx) if self.exact_counts is not None else None
-        return SparseCountBatch(exact, SparseBatch.from_csr(self.X_sparse[rows], self.batch_np[rows], self.device))
+        exact = self.floor_counts.batch_rows(idx) if self.floor_counts is not None else None
+        return SparseCountBatch(exact, SparseBatch.from_csr(self.X_free[rows], self.batch_np[rows], self.device))
+
+    @torch.no_grad()
+    def check(self, w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tensor, y_s: torch.Tensor,
+              alpha_eg: torch.Tensor, nz: SparseBatch) -> None:
+        """Set which genes not always exact are exact in this evaluation: those whose |u| exceeds ``u_max`` (or mu
+        ``mu_max``) in some spot of ``nz`` at these values, per batch segment
+        (:func:`~spotmap.mapping.sparse_bound.genes_over_bound`). Shapes as in :meth:`loglik` (every gene)."""
+        zi = self.free_idx
+        mg, s_z, a_z = mg_fg.index_select(1, zi), s_eg.index_select(1, zi), alpha_eg.index_select(1, zi)
+        dynamic = torch.zeros(len(zi), dtype=torch.bool, device=self.device)
+        u = torch.zeros(len(zi), dtype=w_sf.dtype, device=self.device)
+        limit = CHUNK_ELEMENTS if torch.device(self.device).type == "cpu" else GPU_CHUNK_ELEMENTS
+        for e, r0, r1 in nz.segments:
+            over, U = genes_over_bound(w_sf[r0:r1], y_s[r0:r1], mg, s_z[e], a_z[e], self.u_max, self.mu_max, limit)
+            dynamic |= over
+            u = torch.maximum(u, U)
+        self.dynamic = dynamic
+        self._dynamic_idx = torch.nonzero(dynamic).reshape(-1)
+        n = self.n_exact
+        self.steps += 1
+        self.steps_moved += int(self._dynamic_idx.numel() > 0)
+        self.exact_sum += n
+        self.exact_most = max(self.exact_most, n)
+        if len(zi):
+            self.max_u = torch.maximum(self.max_u, u.masked_fill(dynamic, 0.0).max())
 
     def loglik(self, w_sf: torch.Tensor, mg_fg: torch.Tensor, s_eg: torch.Tensor, y_s: torch.Tensor,
                alpha_eg: torch.Tensor, batch: SparseCountBatch) -> torch.Tensor:
-        """The mu-dependent NB terms of ``batch`` (exact genes exactly, sparse genes as in the module docstring)."""
-        zi = self.sparse_idx
+        """The mu-dependent NB terms of ``batch``: exact genes' zero terms exactly, the others' expanded, every
+        count term exactly (module docstring); with ``u_max`` set, :meth:`check` runs first.
+        Shapes: ``w_sf`` (B, F), ``mg_fg`` (F, G), ``s_eg`` / ``alpha_eg`` (E, G), ``y_s`` (B, 1)."""
+        nz = batch.sparse
+        if self.u_max is not None:
+            self.check(w_sf.detach(), mg_fg.detach(), s_eg.detach(), y_s.detach(), alpha_eg.detach(), nz)
+        zi = self.free_idx
         mg_z, s_z, a_z = mg_fg.index_select(1, zi), s_eg.index_select(1, zi), alpha_eg.index_select(1, zi)
-        ll = sparse_gene_loglik(w_sf, mg_z, s_z, y_s, a_z, batch.sparse)
+        ll = sparse_gene_loglik(w_sf, mg_z, s_z, y_s, a_z, nz, keep_g=~self.dynamic)
+        di = self._dynamic_idx
+        if di.numel():                                   # zero terms of this step's exact genes; counts above
+            zeros = zero_count_batch(nz.segments, nz.n_rows, di.numel(), self.device)
+            ll = ll + nb_mean_loglik(w_sf, mg_z.index_select(1, di), s_z.index_select(1, di), y_s,
+                                     a_z.index_select(1, di), zeros)
         if batch.exact is not None:
-            xi = self.exact_idx
+            xi = self.floor_idx
             ll = ll + nb_mean_loglik(w_sf, mg_fg.index_select(1, xi), s_eg.index_select(1, xi), y_s,
                                      alpha_eg.index_select(1, xi), batch.exact)
         return ll
-
-
-def choose_exact_genes(w_sf: np.ndarray, y_s: np.ndarray, mg_fg: np.ndarray, mu_max: float = SPARSE_MU_MAX,
-                       safety: float = SAFETY, s_g: float = 0.0) -> np.ndarray:
-    """Genes whose expected count may exceed ``mu_max`` in some spot: computed exactly.
-
-    Uses the bound ``max_s mu_sg ≤ max_s (y_s Σ_f w_sf) · max_f mg_fg + (max_s y_s) s_g`` (a spot's cells all
-    of the type that expresses g most) at the given (initial) values, times ``safety``. ``w_sf`` (S, F), ``y_s``
-    (S,) or (S, 1), ``mg_fg`` (F, G). Returns sorted gene indices.
-    """
-    y = np.asarray(y_s, dtype=np.float64).reshape(-1)
-    top = float((y * np.asarray(w_sf).sum(1)).max()) if len(y) else 0.0
-    bound = top * np.asarray(mg_fg).max(0) + float(y.max() if len(y) else 0.0) * s_g           # (G,)
-    return np.flatnonzero(safety * bound > mu_max)
-
-
-def approximation_check(X: sp.csr_matrix, w_sf: np.ndarray, mg_fg: np.ndarray, s_eg: np.ndarray, y_s: np.ndarray,
-                        alpha_eg: np.ndarray, batch: np.ndarray, exact_genes: np.ndarray,
-                        max_spots: int = 20_000, seed: int = 0, chunk: int = 256) -> dict:
-    """Exact vs approximate zero term over the sparse genes at given (posterior) values, on up to ``max_spots`` spots.
-
-    Returns JSON-safe figures: the number of exact and sparse genes, spots checked, the largest
-    ``mu/alpha`` at a zero count of a sparse gene, the approximation error (nats, |q - z|) summed over
-    the checked spots and scaled to all spots (absolute per spot), and that error relative to the magnitude of the exact zero
-    term. Shapes: ``w_sf`` (S, F), ``mg_fg`` (F, G), ``s_eg`` / ``alpha_eg`` (E, G), ``y_s`` (S,) or (S, 1).
-    """
-    S, G = X.shape
-    sparse_genes = np.setdiff1d(np.arange(G), exact_genes)
-    rng = np.random.default_rng(seed)
-    spots = np.arange(S) if S <= max_spots else np.sort(rng.choice(S, max_spots, replace=False))
-    y = np.asarray(y_s, dtype=np.float64).reshape(-1)
-    batch = np.asarray(batch)
-    mg = mg_fg[:, sparse_genes].astype(np.float64)
-    s_z, a_z = s_eg[:, sparse_genes].astype(np.float64), alpha_eg[:, sparse_genes].astype(np.float64)
-    # expansion point: mean of mu_sg over all spots of each batch (exact, low rank); minibatch training expands
-    # around each minibatch's mean, which scatters around this one
-    mu0 = np.stack([(y[batch == e] @ w_sf[batch == e]) @ mg / max((batch == e).sum(), 1)
-                    + y[batch == e].mean() * s_z[e] if (batch == e).any() else np.zeros(len(sparse_genes))
-                    for e in range(len(s_z))])
-    err = exact_abs = 0.0
-    max_x = 0.0
-    for i in range(0, len(spots), chunk):
-        rows = spots[i:i + chunk]
-        e = batch[rows]
-        a, m0 = a_z[e], mu0[e]
-        mu = (w_sf[rows] @ mg + s_z[e]) * y[rows, None]
-        zero = X[rows][:, sparse_genes].toarray() == 0
-        z = -a * np.log1p(mu / a)
-        apm = a + m0
-        dm = mu - m0
-        linear = -a * np.log1p(m0 / a) - a / apm * dm
-        q = (0.5 * a / apm**2 * dm**2 * zero).sum(1)
-        c = (0.5 * a / apm * (mu + m0) * zero).sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            capped = np.where(q > 0, q * c / (q**4 + c**4) ** 0.25, 0.0)
-        err += float(np.abs((linear * zero).sum(1) + capped - (z * zero).sum(1)).sum())
-        exact_abs += float((-z * zero).sum())
-        if zero.any():
-            max_x = max(max_x, float((mu / a)[zero].max()))
-    scale = S / len(spots)
-    return {"exact_genes": int(len(exact_genes)), "sparse_genes": int(len(sparse_genes)),
-            "spots_checked": int(len(spots)), "max_mu_over_alpha_at_zeros": max_x,
-            "error_nats": err * scale, "relative_error": err / exact_abs if exact_abs > 0 else 0.0}
 
 
 def sparse_nmf(X: sp.csr_matrix, h_fg: torch.Tensor, w_sf: torch.Tensor, y_s: torch.Tensor, iterations: int,
@@ -412,3 +466,7 @@ def sparse_nmf(X: sp.csr_matrix, h_fg: torch.Tensor, w_sf: torch.Tensor, y_s: to
                                                                 check_invariants=False), h_t) / denom
         w[r0:r0 + block] = wb.cpu()
     return w
+
+
+__all__ = ["SparseLikelihood", "SparseCountBatch", "approximation_check", "choose_exact_genes", "gene_bounds",
+           "relative_error_bound", "sparse_gene_loglik", "sparse_nmf"]

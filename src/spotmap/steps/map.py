@@ -104,7 +104,8 @@ def run(*, spatial: list[str | os.PathLike], signatures: str | os.PathLike, outd
         seed: int = _S.seed, device: str = _S.device, checkpoint_every: int | None = None,
         checkpoint: str | os.PathLike | None = None, batch_key: str = _S.batch_key, min_epochs: int = _S.min_epochs,
         tol: float = _S.tol, window: int = _S.window, likelihood: str = _S.likelihood,
-        sparse_mu_max: float = _S.sparse_mu_max, init_iterations: int = _S.init_iterations,
+        sparse_mu_max: float = _S.sparse_mu_max, sparse_u_max: float = _S.sparse_u_max,
+        init_iterations: int = _S.init_iterations,
         **settings) -> Path:
     """Map cell types onto the QC-filtered ``spatial`` files (jointly) with ``signatures``; write ``outdir``.
 
@@ -124,7 +125,7 @@ def run(*, spatial: list[str | os.PathLike], signatures: str | os.PathLike, outd
     settings |= dict(detection_alpha=detection_alpha, n_groups=n_groups, max_epochs=max_epochs, lr=lr,
                      local_lr=local_lr, batch_size=batch_size, seed=seed, device=device, batch_key=batch_key,
                      min_epochs=min_epochs, tol=tol, window=window, likelihood=likelihood,
-                     sparse_mu_max=sparse_mu_max, init_iterations=init_iterations)
+                     sparse_mu_max=sparse_mu_max, sparse_u_max=sparse_u_max, init_iterations=init_iterations)
     if n_cells_per_location is None:
         n_cells_per_location = cells_per_location_of([Path(p) for p in spatial])
         log.info("--n-cells-per-location %g (the default for these inputs' platform)", n_cells_per_location)
