@@ -90,3 +90,22 @@ def pipeline_run(sim_run) -> dict:
                                  "--device", "cpu", *PIPELINE_RUN_ARGS], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return {"sim": sim_run, "results": out, "report": out / "multiqc" / "multiqc_report.html"}
+
+
+@pytest.fixture
+def fake_steps(monkeypatch, tmp_path) -> list:
+    """Every ``spotmap.steps.*.run`` replaced by a recorder: the list of ``(step, kwargs)`` calls, in order
+    (each fake returns ``OUTDIR/<sample or step>.h5ad``), for tests of what ``spotmap run`` asks of its steps."""
+    from spotmap import steps
+
+    calls: list = []
+
+    def fake(name):
+        def run(**kwargs):
+            calls.append((name, kwargs))
+            return Path(kwargs.get("outdir", tmp_path)) / f"{kwargs.get('sample', name)}.h5ad"
+        return run
+
+    for name in ("qc", "qc_batch", "signatures", "map", "aggregate", "colocation", "report"):
+        monkeypatch.setattr(getattr(steps, name), "run", fake(name))
+    return calls

@@ -235,27 +235,11 @@ def test_spotmap_run_writes_colocation_beside_the_consensus(pipeline_run):
     assert list(pd.read_csv(out / "factor_fits.csv")["n_factors"]) == [5, 6]
 
 
-def _fake_steps(monkeypatch, tmp_path):
-    from spotmap import steps
-
-    calls = []
-
-    def fake(name):
-        def run(**kwargs):
-            calls.append((name, kwargs))
-            return Path(kwargs.get("outdir", tmp_path)) / f"{kwargs.get('sample', name)}.h5ad"
-        return run
-
-    for name in ("qc", "qc_batch", "signatures", "map", "aggregate", "colocation", "report"):
-        monkeypatch.setattr(getattr(steps, name), "run", fake(name))
-    return calls
-
-
 @pytest.mark.parametrize("mode", ["joint", "per_sample"])
-def test_run_passes_its_colocation_options_or_skips(mode, tmp_path, monkeypatch):
+def test_run_passes_its_colocation_options_or_skips(mode, tmp_path, fake_steps):
     from spotmap.workflow import RunParams, run_pipeline
 
-    calls = _fake_steps(monkeypatch, tmp_path)
+    calls = fake_steps
     for s in ("a", "b"):
         (tmp_path / f"{s}.h5ad").touch()
     sheet = tmp_path / "sheet.csv"
@@ -280,11 +264,11 @@ def test_run_passes_its_colocation_options_or_skips(mode, tmp_path, monkeypatch)
     assert "colocation" not in [name for name, _ in calls] and "aggregate" in [name for name, _ in calls]
 
 
-def test_run_refuses_bad_colocation_options_before_mapping(tmp_path, monkeypatch):
+def test_run_refuses_bad_colocation_options_before_mapping(tmp_path, fake_steps):
     from spotmap.errors import SpotmapError
     from spotmap.workflow import RunParams, run_pipeline
 
-    calls = _fake_steps(monkeypatch, tmp_path)
+    calls = fake_steps
     (tmp_path / "a.h5ad").touch()
     sheet = tmp_path / "sheet.csv"
     sheet.write_text(f"sample,h5ad\na,{tmp_path / 'a.h5ad'}\n")

@@ -60,28 +60,18 @@ def test_computing_commands_have_threads(step, default):
     assert opt.default == default  # None: all cores; signatures keeps its measured default of 1 thread
 
 
-def test_run_passes_threads_to_its_steps(tmp_path, monkeypatch):
+def test_run_passes_threads_to_its_steps(tmp_path, monkeypatch, fake_steps):
     """`spotmap run --threads N` limits the one process it runs in to N threads (torch, BLAS, OpenMP) before
     any step, and gives the signatures step N (it otherwise keeps its own default of 1); without it nothing is
     set and no step gets a thread count."""
     import spotmap.utils
-    from spotmap import steps
     from spotmap.workflow import RunParams, run_pipeline
 
     for s in ("a", "b"):
         (tmp_path / f"{s}.h5ad").touch()
     sheet = tmp_path / "sheet.csv"
     sheet.write_text(f"sample,h5ad\na,{tmp_path / 'a.h5ad'}\nb,{tmp_path / 'b.h5ad'}\n")
-    calls = []
-
-    def fake(name):
-        def run(**kwargs):
-            calls.append((name, kwargs))
-            return Path(kwargs.get("outdir", tmp_path)) / f"{kwargs.get('sample', name)}.h5ad"
-        return run
-
-    for name in ("qc", "qc_batch", "signatures", "map", "aggregate", "colocation", "report"):
-        monkeypatch.setattr(getattr(steps, name), "run", fake(name))
+    calls = fake_steps
     monkeypatch.setattr(spotmap.utils, "set_threads", lambda n=None, torch_threads=True: calls.append(("set", n)))
     for threads in (3, None):
         calls.clear()
