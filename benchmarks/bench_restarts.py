@@ -29,7 +29,7 @@ seed), every aggregation ``spotmap.aggregate.aggregate`` with its defaults:
     (``min_epochs = max_epochs = 2E``: the same seed gives the same first E epochs bit for bit, so this is
     the first fit continued). Printed: the median per-type r (q05 and posterior mean) of both, its change,
     and the change of the mean total cells per spot (posterior means; relative). Issue 21's target: |Δr| <
-    0.005 and |Δ total| < 1 %.
+    0.005 and |Δ total| < 1 %. The JSON also has where each fit puts the counts (:func:`count_budget`).
 
 Start variants (``--variants``, comma-separated; ``twins`` and ``missing`` only), set through
 ``spotmap.mapping.start``'s ``START_SPOT_SHAPE`` / ``START_TYPE_SHAPE``: ``det`` — the deterministic start
@@ -318,6 +318,23 @@ def run_accuracy(a) -> list[dict]:
     return rows
 
 
+def count_budget(mapper) -> dict:
+    """Where a fit puts the observed counts (posterior means; needs a spotmap with a fixed detection level d_e,
+    else {}): the share of the observed total expected from cells and from the background, and the mean
+    absolute detection d_e · ỹ_s over spots."""
+    import numpy as np
+
+    if getattr(mapper, "detection", None) is None:
+        return {}
+    mean = mapper.posterior_mean   # y_s: the absolute detection d_e · ỹ_s; m_g: the relative m̃_g
+    w, det, m, s = mean("w_sf"), mean("y_s").reshape(-1), mean("m_g").reshape(1, -1), mean("s_eg")
+    g, b = mapper.g_fg, mapper.batch_codes
+    observed = float(mapper.X.sum())
+    return {"counts_from_cells_share": float((det[:, None] * (w @ (m * g))).sum() / observed),
+            "counts_from_background_share": float((det[:, None] * s[b]).sum() / observed),
+            "mean_absolute_detection": float(det.mean())}
+
+
 def run_twice(a) -> list[dict]:
     """The ``twice`` subcommand (module docstring): one setting after the other."""
     import numpy as np
@@ -341,10 +358,11 @@ def run_twice(a) -> list[dict]:
                 n = 2 * fits["stop"]["epochs"]
                 extra = {"min_epochs": n, "max_epochs": n}
             t = time.perf_counter()
-            res, hist = map_cell_types(adata.copy(), sig, seed=seed, progress=False, device="cpu",
-                                       **{**a.map_settings, **extra})
+            res, hist, mapper = map_cell_types(adata.copy(), sig, seed=seed, progress=False, device="cpu",
+                                               return_mapper=True, **{**a.map_settings, **extra})
             q05, means = table(res, "q05"), table(res, "means")
             fits[name] = {"epochs": int(len(hist)), "converged": bool(hist.attrs.get("converged", False)),
+                          **count_budget(mapper),
                           "median_r_q05": evaluate(q05, truth)["median_pearson"],
                           "median_r_means": evaluate(means, truth)["median_pearson"],
                           "mean_total_cells_per_spot": float(means.to_numpy().sum(1).mean()),

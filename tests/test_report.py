@@ -99,6 +99,7 @@ def test_methods_text_describes_the_random_starts_and_the_consensus(tmp_path):
         out = write_methods(assets, tmp_path / f"methods_{keep}.yaml", {"restarts": 3, "keep_flagged": keep})
         text[keep] = re.sub(r"\s+", " ", yaml.safe_load(out.read_text())["data"])
     assert "each from its own random starting point" in text[False] and "random initialisations" not in text[False]
+    assert "below a set fraction of the loss's decrease since the first epoch" in text[False]  # the stopping rule
     assert "the other restarts were pooled into a consensus" in text[False]
     assert "flagged ones included" in text[True] and text[True] == text["true"] and "${" not in text[True]
 
