@@ -168,7 +168,8 @@ def cerebellum_figures(result: Path, data: Path) -> dict:
             "confident_q05": {k: int(v) for k, v in conf.items()},
             "dominant_means": {k: int(v) for k, v in means.idxmax(1).value_counts().items()},
             "detection_y_s_mean": float(res.obs["detection_y_s"].mean()),
-            "detection_mean_prior": res.uns["mod"].get("globals", {}).get("detection_mean_prior")}
+            "detection_level_d_e": res.uns["mod"].get("globals", {}).get("y_e"),
+            "detection_mean_cell2location": res.uns["mod"].get("globals", {}).get("detection_mean_cell2location")}
 
 
 def hippocampus_props(result: Path) -> pd.DataFrame:

@@ -218,3 +218,17 @@ def test_multiqc_config_follows_the_report_registry():
         parent = sections.PARENTS[sec.parent]
         assert (entry["section_name"], entry["parent_id"], entry["parent_name"], entry["parent_description"]) == (
             sec.title, parent.id, parent.title, parent.description), cid
+
+
+def test_the_random_start_is_described_with_the_code_s_shapes():
+    """The methods text and the docs copy the random start's Gamma shapes (spotmap.mapping.start): the same numbers."""
+    from spotmap.mapping.start import START_SPOT_SHAPE, START_TYPE_SHAPE
+
+    spot, kind = f"Gamma({START_SPOT_SHAPE:g}, {START_SPOT_SHAPE:g})", f"Gamma({START_TYPE_SHAPE:g}, {START_TYPE_SHAPE:g})"
+    for rel in ("assets/methods_description_template.yml", "docs/mapping.md", "docs/aggregate.md"):
+        text = " ".join((REPO / rel).read_text().replace("`", "").split())
+        found = re.findall(r"Gamma\(\d+(?:\.\d+)?, \d+(?:\.\d+)?\) (?:\(one )?per (?:spot|type|cell type)", text)
+        assert found, rel
+        for phrase in found:
+            expected = spot if "spot" in phrase else kind
+            assert phrase.startswith(expected), (rel, phrase, expected)

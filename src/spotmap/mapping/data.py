@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -9,6 +11,9 @@ import torch
 
 from spotmap.errors import input_error
 from spotmap.utils import log
+
+if TYPE_CHECKING:
+    import anndata as ad
 
 
 def _counts_matrix(adata: ad.AnnData, source: str, block: int = 1 << 24) -> sp.csr_matrix:

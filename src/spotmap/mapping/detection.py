@@ -74,5 +74,4 @@ def fix_detection_level(init: dict[str, np.ndarray], X: sp.csr_matrix, g_fg: np.
     init["n_s_cells_per_location"] = init["w_sf"].sum(1, keepdims=True)
     init["m_g"] = m_rel
     init["y_s"] = np.ones_like(np.asarray(init["y_s"], dtype=np.float64))
-    init.pop("y_e", None)
     return d_e, init

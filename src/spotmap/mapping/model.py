@@ -57,9 +57,9 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
                    device: torch.device | None = None, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """Initial values of w_sf, m_g and n_s: a quick Poisson NMF of the counts on the fixed signatures.
 
-    Detection starts per batch at ``y_e = detection_mean · (mean total counts of the batch / mean over all
-    spots)`` (so a shallower sample starts with a lower detection, not with fewer cells), y_s at its
-    batch's y_e. With m_g = 1, ``iterations`` multiplicative (Lee–Seung, KL) updates
+    The factorisation's detection is per batch, ``detection_mean · (mean total counts of the batch / mean over
+    all spots)`` (so a shallower sample starts with a lower detection, not with fewer cells), and y_s its
+    batch's; :func:`spotmap.mapping.detection.fix_detection_level` then turns it into d_e and relative y_s. With m_g = 1, ``iterations`` multiplicative (Lee–Seung, KL) updates
     ``w ← w · ((D / (y (w g))) gᵀ) / (1 gᵀ)`` on the ``max_genes`` genes that best separate cell types, from
     :func:`~spotmap.mapping.start.start_abundance` (random with ``rng``: SpatialMapper's is the seed's);
     then m_g by the ratio of observed to fitted totals per gene, and a second round with ``m_g · g``.
@@ -115,7 +115,7 @@ def initial_values(X: sp.csr_matrix, g_fg: np.ndarray, detection_mean: float, pr
     w_scale = torch.special.polygamma(1, umis + shape).sqrt().numpy()
     w = w.clamp_min(0.01).double().numpy()
     return {"w_sf": w, "m_g": m.double().numpy()[None, :], "n_s_cells_per_location": w.sum(1, keepdims=True),
-            "y_e": y_e[:, None], "y_s": y_e[batch][:, None], "w_sf_scale": w_scale}
+            "y_s": y_e[batch][:, None], "w_sf_scale": w_scale}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -27,8 +27,10 @@ SAFETY = 2.0
 def relative_error_bound(u_max: float) -> float:
     """``ε(U) = U²/(3(1 - U)) + U⁵(1 + U)/8`` for ``0 ≤ U < 1``: the largest error of a spot's expanded zero
     terms, relative to ``Σ_g |z(mu_sg) - z(mu0_eg)|``, when every expanded entry has ``|u| ≤ U``. The first
-    part is the expansion's (``|log(1+u) - u + u²/2| ≤ |u|³/(3(1-|u|))`` and ``|log(1+u)| ≥ |u|/(1+|u|)``),
-    the second the soft cap's (it moves the curvature term ``Q = ½ Σ alpha u²`` by at most ``Q U⁴/4``)."""
+    part is the expansion's: ``|log(1+u) - u + u²/2| ≤ |u|³/(3(1-|u|))``, set against the exact term's own size,
+    ``q - z ∈ [0, alpha u³/3]`` for ``u ≥ 0`` and ``alpha |u| ≤ |z - z0|`` for ``u < 0`` (the route of
+    :mod:`spotmap.mapping.sparse`'s docstring); the second the soft cap's (it moves the curvature term
+    ``Q = ½ Σ alpha u²`` by at most ``Q U⁴/4``)."""
     U = float(u_max)
     if not 0.0 <= U < 1.0:
         raise ValueError(f"the bound needs 0 ≤ u_max < 1 (got {u_max})")
