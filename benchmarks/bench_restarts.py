@@ -81,7 +81,7 @@ def twin_case(workdir: Path, n_spots: int, n_genes: int, seed: int, missing: boo
     import anndata as ad
     import numpy as np
 
-    from compare_cell2location import BASE
+    from compare_cell2location import BASE, read_sim
     from spotmap.reference.signatures import cluster_averages
     from spotmap.simulate import SimulationParams, simulate
 
@@ -91,7 +91,7 @@ def twin_case(workdir: Path, n_spots: int, n_genes: int, seed: int, missing: boo
     want = json.loads(json.dumps(dataclasses.asdict(SimulationParams(**params))))
     if not (pfile.exists() and json.loads(pfile.read_text()) == want):
         simulate(sim, SimulationParams(**params))
-    adata, true_sig, truth, _ = _read_case(sim)
+    adata, true_sig, truth = read_sim(sim)
     ref = ad.read_h5ad(sim / "reference.h5ad")
     ref = ref[:, adata.var_names].copy()
     target = truth.sum().idxmax()  # the most abundant tissue type
@@ -120,24 +120,6 @@ def twin_case(workdir: Path, n_spots: int, n_genes: int, seed: int, missing: boo
     return adata, sig, truth, info
 
 
-def _read_case(sim: Path):
-    """The simulated case as compare_cell2location.load_case reads it (QC'd spots, no mitochondrial genes)."""
-    import pandas as pd
-
-    from spotmap.io.spaceranger import read_spaceranger
-
-    a = read_spaceranger(sim / "samples" / "sample1" / "outs", sample="sample1")
-    a.obs_names = [f"sample1_{b}" for b in a.obs_names]
-    spots = pd.read_csv(sim / "truth" / "spots.csv", index_col=0, keep_default_na=False)
-    keep = spots.index[spots["qc_fail"].astype(str) == ""]
-    a = a[a.obs_names.isin(keep)].copy()
-    a = a[:, ~a.var_names.str.startswith("mt-")].copy()
-    for k in list(a.uns):
-        a.uns.pop(k)
-    a.obsm.clear()
-    sig = pd.read_csv(sim / "truth" / "signatures.csv", index_col=0).loc[a.var_names]
-    truth = pd.read_csv(sim / "truth" / "cell_abundance.csv", index_col=0).loc[a.obs_names, list(sig.columns)]
-    return a, sig, truth, None
 
 
 # ------------------------------------------------------------------------------------------------------------

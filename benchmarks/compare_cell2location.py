@@ -79,12 +79,6 @@ def log(msg: str) -> None:
 
 def load_case(setting: str, workdir: Path, seed: int):
     """Simulate (or reuse) one setting; return ``(adata, signatures, truth, params)``."""
-    import anndata as ad
-    import numpy as np
-    import pandas as pd
-    import scipy.sparse as sp
-
-    from spotmap.io.spaceranger import read_spaceranger
     from spotmap.simulate import SimulationParams, simulate
 
     spec = SETTINGS[setting]
@@ -95,11 +89,26 @@ def load_case(setting: str, workdir: Path, seed: int):
         log(f"{setting}: simulating {params.n_samples} sample(s) × {params.n_spots} spots × {params.n_genes} genes "
             f"× {params.n_cell_types} types")
         simulate(sim, params)
+    adata, sig, truth = read_sim(sim, spec.get("thin", {}), seed)
+    return adata, sig, truth, dataclasses.asdict(params)
+
+
+def read_sim(sim: Path, thin: dict | None = None, seed: int = 0):
+    """A simulation folder as every method gets it: its samples' Space Ranger outputs (``thin``: sample → the
+    fraction of counts kept, binomially), the spots that pass QC, no mitochondrial genes; returns
+    ``(adata, signatures, truth)`` with the true signatures and cell numbers in the same order."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from spotmap.io.spaceranger import read_spaceranger
+
     parts = []
     for sample in sorted(p.name for p in (sim / "samples").iterdir()):
         a = read_spaceranger(sim / "samples" / sample / "outs", sample=sample)
         a.obs_names = [f"{sample}_{b}" for b in a.obs_names]
-        frac = spec.get("thin", {}).get(sample)
+        frac = (thin or {}).get(sample)
         if frac is not None:  # binomial thinning: the same tissue seen with frac × the detection
             rng = np.random.default_rng(seed + 1000)
             X = sp.csr_matrix(a.X)
@@ -119,7 +128,7 @@ def load_case(setting: str, workdir: Path, seed: int):
     sig = pd.read_csv(sim / "truth" / "signatures.csv", index_col=0)
     sig = sig.loc[adata.var_names]
     truth = pd.read_csv(sim / "truth" / "cell_abundance.csv", index_col=0).loc[adata.obs_names, list(sig.columns)]
-    return adata, sig, truth, dataclasses.asdict(params)
+    return adata, sig, truth
 
 
 def score(est, truth) -> dict:
