@@ -198,7 +198,12 @@ class FusedNBMean(torch.autograd.Function):
 
         mu              = [w·y, y] @ [mg; s_e]              (n, F+1) @ (F+1, G)
         [dL/d(w·y), ·]  = dmu @ [mg; s_e]ᵀ                  (n, G) @ (G, F+1): d/dw and d/dy
-        [g_mg; g_s; Σ]  += [w·y, y, 1]ᵀ @ dmu               (F+2, n) @ (n, G): d/dmg, d/ds_e, Σ_s dmu
+        [g_mg; g_s]     += [w·y, y]ᵀ @ dmu                  (F+1, n) @ (n, G): d/dmg, d/ds_e
+
+    The dense part is ``-alpha · log1p(mu/alpha)`` and its alpha-gradient ``Σ_s [q/(1+q) - log1p(q)]`` with
+    ``q = mu/alpha``, the first sum read off the accumulator (``Σ_s dmu · mu``, see ``flush``): for a gene with
+    a small q every term is of the size of q, so float32 keeps its digits, where the textbook form
+    ``n·log(alpha) - Σ_s log(alpha + mu)`` subtracts sums of size n·log(alpha).
     """
 
     @staticmethod
@@ -213,30 +218,35 @@ class FusedNBMean(torch.autograd.Function):
         g_s = torch.zeros_like(s_eg) if grads else None
         g_y = torch.empty_like(y_s) if grads else None
         g_a = torch.zeros_like(alpha_eg) if grads else None
-        log_a = torch.log(alpha_eg)
-        # augmented factors: rows of A = [w·y, y, 1] (the last column only for the g_mg/g_s/Σ product),
-        # M = [mg; s_e] (row F is refilled when the batch changes)
-        P = F + 2 if dev.type != "cpu" else -(-(F + 2) // 16) * 16   # zero-padded: MKL is faster with 16k columns
+        # augmented factors: rows of A = [w·y, y] (zero-padded), M = [mg; s_e] (row F is refilled when the batch
+        # changes)
+        P = F + 1 if dev.type != "cpu" else -(-(F + 1) // 16) * 16   # zero-padded: MKL is faster with 16k columns
         A = torch.zeros((B, P), dtype=dt, device=dev)
         torch.mul(w_sf, y_s, out=A[:, :F])
         A[:, F:F + 1] = y_s
-        A[:, F + 1] = 1.0
         M = torch.empty((F + 1, G), dtype=dt, device=dev)
         M[:F] = mg_fg
-        # accumulator, transposed: [g_mg; g_s[e]; Σ_s dmu; 0]ᵀ (this layout is the faster one for MKL)
+        # accumulator of the current batch, transposed: [g_mg; g_s[e]; 0]ᵀ (this layout is the faster one for MKL)
         acc_t = torch.zeros((G, P), dtype=dt, device=dev) if grads else None
+        g_mg_t = torch.zeros((G, F), dtype=dt, device=dev) if grads else None
         gw_aug = torch.empty((B, F + 1), dtype=dt, device=dev) if grads else None
+        minus_one = torch.full((), -1.0, dtype=dt, device=dev)
         # chunk-sized work buffers, reused by every chunk: no allocation (and no page faults) per chunk
         rows = max((ch.r1 - ch.r0) for ch in counts.chunks) if counts.chunks else 0
         work = torch.empty((2 if grads else 1, rows, G), dtype=dt, device=dev)
         cur = -1
         blk = MU_BLOCK_COLS if (MU_BLOCK_COLS > 0 and dev.type == "cpu") else G
 
-        def flush(e):  # per-batch rows of the accumulator
+        def flush(e):  # the accumulator's batch-e sums into the gradients
+            g_mg_t.add_(acc_t[:, :F])
             g_s[e] += acc_t[:, F]
-            # Σ_s dmu (the nonzero corrections included, see below) + the other d/d alpha terms
-            g_a[e] += acc_t[:, F + 1]
-            acc_t[:, F:F + 2].zero_()
+            # d/d alpha of the batch's terms: Σ_s [q/(1+q) - log1p(q)] - Σ_nz d/(alpha+mu), q = mu/alpha. With
+            # dmu as written below, Σ_s dmu·mu = -Σ_s mu/(1+q) + Σ_nz d/(1+q), so its first sum and the
+            # nonzeros' last term are -(Σ_s dmu·mu) / alpha, and Σ_s dmu·mu = Σ_k M_kg · acc[g, k]
+            # (mu = A M): no sum of n terms of size 1 that cancel (each -alpha/(alpha+mu) ≈ -1 for rare genes)
+            dmu_mu = (acc_t[:, :F + 1] * M.T).sum(1)                                         # (G,)
+            g_a[e] -= dmu_mu / alpha_eg[e]
+            acc_t.zero_()
 
         for ch in counts.chunks:
             e, r0, r1 = ch.e, ch.r0, ch.r1
@@ -247,38 +257,36 @@ class FusedNBMean(torch.autograd.Function):
                 M[F] = s_eg[e]
                 cur = e
             t = work[0, :n]
-            a, la = alpha_eg[e], log_a[e]
+            a = alpha_eg[e]
             Ac = A[r0:r1, :F + 1]
             for j in range(0, G, blk):                      # (n, G) mu = (w mg + s_e) · y
                 torch.mm(Ac, M[:, j:j + blk], out=t[:, j:j + blk])
             nz = ch.d.numel() > 0
             if nz:
-                mu_nz = t.view(-1).index_select(0, ch.flat)  # gathered before adding alpha: no cancellation
+                mu_nz = t.view(-1).index_select(0, ch.flat)  # gathered before dividing by alpha
                 a_nz = a.index_select(0, ch.gene)
-                t_nz = mu_nz + a_nz
-            t.add_(a)                                       # alpha + mu
+            t.div_(a)                                       # q = mu / alpha
+            if grads:                                       # d/d mu of the dense part: -alpha/(alpha+mu) = -1/(1+q)
+                dmu = torch.add(t, 1.0, out=work[1, :n])
+                torch.div(minus_one, dmu, out=dmu)
+            # -alpha·log(1 + mu/alpha) with log1p: exact for the small q of rare genes, where log(alpha + mu) -
+            # log(alpha) loses every digit
+            col_log1p = t.log1p_().sum(0)
+            part = -torch.dot(a, col_log1p)
             if grads:
-                dmu = torch.div(-a, t, out=work[1, :n])     # d/d mu of the dense part: -alpha/(alpha+mu)
-            col_logt = t.log_().sum(0)
-            part = n * torch.dot(a, la) - torch.dot(a, col_logt)
-            if grads:
-                # d/d alpha of -alpha·log((alpha+mu)/alpha): n(log alpha + 1) - Σ_s log(alpha+mu) - Σ_s alpha/(alpha+mu);
-                # the last sum comes out of the accumulator product (row F+1)
-                g_a[e] += n * (la + 1.0) - col_logt
+                g_a[e] -= col_log1p
             if nz:
                 d = ch.d
+                t_nz = mu_nz + a_nz
                 part = part + torch.dot(d, torch.log(mu_nz / t_nz))
                 if grads:
                     # at the nonzeros dmu = -alpha/(alpha+mu) + d/mu - d/(alpha+mu) = (d/mu - 1) · alpha/(alpha+mu):
-                    # written, not added. The accumulator's Σ_s dmu then holds, beyond the dense sum, Σ_nz (d/mu - d/(alpha+mu)),
-                    # while d/d alpha of the nonzero part is -Σ_nz d/(alpha+mu): subtract Σ_nz d/mu in all
-                    d_over_mu = d / mu_nz
-                    g_a[e].index_add_(0, ch.gene, d_over_mu, alpha=-1.0)
-                    dmu.view(-1).scatter_(0, ch.flat, (d_over_mu - 1.0).mul_(a_nz.div_(t_nz)))  # unique indices
+                    # written, not added
+                    dmu.view(-1).scatter_(0, ch.flat, (d / mu_nz - 1.0).mul_(a_nz.div_(t_nz)))  # unique indices
             total += part.double()
             if grads:
                 torch.mm(dmu, M.T, out=gw_aug[r0:r1])       # (n, F+1): Σ_g dmu mg_fg | Σ_g dmu s_eg
-                acc_t.addmm_(dmu.T, A[r0:r1])               # (G, P): g_mg, g_s[e] and Σ_s dmu
+                acc_t.addmm_(dmu.T, A[r0:r1])               # (G, P): g_mg, g_s[e]
         del work
         if grads:
             if cur >= 0:
@@ -287,7 +295,7 @@ class FusedNBMean(torch.autograd.Function):
             # d/d y_s = Σ_g dmu · (w mg + s_e) = Σ_f w_sf (Σ_g dmu mg_fg) + Σ_g dmu s_eg
             torch.add((w_sf * gw_f).sum(1, keepdim=True), gw_aug[:, F:], out=g_y)
             torch.mul(gw_f, y_s, out=g_w)                   # d/d w_sf = y_s Σ_g dmu mg_fg
-            g_mg = acc_t[:, :F].T.contiguous()
+            g_mg = g_mg_t.T.contiguous()
         else:
             g_mg = None
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (g_w, g_mg, g_s, g_y, g_a)))
