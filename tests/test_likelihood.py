@@ -96,10 +96,10 @@ def test_fused_float32_close_to_float64_and_deterministic():
 def test_float32_alpha_gradient_of_rare_genes():
     """d/d alpha of genes with a tiny mean (Visium HD bins: 0.001–0.01 counts per bin) keeps its digits in
     float32. The whole gradient (these terms + the count histogram's lgamma terms) is far smaller than either
-    part, so each part must be right to more digits than its size: every term of the dense part is of the size
-    of mu/alpha here, none of the size log(alpha). Many chunks, as with the ~20,000 genes of a real sample."""
-    from spotmap.mapping.likelihood import CountHistogram
-
+    part, so the kernel's part must be right to more digits than its size: every term of the dense part is of
+    the size of mu/alpha here, none of the size log(alpha). Many chunks, as with the ~20,000 genes of a real
+    sample. The bound is absolute (the whole gradient can be near 0 by chance): the textbook form
+    n·log(alpha) - Σ_s log(alpha + mu) is off by 3–4e-3 on this case, this kernel by about 2e-5."""
     rng = np.random.default_rng(5)
     n, g, f = 20000, 6, 3
     gen = torch.Generator().manual_seed(7)
@@ -112,16 +112,9 @@ def test_float32_alpha_gradient_of_rare_genes():
     D = D.astype(np.float32)
     batch = np.zeros(n, dtype=np.int64)
     counts = SpotCounts(sp.csr_matrix(D), batch, torch.device("cpu"), chunk_elements=100 * g)
-    hist = CountHistogram(sp.csr_matrix(D), batch, 1, torch.device("cpu"))
     o = counts.order
     inputs = [v.float().requires_grad_() for v in (w, mg, s_eg, y, alpha)]
     _, ref_g = _reference(D, batch, inputs, o)
-    a64 = alpha.clone().requires_grad_()
-    d = torch.as_tensor(D, dtype=torch.float64)
-    ref_h, = torch.autograd.grad((torch.lgamma(d + a64) - torch.lgamma(a64)).sum(), a64)
     _, grads = _fused(inputs, counts, counts.full(), o)
-    a32 = inputs[4].detach().clone().requires_grad_()
-    g_h, = torch.autograd.grad(hist.loglik(a32), a32)
-    ref_total, total = ref_g[4] + ref_h, (grads[4] + g_h).double()
-    rel = ((total - ref_total).abs() / ref_total.abs()).numpy()
-    assert rel.max() < 0.05, rel   # the textbook form: 0.27 on this case
+    err = (grads[4].double() - ref_g[4]).abs().max()
+    assert err < 3e-4, float(err)
