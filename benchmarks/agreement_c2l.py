@@ -117,12 +117,12 @@ def cmd_prepare(a) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ cell2location
-def _c2l(python: str, script: str, args: list, threads: int, logfile: Path) -> None:
+def _c2l(python: str, script: str, args: list, threads: int, logfile: Path, append: bool = False) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONNOUSERSITE": "1"}
     env.pop("PYTHONPATH", None)
     cmd = [python, str(HERE / script), *map(str, args), "--threads", str(threads)]
     log(" ".join(cmd))
-    with open(logfile, "w") as fh:
+    with open(logfile, "a" if append else "w") as fh:
         r = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     if r.returncode:
         sys.exit(f"cell2location step failed (exit {r.returncode}); see {logfile}")
@@ -151,8 +151,9 @@ def cmd_c2l(a) -> None:
         _c2l(a.c2l_python, "c2l_runner.py",
              ["--adata", inp / "sp.h5ad", "--signatures", inp / "signatures.csv", "--epochs", a.epochs, "--out", out,
               "--seed", a.seed, "--n-cells-per-location", meta["n_cells"], "--detection-alpha",
-              meta["detection_alpha"], "--export", "samples", *(["--checkpoints", checkpoints] if checkpoints else [])],
-             a.threads, wd / f"c2l_{a.epochs}.log")
+              meta["detection_alpha"], "--export", "samples", *(["--checkpoints", checkpoints] if checkpoints else []),
+              "--save-every", a.save_every, "--resume"],
+             a.threads, wd / f"c2l_{a.epochs}.log", append=True)
         log(f"{case}: cell2location done ({json.loads((out / 'timing.json').read_text())['train_seconds']:.0f} s)")
 
 
@@ -187,6 +188,8 @@ def main(argv=None) -> int:
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--epochs", type=int, default=30000, help="cell2location's epochs")
         p.add_argument("--signatures-only", action="store_true", help="c2l: the reference signatures only")
+        p.add_argument("--save-every", type=int, default=1000,
+                       help="c2l: keep resume.pt every K epochs; a re-run continues from it (0: never)")
         p.add_argument("--c2l-python", default=os.environ.get("C2L_PYTHON", "/work/c2l_venv/bin/python"))
         p.add_argument("--tag", default="defaults", help="spotmap run name (spotmap / report)")
         p.add_argument("--settings", default="{}", help="spotmap: JSON of map_cell_types settings")

@@ -14,6 +14,13 @@ With ``--checkpoints 500,1000,...`` one uninterrupted training run also writes `
 ``means_<epochs>.csv`` at those epochs, computed exactly from the mean-field (AutoNormal) guide by a
 Lightning callback whose time is excluded from the training time.
 
+With ``--save-every K`` the run also keeps ``resume.pt`` in ``--out`` (every K epochs, written to a temporary
+name and renamed): the guide's parameters, the optimizer's state (Adam moments and step counts), torch's RNG
+state, the per-epoch ELBO so far and the checkpoint timings. ``--resume`` continues from it, so a 30,000-epoch
+run can span several sessions: the resumed steps are the ones the uninterrupted run would take (checked: 40
+epochs in one process and 20 + 20 resumed, batch setting, give bit-identical q05, checkpoints and ELBO history;
+BENCHMARKS.md). ``--stop-after`` ends a process early to make that check.
+
 Writes into ``--out``: ``q05.csv``, ``means.csv`` or ``q50.csv`` (spots × types, plain type names), ``history.csv``
 (elbo per epoch), ``timing.json`` (seconds for import, setup, training, export; epochs; versions) and, with
 ``--export samples``, ``post_means.npz`` (the posterior mean of every site: w_sf, m_g, detection_y_s, ...).
@@ -43,6 +50,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n-cells-per-location", type=float, default=8.0)
     ap.add_argument("--detection-alpha", type=float, default=20.0)
     ap.add_argument("--lr", type=float, default=0.002)
+    ap.add_argument("--save-every", type=int, default=0, help="keep resume.pt every K epochs (0: never)")
+    ap.add_argument("--resume", action="store_true", help="continue from --out/resume.pt when it exists")
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="end this process once resume.pt holds this many more epochs (a multiple of --save-every; "
+                         "for checking resume)")
     ap.add_argument("--num-samples", type=int, default=1000)
     ap.add_argument("--export", choices=("samples", "quantiles"), default="samples",
                     help="final export: 'samples' = num_samples posterior samples (tutorial, spotless); "
@@ -85,6 +97,7 @@ def main(argv=None) -> int:
         df.to_csv(out / f"{tag}.csv")
 
     import lightning.pytorch as pl
+    from scvi.train._trainingplans import _compute_kl_weight
     from scipy.special import ndtri
 
     class Checkpoints(pl.Callback):
@@ -95,14 +108,14 @@ def main(argv=None) -> int:
         Training is not interrupted; the seconds spent here are subtracted from the training time.
         """
 
-        def __init__(self):
-            self.t_start, self.spent = None, 0.0
+        def __init__(self, done: int, done_seconds: float):
+            self.t_start, self.spent, self.done, self.done_seconds = None, 0.0, done, done_seconds
 
         def on_train_start(self, trainer, pl_module):
             self.t_start = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, pl_module):
-            epoch = trainer.current_epoch + 1
+            epoch = self.done + trainer.current_epoch + 1
             if epoch not in checkpoints:
                 return
             t = time.perf_counter()
@@ -111,15 +124,79 @@ def main(argv=None) -> int:
                 loc, scale = g.locs.w_sf.detach().cpu().double(), g.scales.w_sf.detach().cpu().double()
                 write(torch.exp(loc + scale * float(ndtri(0.05))).numpy(), f"q05_{epoch}")
                 write(torch.exp(loc + 0.5 * scale**2).numpy(), f"means_{epoch}")
-            legs.append({"epochs": epoch, "train_seconds_cumulative": t - self.t_start - self.spent})
+            legs.append({"epochs": epoch,
+                         "train_seconds_cumulative": self.done_seconds + t - self.t_start - self.spent - rs.spent})
             # progress so far, so a run stopped early still tells its checkpoints' timings
             (out / "checkpoints.json").write_text(json.dumps({"threads": a.threads, "checkpoints": legs}, indent=2))
             self.spent += time.perf_counter() - t
 
-    cb = Checkpoints()
+    resume_file = out / "resume.pt"
+    state = torch.load(resume_file, weights_only=False) if a.resume and resume_file.exists() else None
+    done = state["epoch"] if state else 0
+    if state:
+        legs.extend(state["legs"])
+        print(f"resuming at epoch {done} from {resume_file}", flush=True)
+
+    class StopForResume(Exception):
+        """--stop-after reached, resume.pt written: end this process (for testing resume)."""
+
+    class Resume(pl.Callback):
+        """Restore the saved state before the first step; keep it every --save-every epochs.
+
+        State is taken at the start of a step (after the data loader has drawn that epoch's batch and before
+        ``svi.step``), the very point at which a resumed run restores it, so the RNG stream carries on exactly.
+        """
+
+        def __init__(self):
+            self.losses, self.t_start, self.spent = list(state["losses"]) if state else [], None, 0.0
+            self.restored = state is None
+
+        def on_train_start(self, trainer, pl_module):
+            self.t_start = time.perf_counter()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            epoch = done + trainer.current_epoch  # epochs completed before this step
+            if not self.restored:  # after scvi's guide warm-up (its callback's on_train_start), before svi.step
+                self.restore(pl_module)
+            elif a.save_every and epoch % a.save_every == 0 and epoch > done:
+                self.save(pl_module, epoch)
+                if a.stop_after and epoch - done >= a.stop_after:
+                    raise StopForResume()
+
+        def restore(self, pl_module):
+            mod.module.guide.load_state_dict(state["guide"])
+            pl_module.optim.set_state(state["optim"])
+            torch.set_rng_state(state["rng"])
+            # the plan's KL warm-up counts from this process's epoch 0: carry on where the saved run was
+            plan = type(pl_module)
+            pl_module.__class__ = type(plan.__name__, (plan,), {"kl_weight": property(
+                lambda self: _compute_kl_weight(self.current_epoch + done, self.global_step + done,
+                                                self.n_epochs_kl_warmup, self.n_steps_kl_warmup,
+                                                self.max_kl_weight, self.min_kl_weight))})
+            self.restored = True
+
+        def save(self, pl_module, epoch: int):
+            t = time.perf_counter()
+            keep = {"epoch": epoch, "guide": mod.module.guide.state_dict(), "optim": pl_module.optim.get_state(),
+                    "rng": torch.get_rng_state(), "losses": self.losses,
+                    "train_seconds": done_seconds + t - self.t_start - self.spent - cb.spent, "legs": legs}
+            torch.save(keep, out / "resume.pt.tmp")
+            os.replace(out / "resume.pt.tmp", resume_file)
+            self.spent += time.perf_counter() - t
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    done_seconds = state["train_seconds"] if state else 0.0
+    cb, rs = Checkpoints(done, done_seconds), Resume()
     t = time.perf_counter()
-    mod.train(max_epochs=a.epochs, batch_size=None, train_size=1, lr=a.lr, accelerator="cpu", callbacks=[cb])
-    t_train = time.perf_counter() - t - cb.spent
+    try:
+        mod.train(max_epochs=a.epochs - done, batch_size=None, train_size=1, lr=a.lr, accelerator="cpu",
+                  callbacks=[cb, rs])
+    except StopForResume:  # scvi prints "Exception raised during training. <class 'NameError'>" for any exception
+        print(f"stopped after epoch {done + a.stop_after} (--stop-after); resume.pt kept", flush=True)
+        return 0
+    t_train = done_seconds + time.perf_counter() - t - cb.spent - rs.spent
     legs.append({"epochs": a.epochs, "train_seconds_cumulative": t_train})
 
     t = time.perf_counter()
@@ -142,11 +219,15 @@ def main(argv=None) -> int:
         np.savez_compressed(out / "post_means.npz",
                             **{k: np.asarray(v) for k, v in means.items() if np.asarray(v).size < 5e7})
     hist = mod.history_["elbo_train"]
+    if state:  # earlier sessions' epochs first (full batch: one step per epoch, its loss is elbo_train)
+        earlier = pd.DataFrame({"elbo_train": np.asarray(state["losses"])},
+                               index=pd.RangeIndex(len(state["losses"]), name="epoch"))
+        hist = pd.concat([earlier, hist.set_axis(hist.index + done)])
     hist.to_csv(out / "history.csv")
     timing = {
         "epochs": a.epochs, "checkpoints": legs, "import_seconds": t_import, "setup_seconds": t_setup,
         "train_seconds": t_train, "export_seconds": t_export,
-        "checkpoint_seconds": cb.spent, "export": a.export, "seconds_per_epoch": t_train / a.epochs,
+        "checkpoint_seconds": cb.spent, "resumed_at": done, "export": a.export, "seconds_per_epoch": t_train / a.epochs,
         "total_seconds": time.perf_counter() - T0, "threads": a.threads, "lr": a.lr,
         "N_cells_per_location": a.n_cells_per_location, "detection_alpha": a.detection_alpha,
         "num_samples": a.num_samples, "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars),
