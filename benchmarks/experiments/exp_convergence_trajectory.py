@@ -17,8 +17,16 @@ At the end a summary line: E, the epoch where the default rule (tol 5e-3 of the 
 −ELBO's decrease since epoch 1 still to go to the run's last 100-epoch window ("left"; 0 at the last record
 by construction).
 
+Where the counts go, per record: ``ambient_per_spot`` (s_eg summed over genes), ``cells_mrna_per_spot`` (Σ_f w_sf
+Σ_g m̃_g g_fg), ``sd_log_y`` and ``mean_y_rel`` (spread and arithmetic mean of the relative detection ỹ_s, whose
+geometric mean is 1), ``corr_y_cells`` (correlation over spots of log ỹ_s and log cells' mRNA) and ``mrna_x_y``
+(mean of ỹ_s × cells' mRNA): does the drift of the totals after the stop trade detection for cells?
+
 ``LR_DROP_AT=E LR_FACTOR=f`` multiplies every parameter's learning rate by f from epoch E on (does the drift
-after the stop follow the gradient's noise or the objective?).
+after the stop follow the gradient's noise or the objective?). ``LR_SITE=y_s LR_SITE_FACTOR=f`` multiplies the
+learning rates of one site's loc and scale by f from epoch 1 on. ``POLISH_AT=E`` (``POLISH_PARTICLES``,
+``POLISH_ITERS``) maximises the ELBO along every spot's detection-vs-cells direction once, at epoch E
+(:func:`polish_spot_ridge`). ``--n-cells N`` maps with that N instead of the case's.
 
 Usage (from the repository root; simulations are those of ``compare_cell2location.py``)::
 
@@ -49,6 +57,7 @@ ap.add_argument("case", help="a compare_cell2location setting, or hippocampus / 
 ap.add_argument("epochs", type=int)
 ap.add_argument("--agree", type=Path, default=Path("/work/bench/agree"), help="agreement_c2l.py workdir (real sets)")
 ap.add_argument("--agree-inputs", action="store_true", help="simulated case: agreement_c2l.py inputs + truth")
+ap.add_argument("--n-cells", type=float, default=None, help="N (n_cells_per_location) instead of the case's")
 ap.add_argument("--simdir", type=Path, default=Path("/tmp/exp_convergence"), help="where simulations are written")
 a = ap.parse_args()
 drop_at, factor = int(os.environ.get("LR_DROP_AT", "0")), float(os.environ.get("LR_FACTOR", "1"))
@@ -61,14 +70,72 @@ def traced_epoch_loss(svi, batch_kwargs, config, n_obs, full, epoch):
         for opt in svi.optim.optim_objs.values():
             for group in opt.param_groups:
                 group["lr"] *= factor
+    if site_lr and epoch == 1:  # optimisers exist after the first step
+        store = pyro.get_param_store()
+        for param, opt in svi.optim.optim_objs.items():
+            if store.param_name(param).startswith(site_lr[0] + "_"):
+                for group in opt.param_groups:
+                    group["lr"] *= site_lr[1]
+    if polish_at and epoch == polish_at:
+        polish_spot_ridge(svi, batch_kwargs(None))
     value = _epoch_loss(svi, batch_kwargs, config, n_obs, full, epoch)
     if (epoch + 1) % 50 == 0:
         store = pyro.get_param_store()
         loc, sd = store["w_sf_loc"].detach().double().numpy(), store["w_sf_scale"].detach().double().numpy()
-        records.append((epoch + 1, value, np.exp(loc + sd**2 / 2), np.exp(loc - 1.6449 * sd)))
+        lognormal_mean = {k: np.exp(store[f"{k}_loc"].detach().double().numpy()
+                                    + store[f"{k}_scale"].detach().double().numpy() ** 2 / 2) for k in ("m_g", "s_eg", "y_s")}
+        records.append((epoch + 1, value, np.exp(loc + sd**2 / 2), np.exp(loc - 1.6449 * sd), lognormal_mean))
     return value
 
 
+def polish_spot_ridge(svi, kwargs, particles=int(os.environ.get("POLISH_PARTICLES", "2")),
+                      iters=int(os.environ.get("POLISH_ITERS", "10"))):
+    """Maximise the ELBO along each spot's detection-vs-cells direction (experiment).
+
+    Shifts log w_sf, log n_s, log z_sr of spot s by +u_s and log y_s by −u_s (the guide's locs), u (S, 1) found by
+    L-BFGS on the -ELBO averaged over ``particles`` fixed draws; every other parameter held.
+    """
+    import torch
+    mod = svi.loss.__self__
+    orig = mod._params
+    sign = {"w_sf": 1.0, "n_s_cells_per_location": 1.0, "z_sr": 1.0, "y_s": -1.0}
+    u = torch.zeros((mod.dims.S, 1), requires_grad=True)
+
+    def shifted(site):
+        loc, scale = orig(site)
+        loc = loc.detach() + sign[site] * u if site in sign else loc.detach()
+        return loc, scale.detach()
+
+    idx = kwargs["idx"]
+    shapes = {site: (orig(site)[0][idx] if site in LOCAL else orig(site)[0]).shape for site in GLOBAL + LOCAL}
+    gen = torch.Generator().manual_seed(12345)
+    draws = [{k: torch.randn(v, generator=gen) for k, v in shapes.items()} for _ in range(particles)]
+    mod._params = shifted
+    try:
+        before = float(sum(mod.elbo_loss(None, None, **kwargs, eps=e) for e in draws) / particles)
+        opt = torch.optim.LBFGS([u], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = sum(mod.elbo_loss(None, None, **kwargs, eps=e) for e in draws) / particles
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        after = float(sum(mod.elbo_loss(None, None, **kwargs, eps=e) for e in draws) / particles)
+    finally:
+        del mod._params
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        for site, sg in sign.items():
+            store.get_param(f"{site}_loc").data.add_(sg * u)
+    print(json.dumps({"polish_epoch": polish_at, "neg_elbo_before": round(before, 1), "after": round(after, 1),
+                      "u_mean": round(float(u.mean()), 4), "u_sd": round(float(u.std()), 4)}), flush=True)
+
+
+from spotmap.mapping.module import GLOBAL_SITES as GLOBAL, LOCAL_SITES as LOCAL  # noqa: E402
+polish_at = int(os.environ.get("POLISH_AT", "0"))
+site_lr = (os.environ["LR_SITE"], float(os.environ["LR_SITE_FACTOR"])) if os.environ.get("LR_SITE") else None
 T._epoch_loss = traced_epoch_loss
 real = a.case in ("hippocampus", "cerebellum")
 if real:
@@ -86,13 +153,30 @@ else:
     from compare_cell2location import load_case
     adata, sig, ref, _ = load_case(a.case, a.simdir / a.case, 0)
     kw = {}
+if a.n_cells is not None:
+    kw["n_cells_per_location"] = a.n_cells
 res, hist, mapper = map_cell_types(adata.copy(), sig, seed=0, progress=False, device="cpu", return_mapper=True,
                                    min_epochs=a.epochs, max_epochs=a.epochs, **kw)
 ref = ref.loc[list(res.obs_names), list(mapper.factor_names)].to_numpy()
-for epoch, value, mean, q05 in records:
+g_fg, gbar = (mapper.module().g_fg.double().numpy(), mapper.module().gbar.double().numpy())
+for epoch, value, mean, q05, other in records:
     rs = [np.corrcoef(q05[:, f], ref[:, f])[0, 1] for f in range(ref.shape[1]) if ref[:, f].std() > 0]
     row = {"epoch": epoch, "elbo": round(value, 1), "median_r": round(float(np.median(rs)), 4),
            "total": round(float(mean.sum(1).mean()), 4)}
+    # where the counts go: ambient s_eg (summed over genes, mean over batches) against cells' expected mRNA
+    # Σ_g m̃_g g_fg (weighted by each type's share of cells) — does the drift after the stop trade one for the other?
+    m_rel = other["m_g"].ravel() / (other["m_g"].ravel() * gbar).sum()
+    content = g_fg @ m_rel                                                                  # (F,) per cell
+    row["ambient_per_spot"] = round(float(other["s_eg"].sum(1).mean()), 3)
+    row["cells_mrna_per_spot"] = round(float((mean @ content).mean()), 3)
+    # relative detection ỹ_s has geometric mean 1 per batch: its arithmetic mean (here over all spots) grows with
+    # its spread, and what it loses the cells must make up
+    log_y = np.log(other["y_s"].ravel())
+    row["sd_log_y"] = round(float(log_y.std()), 4)
+    row["mean_y_rel"] = round(float(np.exp(log_y - log_y.mean()).mean()), 4)
+    cells_mrna = mean @ content                                                             # (S,)
+    row["corr_y_cells"] = round(float(np.corrcoef(log_y, np.log(cells_mrna))[0, 1]), 4)
+    row["mrna_x_y"] = round(float((np.exp(log_y - log_y.mean()) * cells_mrna).mean()), 2)
     if not real:
         row["rmse"] = round(float(np.sqrt(((mean - ref) ** 2).mean(1)).mean()), 4)
     print(json.dumps(row), flush=True)
