@@ -123,6 +123,8 @@ def _c2l(python: str, script: str, args: list, threads: int, logfile: Path, appe
     cmd = [python, str(HERE / script), *map(str, args), "--threads", str(threads)]
     log(" ".join(cmd))
     with open(logfile, "a" if append else "w") as fh:
+        fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        fh.flush()
         r = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     if r.returncode:
         sys.exit(f"cell2location step failed (exit {r.returncode}); see {logfile}")
@@ -153,7 +155,7 @@ def cmd_c2l(a) -> None:
               "--seed", a.seed, "--n-cells-per-location", meta["n_cells"], "--detection-alpha",
               meta["detection_alpha"], "--export", "samples", *(["--checkpoints", checkpoints] if checkpoints else []),
               "--save-every", a.save_every, "--resume"],
-             a.threads, wd / f"c2l_{a.epochs}.log", append=True)
+             a.threads, wd / (out.name + ".log"), append=True)  # appended: a resumed run continues its log
         log(f"{case}: cell2location done ({json.loads((out / 'timing.json').read_text())['train_seconds']:.0f} s)")
 
 

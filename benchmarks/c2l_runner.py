@@ -19,7 +19,12 @@ name and renamed): the guide's parameters, the optimizer's state (Adam moments a
 state, the per-epoch ELBO so far and the checkpoint timings. ``--resume`` continues from it, so a 30,000-epoch
 run can span several sessions: the resumed steps are the ones the uninterrupted run would take (checked: 40
 epochs in one process and 20 + 20 resumed, batch setting, give bit-identical q05, checkpoints and ELBO history;
-BENCHMARKS.md). ``--stop-after`` ends a process early to make that check.
+BENCHMARKS.md). ``--stop-after`` ends a process early to make that check. A state saved with other inputs
+(sha256 of both files) or settings (seed, lr, N, detection_alpha) is refused; another thread count continues
+the same run, though not bit for bit (sums then round in another order). In ``timing.json`` of a
+resumed run, ``train_seconds`` and the checkpoint timings count every process; ``import_seconds``,
+``setup_seconds``, ``export_seconds``, ``checkpoint_seconds`` and ``total_seconds`` the last one only
+(``resumed_at`` says from which epoch).
 
 Writes into ``--out``: ``q05.csv``, ``means.csv`` or ``q50.csv`` (spots × types, plain type names), ``history.csv``
 (elbo per epoch), ``timing.json`` (seconds for import, setup, training, export; epochs; versions) and, with
@@ -36,6 +41,16 @@ import time
 from pathlib import Path
 
 T0 = time.perf_counter()
+
+
+def _digest(path: str) -> str:
+    """sha256 of a file's bytes (hex)."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def main(argv=None) -> int:
@@ -130,7 +145,16 @@ def main(argv=None) -> int:
             self.spent += time.perf_counter() - t
 
     resume_file = out / "resume.pt"
+    # what makes a saved state this run's: the inputs' bytes and every setting that changes the steps
+    fingerprint = {"adata": _digest(a.adata), "signatures": _digest(a.signatures), "seed": a.seed, "lr": a.lr,
+                   "n_cells": a.n_cells_per_location, "detection_alpha": a.detection_alpha}
     state = torch.load(resume_file, weights_only=False) if a.resume and resume_file.exists() else None
+    saved = state.get("fingerprint", fingerprint) if state else fingerprint  # states saved before the check had none
+    if saved != fingerprint:
+        differ = ", ".join(f"{k} {saved.get(k)!s:.12} here {v!s:.12}" for k, v in fingerprint.items() if saved.get(k) != v)
+        sys.exit(f"{resume_file}: saved by a run with other inputs or settings ({differ}); move it away to start afresh")
+    if state and state["epoch"] >= a.epochs:
+        sys.exit(f"{resume_file}: holds {state['epoch']} epochs, not fewer than --epochs {a.epochs}")
     done = state["epoch"] if state else 0
     if state:
         legs.extend(state["legs"])
@@ -160,7 +184,7 @@ def main(argv=None) -> int:
             elif a.save_every and epoch % a.save_every == 0 and epoch > done:
                 self.save(pl_module, epoch)
                 if a.stop_after and epoch - done >= a.stop_after:
-                    raise StopForResume()
+                    raise StopForResume(epoch)
 
         def restore(self, pl_module):
             mod.module.guide.load_state_dict(state["guide"])
@@ -173,7 +197,8 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             keep = {"epoch": epoch, "guide": mod.module.guide.state_dict(), "optim": pl_module.optim.get_state(),
                     "rng": torch.get_rng_state(), "losses": self.losses,
-                    "train_seconds": done_seconds + t - self.t_start - self.spent - cb.spent, "legs": legs}
+                    "train_seconds": done_seconds + t - self.t_start - self.spent - cb.spent, "legs": legs,
+                    "fingerprint": fingerprint}
             torch.save(keep, out / "resume.pt.tmp")
             os.replace(out / "resume.pt.tmp", resume_file)
             self.spent += time.perf_counter() - t
@@ -187,8 +212,8 @@ def main(argv=None) -> int:
     try:
         mod.train(max_epochs=a.epochs - done, batch_size=None, train_size=1, lr=a.lr, accelerator="cpu",
                   callbacks=[cb, rs])
-    except StopForResume:  # scvi prints "Exception raised during training. <class 'NameError'>" for any exception
-        print(f"stopped after epoch {done + a.stop_after} (--stop-after); resume.pt kept", flush=True)
+    except StopForResume as stop:  # scvi prints "Exception raised during training. <class 'NameError'>" for any
+        print(f"stopped at epoch {stop.args[0]} (--stop-after); resume.pt kept", flush=True)
         return 0
     t_train = done_seconds + time.perf_counter() - t - cb.spent - rs.spent
     legs.append({"epochs": a.epochs, "train_seconds_cumulative": t_train})
@@ -221,7 +246,7 @@ def main(argv=None) -> int:
     timing = {
         "epochs": a.epochs, "checkpoints": legs, "import_seconds": t_import, "setup_seconds": t_setup,
         "train_seconds": t_train, "export_seconds": t_export,
-        "checkpoint_seconds": cb.spent, "resumed_at": done, "export": a.export, "seconds_per_epoch": t_train / a.epochs,
+        "checkpoint_seconds": cb.spent, "resumed_at": done, "resume_saving_seconds": rs.spent, "export": a.export, "seconds_per_epoch": t_train / a.epochs,
         "total_seconds": time.perf_counter() - T0, "threads": a.threads, "lr": a.lr,
         "N_cells_per_location": a.n_cells_per_location, "detection_alpha": a.detection_alpha,
         "num_samples": a.num_samples, "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars),

@@ -73,7 +73,7 @@ def traced_epoch_loss(svi, batch_kwargs, config, n_obs, full, epoch):
     if site_lr and epoch == 1:  # optimisers exist after the first step
         store = pyro.get_param_store()
         for param, opt in svi.optim.optim_objs.items():
-            if store.param_name(param).startswith(site_lr[0] + "_"):
+            if store.param_name(param) in (f"{site_lr[0]}_loc", f"{site_lr[0]}_scale"):
                 for group in opt.param_groups:
                     group["lr"] *= site_lr[1]
     if polish_at and epoch == polish_at:
@@ -90,10 +90,12 @@ def traced_epoch_loss(svi, batch_kwargs, config, n_obs, full, epoch):
 
 def polish_spot_ridge(svi, kwargs, particles=int(os.environ.get("POLISH_PARTICLES", "2")),
                       iters=int(os.environ.get("POLISH_ITERS", "10"))):
-    """Maximise the ELBO along each spot's detection-vs-cells direction (experiment).
+    """Maximise the ELBO along each spot's detection-vs-cells direction (experiment; single-batch cases).
 
-    Shifts log w_sf, log n_s, log z_sr of spot s by +u_s and log y_s by −u_s (the guide's locs), u (S, 1) found by
-    L-BFGS on the -ELBO averaged over ``particles`` fixed draws; every other parameter held.
+    Shifts log y_s of spot s by −u_s and log w_sf, log n_s, log z_sr by +(u_s − ū) (the guide's locs; ū the mean
+    over spots, because ỹ_s divides out the geometric mean of y, so that μ_sg stays as it was except for the
+    ambient term), u (S, 1) found by L-BFGS on the -ELBO averaged over ``particles`` fixed draws; every other
+    parameter held. Prints the -ELBO before and after on those draws and on as many fresh ones.
     """
     import torch
     mod = svi.loss.__self__
@@ -101,35 +103,46 @@ def polish_spot_ridge(svi, kwargs, particles=int(os.environ.get("POLISH_PARTICLE
     sign = {"w_sf": 1.0, "n_s_cells_per_location": 1.0, "z_sr": 1.0, "y_s": -1.0}
     u = torch.zeros((mod.dims.S, 1), requires_grad=True)
 
+    def shift(site):
+        return -u if site == "y_s" else u - u.mean()
+
     def shifted(site):
         loc, scale = orig(site)
-        loc = loc.detach() + sign[site] * u if site in sign else loc.detach()
+        loc = loc.detach() + shift(site) if site in sign else loc.detach()
         return loc, scale.detach()
 
     idx = kwargs["idx"]
     shapes = {site: (orig(site)[0][idx] if site in LOCAL else orig(site)[0]).shape for site in GLOBAL + LOCAL}
     gen = torch.Generator().manual_seed(12345)
-    draws = [{k: torch.randn(v, generator=gen) for k, v in shapes.items()} for _ in range(particles)]
+    draws, fresh = ([{k: torch.randn(v, generator=gen) for k, v in shapes.items()} for _ in range(particles)]
+                    for _ in range(2))
+
+    def loss_on(eps_list):
+        return sum(mod.elbo_loss(None, None, **kwargs, eps=e) for e in eps_list) / len(eps_list)
+
     mod._params = shifted
     try:
-        before = float(sum(mod.elbo_loss(None, None, **kwargs, eps=e) for e in draws) / particles)
+        with torch.no_grad():
+            before, before_fresh = float(loss_on(draws)), float(loss_on(fresh))
         opt = torch.optim.LBFGS([u], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
 
         def closure():
             opt.zero_grad()
-            loss = sum(mod.elbo_loss(None, None, **kwargs, eps=e) for e in draws) / particles
+            loss = loss_on(draws)
             loss.backward()
             return loss
 
         opt.step(closure)
-        after = float(sum(mod.elbo_loss(None, None, **kwargs, eps=e) for e in draws) / particles)
+        with torch.no_grad():
+            after, after_fresh = float(loss_on(draws)), float(loss_on(fresh))
     finally:
         del mod._params
     store = pyro.get_param_store()
     with torch.no_grad():
-        for site, sg in sign.items():
-            store.get_param(f"{site}_loc").data.add_(sg * u)
+        for site in sign:
+            store.get_param(f"{site}_loc").data.add_(shift(site))
     print(json.dumps({"polish_epoch": polish_at, "neg_elbo_before": round(before, 1), "after": round(after, 1),
+                      "fresh_draws_before": round(before_fresh, 1), "fresh_after": round(after_fresh, 1),
                       "u_mean": round(float(u.mean()), 4), "u_sd": round(float(u.std()), 4)}), flush=True)
 
 
@@ -159,6 +172,8 @@ res, hist, mapper = map_cell_types(adata.copy(), sig, seed=0, progress=False, de
                                    min_epochs=a.epochs, max_epochs=a.epochs, **kw)
 ref = ref.loc[list(res.obs_names), list(mapper.factor_names)].to_numpy()
 g_fg, gbar = (mapper.module().g_fg.double().numpy(), mapper.module().gbar.double().numpy())
+spot_batch = (res.obs["sample"].astype(str).to_numpy() if "sample" in res.obs
+              else np.zeros(res.n_obs, dtype=str))
 for epoch, value, mean, q05, other in records:
     rs = [np.corrcoef(q05[:, f], ref[:, f])[0, 1] for f in range(ref.shape[1]) if ref[:, f].std() > 0]
     row = {"epoch": epoch, "elbo": round(value, 1), "median_r": round(float(np.median(rs)), 4),
@@ -172,15 +187,19 @@ for epoch, value, mean, q05, other in records:
     # relative detection ỹ_s has geometric mean 1 per batch: its arithmetic mean (here over all spots) grows with
     # its spread, and what it loses the cells must make up
     log_y = np.log(other["y_s"].ravel())
+    for e in np.unique(spot_batch):  # ỹ_s: geometric mean 1 within each batch, as the model normalises it
+        log_y[spot_batch == e] -= log_y[spot_batch == e].mean()
     row["sd_log_y"] = round(float(log_y.std()), 4)
-    row["mean_y_rel"] = round(float(np.exp(log_y - log_y.mean()).mean()), 4)
+    row["mean_y_rel"] = round(float(np.exp(log_y).mean()), 4)
     cells_mrna = mean @ content                                                             # (S,)
     row["corr_y_cells"] = round(float(np.corrcoef(log_y, np.log(cells_mrna))[0, 1]), 4)
-    row["mrna_x_y"] = round(float((np.exp(log_y - log_y.mean()) * cells_mrna).mean()), 2)
+    row["mrna_x_y"] = round(float((np.exp(log_y) * cells_mrna).mean()), 2)
     if not real:
         row["rmse"] = round(float(np.sqrt(((mean - ref) ** 2).mean(1)).mean()), 4)
     print(json.dumps(row), flush=True)
-hist.to_csv(f"hist_{a.case}_{a.epochs}{os.environ.get('TAG', '')}.csv")
+switches = "".join(f"_{k}{v}" for k, v in (("N", a.n_cells), ("lr", site_lr and f"{site_lr[0]}x{site_lr[1]}"),
+                                           ("drop", drop_at), ("polish", polish_at)) if v)
+hist.to_csv(f"hist_{a.case}_{a.epochs}{switches}{os.environ.get('TAG', '')}.csv")
 window = hist["elbo"].rolling(100).mean().to_numpy()                      # 100-epoch means, index epoch - 1
 decrease = hist["elbo"].iloc[0] - window[-1]
 stop = int(np.argmax(hist["rel_change"].to_numpy()[199:] < 5e-3)) + 200
