@@ -5,7 +5,8 @@ the guide's posterior mean and q05 of w_sf. Printed per record (JSON lines): the
 per-type Pearson r of the q05 with a reference table across spots (a simulation's true cell numbers, or
 cell2location's 30,000-epoch q05 for a real set of ``benchmarks/agreement_c2l.py``), the mean total cells per
 spot, and on simulations the RMSE of cell counts (mean over spots of the root mean square over types of posterior
-mean − truth). The per-epoch history goes to ``hist_<case>_<EPOCHS><TAG>.csv`` in the working directory; the
+mean − truth). The per-epoch history goes to ``hist_<case>_<EPOCHS>[_N…][_lr…][_drop…][_polish…]<TAG>.csv`` in the working
+directory (the switches below that were set); the
 epoch at which the default rule would have stopped is read from its ``rel_change`` column.
 
 ``--agree-inputs``: a simulated case of ``benchmarks/agreement_c2l.py`` mapped on its inputs (cell2location's
@@ -184,10 +185,10 @@ for epoch, value, mean, q05, other in records:
     content = g_fg @ m_rel                                                                  # (F,) per cell
     row["ambient_per_spot"] = round(float(other["s_eg"].sum(1).mean()), 3)
     row["cells_mrna_per_spot"] = round(float((mean @ content).mean()), 3)
-    # relative detection ỹ_s has geometric mean 1 per batch: its arithmetic mean (here over all spots) grows with
-    # its spread, and what it loses the cells must make up
+    # relative detection ỹ_s has geometric mean 1 per batch (as the model normalises it): its arithmetic mean
+    # grows with its spread, and what it loses the cells must make up
     log_y = np.log(other["y_s"].ravel())
-    for e in np.unique(spot_batch):  # ỹ_s: geometric mean 1 within each batch, as the model normalises it
+    for e in np.unique(spot_batch):
         log_y[spot_batch == e] -= log_y[spot_batch == e].mean()
     row["sd_log_y"] = round(float(log_y.std()), 4)
     row["mean_y_rel"] = round(float(np.exp(log_y).mean()), 4)
