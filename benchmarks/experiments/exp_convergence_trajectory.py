@@ -5,9 +5,9 @@ the guide's posterior mean and q05 of w_sf. Printed per record (JSON lines): the
 per-type Pearson r of the q05 with a reference table across spots (a simulation's true cell numbers, or
 cell2location's 30,000-epoch q05 for a real set of ``benchmarks/agreement_c2l.py``), the mean total cells per
 spot, and on simulations the RMSE of cell counts (mean over spots of the root mean square over types of posterior
-mean − truth). The per-epoch history goes to ``hist_<case>_<EPOCHS>[_N…][_lr…][_drop…][_polish…]<TAG>.csv`` in the working
-directory (the switches below that were set); the
-epoch at which the default rule would have stopped is read from its ``rel_change`` column.
+mean − truth). The per-epoch history goes to ``hist_<case>_<EPOCHS>[_N…][_lr…][_drop…][_polish…]<TAG>.csv``
+in the working directory (the switches below that were set); the epoch at which the default rule would have
+stopped is read from its ``rel_change`` column.
 
 ``--agree-inputs``: a simulated case of ``benchmarks/agreement_c2l.py`` mapped on its inputs (cell2location's
 signatures, ``<agree>/<case>/input``) and scored against its ``truth.csv`` — the same signatures as the
