@@ -151,8 +151,10 @@ def main(argv=None) -> int:
     state = torch.load(resume_file, weights_only=False) if a.resume and resume_file.exists() else None
     saved = state.get("fingerprint", fingerprint) if state else fingerprint  # states saved before the check had none
     if saved != fingerprint:
-        differ = ", ".join(f"{k} {saved.get(k)!s:.12} here {v!s:.12}" for k, v in fingerprint.items() if saved.get(k) != v)
-        sys.exit(f"{resume_file}: saved by a run with other inputs or settings ({differ}); move it away to start afresh")
+        differ = ", ".join(f"{k} {saved.get(k)!s:.12} here {v!s:.12}"
+                           for k, v in fingerprint.items() if saved.get(k) != v)
+        sys.exit(f"{resume_file}: saved by a run with other inputs or settings ({differ}); "
+                 "move it away to start afresh")
     if state and state["epoch"] >= a.epochs:
         sys.exit(f"{resume_file}: holds {state['epoch']} epochs, not fewer than --epochs {a.epochs}")
     done = state["epoch"] if state else 0
@@ -246,7 +248,8 @@ def main(argv=None) -> int:
     timing = {
         "epochs": a.epochs, "checkpoints": legs, "import_seconds": t_import, "setup_seconds": t_setup,
         "train_seconds": t_train, "export_seconds": t_export,
-        "checkpoint_seconds": cb.spent, "resumed_at": done, "resume_saving_seconds": rs.spent, "export": a.export, "seconds_per_epoch": t_train / a.epochs,
+        "checkpoint_seconds": cb.spent, "resumed_at": done, "resume_saving_seconds": rs.spent, "export": a.export,
+        "seconds_per_epoch": t_train / a.epochs,
         "total_seconds": time.perf_counter() - T0, "threads": a.threads, "lr": a.lr,
         "N_cells_per_location": a.n_cells_per_location, "detection_alpha": a.detection_alpha,
         "num_samples": a.num_samples, "n_spots": int(adata.n_obs), "n_genes": int(adata.n_vars),

@@ -84,7 +84,8 @@ def traced_epoch_loss(svi, batch_kwargs, config, n_obs, full, epoch):
         store = pyro.get_param_store()
         loc, sd = store["w_sf_loc"].detach().double().numpy(), store["w_sf_scale"].detach().double().numpy()
         lognormal_mean = {k: np.exp(store[f"{k}_loc"].detach().double().numpy()
-                                    + store[f"{k}_scale"].detach().double().numpy() ** 2 / 2) for k in ("m_g", "s_eg", "y_s")}
+                                    + store[f"{k}_scale"].detach().double().numpy() ** 2 / 2)
+                          for k in ("m_g", "s_eg", "y_s")}
         records.append((epoch + 1, value, np.exp(loc + sd**2 / 2), np.exp(loc - 1.6449 * sd), lognormal_mean))
     return value
 
@@ -180,7 +181,7 @@ for epoch, value, mean, q05, other in records:
     row = {"epoch": epoch, "elbo": round(value, 1), "median_r": round(float(np.median(rs)), 4),
            "total": round(float(mean.sum(1).mean()), 4)}
     # where the counts go: ambient s_eg (summed over genes, mean over batches) against cells' expected mRNA
-    # Σ_g m̃_g g_fg (weighted by each type's share of cells) — does the drift after the stop trade one for the other?
+    # Σ_g m̃_g g_fg (weighted by each type's share of cells): does the drift after the stop trade one for the other?
     m_rel = other["m_g"].ravel() / (other["m_g"].ravel() * gbar).sum()
     content = g_fg @ m_rel                                                                  # (F,) per cell
     row["ambient_per_spot"] = round(float(other["s_eg"].sum(1).mean()), 3)
